@@ -1,0 +1,109 @@
+//! Command-line flags of `l7mp-agent`, compatible with the original `l7mp` (`-c`, `-l`, `-s`), each with an
+//! `L7MP_*` environment variable.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+const EXAMPLE: &str = "\
+EXAMPLE
+  A UDP echo server on port 9001:
+
+    $ cat > echo.yaml <<'YAML'
+    listeners:
+      - name: udp-echo
+        spec: { protocol: UDP, port: 9001 }
+        rules:
+          - action:
+              route:
+                destination: echo
+    clusters:
+      - name: echo
+        spec: { protocol: Echo }
+    YAML
+    $ l7mp-agent -c echo.yaml -l info
+    $ socat - UDP:127.0.0.1:9001      # type a line, get it back
+
+  More configurations are in examples/; the format is documented in docs/configuration.md.
+
+EXIT STATUS
+  0 after a clean shutdown (SIGTERM/SIGINT), 1 when the configuration is invalid or cannot be put in force
+  (the error names the field, e.g. `listeners[0].spec.port: expected an integer 1..65535, got \"abc\"`).";
+
+/// The l7mp agent: a multiprotocol proxy that stitches streams across protocols.
+///
+/// Listeners accept peers and emit sessions; rules match session metadata and route each session through a chain
+/// of clusters (UDP, TCP, UNIX sockets, transforms such as JSONEncap, Echo or Logger). The configuration file uses
+/// the original l7mp's format (YAML or JSON).
+#[derive(Debug, Parser)]
+#[command(name = "l7mp-agent", version, after_long_help = EXAMPLE, after_help = "Run with --help for an example.")]
+pub struct Args {
+    /// Static configuration file (`.yaml`/`.yml` is YAML, anything else JSON).
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "L7MP_CONFIG",
+        value_name = "FILE",
+        help_heading = "Configuration"
+    )]
+    pub config: PathBuf,
+
+    /// Validate the configuration, print a summary and exit (0 when valid, 1 otherwise).
+    #[arg(long, help_heading = "Configuration")]
+    pub check: bool,
+
+    /// Strict mode (accepted for compatibility: this agent always validates the whole configuration).
+    #[arg(short = 's', long, env = "L7MP_STRICT", help_heading = "Configuration")]
+    pub strict: bool,
+
+    /// Log level: silly, verbose, info, notice, warn, error, silent (the original's names), or a tracing filter
+    /// such as `debug` or `l7mp_agent::session=debug,info`. Overrides `admin.log_level`.
+    #[arg(
+        short = 'l',
+        long = "log-level",
+        env = "L7MP_LOG_LEVEL",
+        value_name = "LEVEL",
+        help_heading = "Logging"
+    )]
+    pub log_level: Option<String>,
+
+    /// Worker threads of the data plane (default: one per CPU core).
+    #[arg(long, env = "L7MP_THREADS", value_name = "N", help_heading = "Runtime")]
+    pub threads: Option<usize>,
+
+    /// On SIGTERM/SIGINT, how long byte-stream sessions may keep running before they are ended (seconds).
+    #[arg(
+        long,
+        env = "L7MP_DRAIN_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 5.0,
+        help_heading = "Runtime"
+    )]
+    pub drain_timeout: f64,
+}
+
+/// Maps the original's log level names (npmlog) to a tracing filter; anything else is used as a filter as is.
+pub fn log_filter(level: &str) -> String {
+    match level {
+        "silly" => "trace",
+        "verbose" => "debug",
+        "info" | "notice" | "http" => "info",
+        "warn" => "warn",
+        "error" => "error",
+        "silent" => "off",
+        other => other,
+    }
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_maps_levels() {
+        Args::command().debug_assert();
+        assert_eq!(log_filter("verbose"), "debug");
+        assert_eq!(log_filter("l7mp_agent=debug"), "l7mp_agent=debug");
+    }
+}

@@ -1,0 +1,210 @@
+//! The engine: owns the running configuration snapshot, the listener tasks and the session registry.
+//!
+//! Every configuration source (the static file today; REST and xDS later) goes through [`Engine::apply`]: the new
+//! configuration is built into a [`Snapshot`] (failing whole on any error, leaving the running one in force), new
+//! listeners are bound, and the snapshot is swapped atomically. New sessions use the new snapshot; live sessions keep
+//! the route they were given.
+
+use crate::offload::{NoOffload, Offload};
+use crate::protocol::Bound;
+use crate::session::{self, NewSession, SessionInfo};
+use crate::snapshot::{BuildError, Snapshot};
+use arc_swap::ArcSwap;
+use l7mp_api::{Config, Listener};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why a configuration was not put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("listeners {listener:?}: cannot listen on {what}: {source}")]
+    Bind {
+        listener: String,
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+struct RunningListener {
+    cfg: Arc<Listener>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+pub struct Engine {
+    snapshot: ArcSwap<Snapshot>,
+    listeners: tokio::sync::Mutex<HashMap<String, RunningListener>>,
+    sessions: Mutex<HashMap<String, Arc<SessionInfo>>>,
+    sessions_changed: tokio::sync::Notify,
+    seq: AtomicU64,
+    /// Parent of every session's cancellation token.
+    sessions_cancel: CancellationToken,
+    offload: Box<dyn Offload>,
+}
+
+impl Engine {
+    pub fn new() -> Arc<Engine> {
+        Arc::new(Engine {
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            sessions_changed: tokio::sync::Notify::new(),
+            seq: AtomicU64::new(0),
+            sessions_cancel: CancellationToken::new(),
+            offload: Box::new(NoOffload),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn offload(&self) -> &dyn Offload {
+        self.offload.as_ref()
+    }
+
+    /// A process-unique number for session names.
+    pub fn next_id(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn session_token(&self) -> CancellationToken {
+        self.sessions_cancel.child_token()
+    }
+
+    /// Puts a configuration in force, or changes nothing and says why.
+    pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
+        let snap = Arc::new(Snapshot::build(config)?);
+        let mut running = self.listeners.lock().await;
+        let wanted: HashMap<&str, &Arc<Listener>> = snap
+            .listeners
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        let unchanged = |name: &str, r: &RunningListener| {
+            wanted
+                .get(name)
+                .is_some_and(|l| l.spec == r.cfg.spec && l.options == r.cfg.options)
+        };
+        // Bind new names first: a failure there leaves everything as it was.
+        let mut bound = Vec::new();
+        for (name, l) in &wanted {
+            if !running.contains_key(*name) {
+                bound.push(((*l).clone(), bind(l)?));
+            }
+        }
+        // Stop listeners that are gone or whose spec changed, then rebind the changed ones.
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(n, r)| !unchanged(n, r))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            if let Some(r) = running.remove(&name) {
+                r.cancel.cancel();
+                let _ = r.task.await;
+            }
+            if let Some(l) = wanted.get(name.as_str()) {
+                bound.push(((*l).clone(), bind(l)?));
+            }
+        }
+        self.snapshot.store(snap.clone());
+        for (cfg, b) in bound {
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(b.run(self.clone(), cfg.clone(), cancel.clone()));
+            tracing::info!(listener = %cfg.name, protocol = cfg.spec.protocol(), "listener started");
+            running.insert(cfg.name.clone(), RunningListener { cfg, cancel, task });
+        }
+        Ok(())
+    }
+
+    /// Starts a session emitted by a listener.
+    pub fn spawn_session(self: &Arc<Self>, s: NewSession) {
+        tokio::spawn(session::run(self.clone(), s));
+    }
+
+    pub(crate) fn register(&self, info: Arc<SessionInfo>) {
+        if let Ok(mut m) = self.sessions.lock() {
+            m.insert(info.name.clone(), info);
+        }
+    }
+
+    pub(crate) fn unregister(&self, name: &str) {
+        if let Ok(mut m) = self.sessions.lock() {
+            m.remove(name);
+        }
+        self.sessions_changed.notify_waiters();
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> Vec<Arc<SessionInfo>> {
+        self.sessions
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Stops every listener (removing UNIX socket files), ends datagram sessions (nothing is in flight between
+    /// datagrams), lets byte-stream sessions finish for up to `drain`, then ends the rest.
+    pub async fn shutdown(&self, drain: Duration) {
+        let mut running = self.listeners.lock().await;
+        for (_, r) in running.drain() {
+            r.cancel.cancel();
+            let _ = r.task.await;
+        }
+        for s in self.sessions() {
+            if s.datagram_source {
+                s.cancel.cancel();
+            }
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        loop {
+            let notified = self.sessions_changed.notified();
+            let n = self.session_count();
+            if n == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(
+                    sessions = n,
+                    "drain time is up, ending the remaining sessions"
+                );
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+        self.sessions_cancel.cancel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn bind(l: &Arc<Listener>) -> Result<Bound, ApplyError> {
+    Bound::bind(l).map_err(|source| ApplyError::Bind {
+        listener: l.name.clone(),
+        what: describe(l),
+        source,
+    })
+}
+
+fn describe(l: &Listener) -> String {
+    use l7mp_api::ListenerSpec::*;
+    match &l.spec {
+        Udp(s) => format!("UDP {}", std::net::SocketAddr::new(s.address, s.port)),
+        Tcp(s) => format!("TCP {}", std::net::SocketAddr::new(s.address, s.port)),
+        UnixDomainSocket(s) => format!("UNIX socket {:?}", s.filename),
+    }
+}

@@ -1,0 +1,18 @@
+//! `l7mp-agent`: the l7mp data plane.
+//!
+//! Listeners ([`protocol`]) accept peers and emit sessions ([`session`]); the [`router`] matches a session's
+//! metadata against the listener's rules and picks a route; the session connects the route's clusters and runs a
+//! [`pipeline`] of pumps between [`stream`]s. The [`engine`] holds the configuration [`snapshot`] in force and swaps
+//! it atomically when a source (the static file today) applies a new one.
+
+pub mod cli;
+pub mod engine;
+pub mod lb;
+pub mod offload;
+pub mod pipeline;
+pub mod protocol;
+pub mod router;
+pub mod session;
+pub mod snapshot;
+pub mod stream;
+pub mod sys;

@@ -1,0 +1,257 @@
+//! A session's data path: the pumps that move batches between its stages, and the rules for when it is over.
+//!
+//! The uplink runs `source → ingress[0] → … → destination`, the downlink `destination → egress[0] → … → source`
+//! (the original's "demux": a chain stage is used in one direction only). Transform stages are applied inside the
+//! pump that carries the data; a pump runs between two real streams. A transform used as the destination loops the
+//! uplink into the downlink through an in-process channel.
+//!
+//! End of stream travels like TCP half-close: a pump that reads EOF shuts its writer down and stops. When the writer
+//! cannot carry EOF (a datagram socket), or a pump fails, or the session is idle for too long or cancelled, the whole
+//! session ends and every stream is closed.
+
+use crate::protocol::Stage;
+use crate::protocol::transform::Transform;
+use crate::stream::{Batch, CHANNEL_DEPTH, Reader, Writer};
+use crate::sys::BATCH;
+use bytes::BytesMut;
+use l7mp_api::StreamKind;
+use serde_json::Value;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Per-direction message and byte counters of a session, as seen at its source.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub up_msgs: AtomicU64,
+    pub up_bytes: AtomicU64,
+    pub down_msgs: AtomicU64,
+    pub down_bytes: AtomicU64,
+}
+
+impl Stats {
+    fn activity(&self) -> u64 {
+        self.up_msgs.load(Relaxed) + self.down_msgs.load(Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    None,
+    /// Count what this pump reads, as uplink traffic.
+    UpIn,
+    /// Count what this pump writes, as downlink traffic.
+    DownOut,
+}
+
+/// Moves batches from one stream to the next, through transforms.
+pub struct Pump {
+    from: Reader,
+    via: Vec<Transform>,
+    to: Writer,
+    metadata: Arc<Value>,
+    stats: Arc<Stats>,
+    count: Count,
+}
+
+/// How a pump stopped.
+pub enum PumpEnd {
+    /// The reader reached end of stream; `conveyed` tells whether the writer could pass the EOF on.
+    Eof {
+        conveyed: bool,
+    },
+    Failed(io::Error),
+}
+
+impl Pump {
+    async fn run(mut self) -> PumpEnd {
+        let mut arena = BytesMut::new();
+        let mut batch: Batch = Vec::with_capacity(BATCH);
+        loop {
+            match self.from.read(&mut arena, &mut batch).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return PumpEnd::Eof {
+                        conveyed: self.to.shutdown().await,
+                    };
+                }
+                Err(e) => return PumpEnd::Failed(e),
+            }
+            if let Count::UpIn = self.count {
+                self.stats.up_msgs.fetch_add(batch.len() as u64, Relaxed);
+                self.stats
+                    .up_bytes
+                    .fetch_add(batch.iter().map(|m| m.len() as u64).sum(), Relaxed);
+            }
+            for t in &self.via {
+                t.apply(&mut batch, &self.metadata);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            if let Count::DownOut = self.count {
+                self.stats.down_msgs.fetch_add(batch.len() as u64, Relaxed);
+                self.stats
+                    .down_bytes
+                    .fetch_add(batch.iter().map(|m| m.len() as u64).sum(), Relaxed);
+            }
+            if let Err(e) = self.to.write(&mut batch).await {
+                return PumpEnd::Failed(e);
+            }
+            batch.clear();
+        }
+    }
+}
+
+/// The stages of a connected session, in route order.
+pub struct Stages {
+    pub source: (Reader, Writer),
+    pub ingress: Vec<Stage>,
+    pub destination: Stage,
+    pub egress: Vec<Stage>,
+}
+
+/// Lays out the pumps of a session. `boundary_loss` is called for every pump that feeds a datagram stream into a
+/// byte stream (message boundaries are lost there).
+pub fn assemble(
+    stages: Stages,
+    metadata: Arc<Value>,
+    stats: Arc<Stats>,
+    mut boundary_loss: impl FnMut(),
+) -> Vec<Pump> {
+    let mut pumps = Vec::new();
+    let mut push =
+        |from: Reader, kind: StreamKind, via: Vec<Transform>, to: Writer, count: Count| {
+            if kind == StreamKind::Datagram
+                && matches!(to, Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_))
+            {
+                boundary_loss();
+            }
+            pumps.push(Pump {
+                from,
+                via,
+                to,
+                metadata: metadata.clone(),
+                stats: stats.clone(),
+                count,
+            });
+        };
+    let (src_r, src_w) = stages.source;
+    // Uplink.
+    let mut kind = src_r.kind();
+    let mut reader = src_r;
+    let mut via = Vec::new();
+    let mut count = Count::UpIn;
+    for st in stages.ingress {
+        match st {
+            Stage::Transform(t) => via.push(t),
+            Stage::Stream {
+                reader: r,
+                writer: w,
+                ..
+            } => {
+                push(reader, kind, std::mem::take(&mut via), w, count);
+                count = Count::None;
+                kind = r.kind();
+                reader = r;
+            }
+        }
+    }
+    let (mut reader, mut kind) = match stages.destination {
+        Stage::Stream {
+            reader: r,
+            writer: w,
+            ..
+        } => {
+            push(reader, kind, via, w, count);
+            let k = r.kind();
+            (r, k)
+        }
+        Stage::Transform(t) => {
+            via.push(t);
+            let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+            push(reader, kind, via, Writer::Chan(Some(tx)), count);
+            (Reader::Chan(rx), kind)
+        }
+    };
+    // If the uplink has no pump of its own before the source stats (destination loops back), it was counted above.
+    let mut via = Vec::new();
+    for st in stages.egress {
+        match st {
+            Stage::Transform(t) => via.push(t),
+            Stage::Stream {
+                reader: r,
+                writer: w,
+                ..
+            } => {
+                push(reader, kind, std::mem::take(&mut via), w, Count::None);
+                kind = r.kind();
+                reader = r;
+            }
+        }
+    }
+    push(reader, kind, via, src_w, Count::DownOut);
+    pumps
+}
+
+/// Why a session's data path stopped.
+#[derive(Debug)]
+pub enum EndReason {
+    /// Both directions reached end of stream, or one did and the other side cannot be told.
+    Finished,
+    Idle(Duration),
+    Cancelled,
+    Failed(io::Error),
+}
+
+/// Runs the pumps until the session is over, then closes every stream.
+pub async fn run(
+    pumps: Vec<Pump>,
+    stats: &Stats,
+    idle: Option<Duration>,
+    cancel: &CancellationToken,
+) -> EndReason {
+    let mut set = JoinSet::new();
+    for p in pumps {
+        set.spawn(p.run());
+    }
+    let mut ticker = idle.map(|d| tokio::time::interval((d / 4).max(Duration::from_millis(10))));
+    let mut seen = stats.activity();
+    let mut last_change = Instant::now();
+    let reason = loop {
+        let tick = async {
+            match &mut ticker {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break EndReason::Cancelled,
+            _ = tick => {
+                let now = stats.activity();
+                if now != seen {
+                    seen = now;
+                    last_change = Instant::now();
+                } else if let Some(limit) = idle && last_change.elapsed() >= limit {
+                    break EndReason::Idle(limit);
+                }
+            }
+            r = set.join_next() => match r {
+                None => break EndReason::Finished,
+                Some(Ok(PumpEnd::Eof { conveyed: true })) => continue,
+                Some(Ok(PumpEnd::Eof { conveyed: false })) => break EndReason::Finished,
+                Some(Ok(PumpEnd::Failed(e))) => break EndReason::Failed(e),
+                Some(Err(e)) => break EndReason::Failed(io::Error::other(format!("pump task failed: {e}"))),
+            },
+        }
+    };
+    set.abort_all();
+    while set.join_next().await.is_some() {}
+    reason
+}

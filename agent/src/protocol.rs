@@ -1,0 +1,179 @@
+//! Protocols: the listener side (bind, accept, emit sessions) and the cluster side (open an upstream stage) of each
+//! built-in protocol, one module per protocol. Adding a protocol means one module here, one arm in [`Bound`] and
+//! [`connect`], a stream arm in `stream.rs`, a docs page and tests.
+
+pub mod tcp;
+pub mod transform;
+pub mod udp;
+pub mod unix;
+
+use crate::engine::Engine;
+use crate::lb;
+use crate::snapshot::ClusterRt;
+use crate::stream::{Reader, Writer};
+use l7mp_api::{ClusterSpec, Listener, ListenerSpec};
+use serde_json::Value;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use transform::Transform;
+
+/// One stage of a session's pipeline: a real stream to a peer, or a transform applied in place.
+pub enum Stage {
+    Stream {
+        reader: Reader,
+        writer: Writer,
+        endpoint: Option<String>,
+    },
+    Transform(Transform),
+}
+
+/// Why a cluster stage could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cluster {0:?} has no endpoint")]
+    NoEndpoint(String),
+    #[error("cannot resolve {address}: {source}")]
+    Resolve { address: String, source: io::Error },
+    #[error("cannot connect to {endpoint} ({address}): {source}")]
+    Connect {
+        endpoint: String,
+        address: String,
+        source: io::Error,
+    },
+    #[error("connecting to {endpoint} ({address}) timed out after {timeout:?}")]
+    Timeout {
+        endpoint: String,
+        address: String,
+        timeout: Duration,
+    },
+}
+
+/// Opens one stage of cluster `c` for a session, bounded by `timeout`.
+pub async fn connect(
+    c: &ClusterRt,
+    metadata: &Value,
+    session: &str,
+    timeout: Duration,
+) -> Result<Stage, ConnectError> {
+    let spec = &c.cfg.spec;
+    let transform = match spec {
+        ClusterSpec::Echo => Some(Transform::Echo),
+        ClusterSpec::Discard => Some(Transform::Discard),
+        ClusterSpec::JsonEncap => Some(Transform::JsonEncap),
+        ClusterSpec::JsonDecap => Some(Transform::JsonDecap),
+        ClusterSpec::Logger { log_prefix, .. } => c.sink.clone().map(|sink| Transform::Logger {
+            sink,
+            prefix: log_prefix.as_deref().map(Arc::from),
+        }),
+        _ => None,
+    };
+    if let Some(t) = transform {
+        return Ok(Stage::Transform(t));
+    }
+    if let ClusterSpec::Stdio = spec {
+        return Ok(Stage::Stream {
+            reader: Reader::Stdin(tokio::io::stdin()),
+            writer: Writer::Stdout(tokio::io::stdout()),
+            endpoint: None,
+        });
+    }
+    let ep = lb::pick(&c.cfg.loadbalancer, &c.cfg.endpoints, metadata, session)
+        .ok_or_else(|| ConnectError::NoEndpoint(c.cfg.name.clone()))?;
+    let address = match spec {
+        ClusterSpec::Udp { port, .. } | ClusterSpec::Tcp { port, .. } => {
+            format_host_port(&ep.address, *port)
+        }
+        _ => ep.address.clone(),
+    };
+    let attempt = async {
+        match spec {
+            ClusterSpec::Udp { bind, .. } => udp::connect(&address, bind.as_ref()).await,
+            ClusterSpec::Tcp { bind, .. } => tcp::connect(&address, bind.as_ref()).await,
+            _ => unix::connect(&address).await,
+        }
+    };
+    let (reader, writer) = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(rw)) => rw,
+        Ok(Err(UpstreamError::Resolve(source))) => {
+            return Err(ConnectError::Resolve { address, source });
+        }
+        Ok(Err(UpstreamError::Io(source))) => {
+            return Err(ConnectError::Connect {
+                endpoint: ep.name.clone(),
+                address,
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                endpoint: ep.name.clone(),
+                address,
+                timeout,
+            });
+        }
+    };
+    Ok(Stage::Stream {
+        reader,
+        writer,
+        endpoint: Some(ep.name.clone()),
+    })
+}
+
+/// `host:port`, bracketing IPv6 literals.
+fn format_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A failure inside a protocol's connect.
+pub enum UpstreamError {
+    Resolve(io::Error),
+    Io(io::Error),
+}
+
+/// Resolves `host:port` to its first address.
+pub async fn resolve(address: &str) -> Result<std::net::SocketAddr, UpstreamError> {
+    let mut addrs = tokio::net::lookup_host(address)
+        .await
+        .map_err(UpstreamError::Resolve)?;
+    addrs.next().ok_or_else(|| {
+        UpstreamError::Resolve(io::Error::new(io::ErrorKind::NotFound, "no address found"))
+    })
+}
+
+/// A listener's bound sockets, ready to run.
+pub enum Bound {
+    Udp(udp::UdpBound),
+    Tcp(tcp::TcpBound),
+    Unix(unix::UnixBound),
+}
+
+impl Bound {
+    /// Binds the listener's sockets. Must run inside the runtime.
+    pub fn bind(l: &Listener) -> io::Result<Bound> {
+        Ok(match &l.spec {
+            ListenerSpec::Udp(s) => Bound::Udp(udp::UdpBound::bind(s)?),
+            ListenerSpec::Tcp(s) => Bound::Tcp(tcp::TcpBound::bind(s)?),
+            ListenerSpec::UnixDomainSocket(s) => Bound::Unix(unix::UnixBound::bind(s)?),
+        })
+    }
+
+    /// Accepts peers and emits sessions until `cancel` fires.
+    pub async fn run(
+        self,
+        engine: Arc<Engine>,
+        listener: Arc<Listener>,
+        cancel: CancellationToken,
+    ) {
+        match self {
+            Bound::Udp(b) => b.run(engine, listener, cancel).await,
+            Bound::Tcp(b) => b.run(engine, listener, cancel).await,
+            Bound::Unix(b) => b.run(engine, listener, cancel).await,
+        }
+    }
+}

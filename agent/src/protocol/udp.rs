@@ -1,0 +1,235 @@
+//! UDP: a listener in server mode (one session per remote address, each on its own socket connected to that peer, so
+//! the kernel demultiplexes and every session reads and writes in batches) or singleton mode (one session on a
+//! socket connected to `connect`), and a cluster that opens a connected socket per session.
+//!
+//! Server mode: the listening socket only sees a peer's first datagrams. For a new peer it binds a second socket to
+//! the same local address (SO_REUSEADDR) and connects it to the peer; datagrams that still reach the listening socket
+//! for a known peer are handed to its session. A half-connected listener (only `connect.address` or only
+//! `connect.port`, or both with `mode: server`) accepts peers matching what is given and drops the rest.
+
+use super::tcp::{ip_metadata, session_name};
+use super::{UpstreamError, resolve};
+use crate::engine::Engine;
+use crate::session::NewSession;
+use crate::stream::{Reader, UdpReader, Writer};
+use bytes::Bytes;
+use l7mp_api::{Bind, Listener, UdpListenerSpec, UdpMode};
+use socket2::{Domain, Socket, Type};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Datagrams queued for a session whose socket is not connected yet.
+const EARLY_DEPTH: usize = 256;
+
+pub struct UdpBound {
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    spec: UdpListenerSpec,
+}
+
+fn udp_socket(local: SocketAddr, reuse: bool) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(local), Type::DGRAM, None)?;
+    if reuse {
+        sock.set_reuse_address(true)?;
+    }
+    if local.is_ipv6() {
+        // Accept IPv4-mapped peers on a wildcard IPv6 socket, as a dual-stack listener should.
+        let _ = sock.set_only_v6(false);
+    }
+    sock.bind(&local.into())?;
+    sock.set_nonblocking(true)?;
+    Ok(sock)
+}
+
+impl UdpBound {
+    pub fn bind(spec: &UdpListenerSpec) -> io::Result<UdpBound> {
+        let sock = udp_socket(SocketAddr::new(spec.address, spec.port), true)?;
+        let socket = UdpSocket::from_std(sock.into())?;
+        let local = socket.local_addr()?;
+        if spec.mode == UdpMode::Singleton
+            && let (Some(a), Some(p)) = (spec.connect_address, spec.connect_port)
+        {
+            // A connect failure here is synchronous (no packet is sent), e.g. a family mismatch.
+            socket_connect_blocking(&socket, SocketAddr::new(a, p))?;
+        }
+        Ok(UdpBound {
+            socket: Arc::new(socket),
+            local,
+            spec: spec.clone(),
+        })
+    }
+
+    pub async fn run(
+        self,
+        engine: Arc<Engine>,
+        listener: Arc<Listener>,
+        cancel: CancellationToken,
+    ) {
+        match self.spec.mode {
+            UdpMode::Singleton => self.run_singleton(engine, listener, cancel).await,
+            UdpMode::Server => self.run_server(engine, listener, cancel).await,
+        }
+    }
+
+    /// Emits one session at start; when it ends, emits the next one on the same socket.
+    async fn run_singleton(
+        self,
+        engine: Arc<Engine>,
+        listener: Arc<Listener>,
+        cancel: CancellationToken,
+    ) {
+        let peer = match self.socket.peer_addr() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(listener = %listener.name, "singleton UDP socket is not connected: {e}");
+                return;
+            }
+        };
+        loop {
+            let name = session_name("UDP", peer, self.local, engine.next_id());
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            engine.spawn_session(NewSession {
+                metadata: ip_metadata(&listener.name, &name, "UDP", peer, self.local),
+                name,
+                listener: listener.clone(),
+                reader: Reader::Udp(UdpReader {
+                    socket: self.socket.clone(),
+                    early: None,
+                }),
+                writer: Writer::Udp(self.socket.clone()),
+                idle_timeout: None,
+                on_end: Some(Box::new(move || {
+                    let _ = done_tx.send(());
+                })),
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = done_rx => {}
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    fn accepts(&self, peer: SocketAddr) -> bool {
+        self.spec
+            .connect_address
+            .is_none_or(|a| a.to_canonical() == peer.ip().to_canonical())
+            && self.spec.connect_port.is_none_or(|p| p == peer.port())
+    }
+
+    async fn run_server(
+        self,
+        engine: Arc<Engine>,
+        listener: Arc<Listener>,
+        cancel: CancellationToken,
+    ) {
+        let mut peers: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+        let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<SocketAddr>();
+        let mut buf = vec![0u8; crate::sys::MAX_DATAGRAM];
+        let mut warned_reject = false;
+        loop {
+            let (n, peer) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                Some(gone) = gone_rx.recv() => {
+                    peers.remove(&gone);
+                    continue;
+                }
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(listener = %listener.name, "recv failed: {e}");
+                        continue;
+                    }
+                },
+            };
+            let msg = Bytes::copy_from_slice(&buf[..n]);
+            if let Some(tx) = peers.get(&peer) {
+                if tx.try_send(msg).is_err() {
+                    tracing::debug!(listener = %listener.name, %peer, "session queue full, datagram dropped");
+                }
+                continue;
+            }
+            if !self.accepts(peer) {
+                if !warned_reject {
+                    tracing::warn!(listener = %listener.name, %peer, "datagram from a peer the listener's connect spec excludes dropped (logged once)");
+                    warned_reject = true;
+                }
+                continue;
+            }
+            let socket = match session_socket(self.local, peer) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    tracing::warn!(listener = %listener.name, %peer, "cannot open a session socket: {e}");
+                    continue;
+                }
+            };
+            let (tx, rx) = mpsc::channel(EARLY_DEPTH);
+            let _ = tx.try_send(msg);
+            peers.insert(peer, tx);
+            let name = session_name("UDP", peer, self.local, engine.next_id());
+            let gone = gone_tx.clone();
+            engine.spawn_session(NewSession {
+                metadata: ip_metadata(&listener.name, &name, "UDP", peer, self.local),
+                name,
+                listener: listener.clone(),
+                reader: Reader::Udp(UdpReader {
+                    socket: socket.clone(),
+                    early: Some(rx),
+                }),
+                writer: Writer::Udp(socket),
+                idle_timeout: self.spec.idle_timeout,
+                on_end: Some(Box::new(move || {
+                    let _ = gone.send(peer);
+                })),
+            });
+        }
+    }
+}
+
+/// A socket bound to the listener's address and connected to one peer.
+fn session_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = udp_socket(local, true)?;
+    sock.connect(&peer.into())?;
+    UdpSocket::from_std(sock.into())
+}
+
+fn socket_connect_blocking(socket: &UdpSocket, peer: SocketAddr) -> io::Result<()> {
+    let sock = socket2::SockRef::from(socket);
+    sock.connect(&peer.into())
+}
+
+/// Opens a UDP socket connected to `address` (`host:port`), bound to `bind` if given.
+pub async fn connect(
+    address: &str,
+    bind: Option<&Bind>,
+) -> Result<(Reader, Writer), UpstreamError> {
+    let addr = resolve(address).await?;
+    let any: IpAddr = if addr.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let local = SocketAddr::new(
+        bind.and_then(|b| b.address).unwrap_or(any),
+        bind.map_or(0, |b| b.port),
+    );
+    let sock = udp_socket(local, local.port() != 0).map_err(UpstreamError::Io)?;
+    sock.connect(&addr.into()).map_err(UpstreamError::Io)?;
+    let socket = Arc::new(UdpSocket::from_std(sock.into()).map_err(UpstreamError::Io)?);
+    Ok((
+        Reader::Udp(UdpReader {
+            socket: socket.clone(),
+            early: None,
+        }),
+        Writer::Udp(socket),
+    ))
+}

@@ -1,0 +1,258 @@
+//! Sessions: what a listener emits for each peer, and the task that routes it, connects its stages, runs its
+//! pipeline and ends it.
+//!
+//! Lifecycle: `INIT` (emitted) → `LOOKUP SUCCESS` (a rule matched, metadata rewritten) → `CONNECTED` (every stage
+//! connected) → `END` or `ERROR` → `DESTROYED` (removed from the engine). Events are kept with timestamps for the
+//! admin API and logged.
+
+use crate::engine::Engine;
+use crate::pipeline::{self, EndReason, Stages, Stats};
+use crate::protocol::{self, ConnectError, Stage};
+use crate::router::{self, RouteError};
+use crate::snapshot::Snapshot;
+use crate::stream::{Reader, Writer};
+use l7mp_api::{Listener, Retry, RetryOn};
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// What a listener hands the engine for each new peer.
+pub struct NewSession {
+    pub name: String,
+    pub listener: Arc<Listener>,
+    pub metadata: Value,
+    pub reader: Reader,
+    pub writer: Writer,
+    /// End the session after this long without traffic in either direction.
+    pub idle_timeout: Option<Duration>,
+    /// Called once the session is gone (e.g. to forget a UDP peer).
+    pub on_end: Option<Box<dyn FnOnce() + Send>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Init,
+    Connected,
+    Finalizing,
+    Destroyed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub at: SystemTime,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// What the engine knows about a live session.
+pub struct SessionInfo {
+    pub name: String,
+    pub listener: String,
+    pub stats: Arc<Stats>,
+    pub cancel: CancellationToken,
+    /// The source keeps message boundaries (UDP...): nothing is in flight between datagrams, so a shutdown need not
+    /// wait for such a session.
+    pub datagram_source: bool,
+    state: Mutex<SessionState>,
+}
+
+struct SessionState {
+    status: Status,
+    metadata: Value,
+    route: Option<String>,
+    events: Vec<Event>,
+}
+
+impl SessionInfo {
+    fn event(&self, kind: &'static str, message: String) {
+        if let Ok(mut s) = self.state.lock() {
+            s.events.push(Event {
+                at: SystemTime::now(),
+                kind,
+                message,
+            });
+        }
+    }
+
+    fn set(&self, f: impl FnOnce(&mut SessionState)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.state
+            .lock()
+            .map(|s| s.status)
+            .unwrap_or(Status::Destroyed)
+    }
+
+    pub fn metadata(&self) -> Value {
+        self.state
+            .lock()
+            .map(|s| s.metadata.clone())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn route(&self) -> Option<String> {
+        self.state.lock().ok().and_then(|s| s.route.clone())
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.state
+            .lock()
+            .map(|s| s.events.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Why a session failed before or while it ran.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot route: {0}")]
+    Route(#[from] RouteError),
+    #[error("cluster {0:?} is not defined")]
+    UnknownCluster(String),
+    #[error("cannot connect cluster {cluster:?} after {attempts} attempt(s): {source}")]
+    Connect {
+        cluster: String,
+        attempts: u32,
+        source: ConnectError,
+    },
+}
+
+/// Runs a session to its end. Spawned by [`Engine::spawn_session`].
+pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
+    let info = Arc::new(SessionInfo {
+        name: s.name.clone(),
+        listener: s.listener.name.clone(),
+        stats: Arc::new(Stats::default()),
+        cancel: engine.session_token(),
+        datagram_source: s.reader.kind() == l7mp_api::StreamKind::Datagram,
+        state: Mutex::new(SessionState {
+            status: Status::Init,
+            metadata: s.metadata.clone(),
+            route: None,
+            events: vec![],
+        }),
+    });
+    info.event(
+        "INIT",
+        format!("session emitted by listener {:?}", s.listener.name),
+    );
+    engine.register(info.clone());
+    let on_end = s.on_end.take();
+    match drive(&engine, &info, s).await {
+        Ok(reason) => {
+            info.event("END", format!("{reason:?}"));
+            tracing::debug!(session = %info.name, ?reason, "session ended");
+        }
+        Err(e) => {
+            info.event("ERROR", e.to_string());
+            tracing::warn!(session = %info.name, listener = %info.listener, "session failed: {e}");
+        }
+    }
+    info.set(|st| st.status = Status::Destroyed);
+    if let Some(f) = on_end {
+        f();
+    }
+    engine.unregister(&info.name);
+}
+
+async fn drive(
+    engine: &Arc<Engine>,
+    info: &Arc<SessionInfo>,
+    s: NewSession,
+) -> Result<EndReason, SessionError> {
+    let snap = engine.snapshot();
+    // The listener's current rulelist (it may have been changed since the listener started).
+    let rulelist = snap
+        .listeners
+        .get(&s.listener.name)
+        .map_or(s.listener.rules.as_str(), |l| l.rules.as_str());
+    let mut metadata = s.metadata;
+    let route = router::lookup(&snap, rulelist, &mut metadata)?;
+    let retry = route.cfg.retry.clone();
+    info.set(|st| {
+        st.metadata = metadata.clone();
+        st.route = Some(route.cfg.name.clone());
+    });
+    info.event("LOOKUP SUCCESS", format!("route {:?}", route.cfg.name));
+
+    let destination = open(&snap, &route.cfg.destination, &metadata, &info.name, &retry).await?;
+    let mut ingress = Vec::with_capacity(route.cfg.ingress.len());
+    for c in &route.cfg.ingress {
+        ingress.push(open(&snap, c, &metadata, &info.name, &retry).await?);
+    }
+    let mut egress = Vec::with_capacity(route.cfg.egress.len());
+    for c in &route.cfg.egress {
+        egress.push(open(&snap, c, &metadata, &info.name, &retry).await?);
+    }
+    let stages = Stages {
+        source: (s.reader, s.writer),
+        ingress,
+        destination,
+        egress,
+    };
+    if stages.ingress.is_empty() && stages.egress.is_empty() {
+        engine.offload().offer(&info.name, &stages);
+    }
+    let route_name = route.cfg.name.clone();
+    let pumps = pipeline::assemble(stages, Arc::new(metadata), info.stats.clone(), || {
+        if !route.warned_boundaries.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                route = %route_name,
+                "route carries a datagram stream into a byte stream: message boundaries are lost on this hop"
+            );
+        }
+    });
+    info.set(|st| st.status = Status::Connected);
+    info.event("CONNECT", "all stages connected".into());
+    let reason = pipeline::run(pumps, &info.stats, s.idle_timeout, &info.cancel).await;
+    info.set(|st| st.status = Status::Finalizing);
+    Ok(reason)
+}
+
+/// Opens a stage of cluster `name`, retrying connect failures as the route's retry policy says: with
+/// `connect-failure` or `always`, up to `num_retries` more attempts, `timeout` apart.
+async fn open(
+    snap: &Snapshot,
+    name: &str,
+    metadata: &Value,
+    session: &str,
+    retry: &Retry,
+) -> Result<Stage, SessionError> {
+    let cluster = snap
+        .clusters
+        .get(name)
+        .ok_or_else(|| SessionError::UnknownCluster(name.to_owned()))?;
+    let attempts = match retry.retry_on {
+        RetryOn::ConnectFailure | RetryOn::Always => 1 + retry.num_retries,
+        RetryOn::Never | RetryOn::Disconnect => 1,
+    };
+    let mut n = 0;
+    loop {
+        n += 1;
+        match protocol::connect(cluster, metadata, session, retry.timeout).await {
+            Ok(stage) => return Ok(stage),
+            Err(e) if n < attempts => {
+                tracing::debug!(
+                    session,
+                    cluster = name,
+                    attempt = n,
+                    "connect failed, retrying: {e}"
+                );
+                tokio::time::sleep(retry.timeout).await;
+            }
+            Err(source) => {
+                return Err(SessionError::Connect {
+                    cluster: name.to_owned(),
+                    attempts: n,
+                    source,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The running configuration: a validated [`Config`] plus what the engine needs to use it fast (name maps, open log
+//! files, per-route flags). Built once per configuration change and swapped in atomically; sessions hold the
+//! snapshot (and so the route) they were routed with.
+
+use crate::protocol::transform::LogSink;
+use l7mp_api::{Cluster, ClusterSpec, Config, Listener, Route, Rule, RuleList};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// A cluster ready for use.
+pub struct ClusterRt {
+    pub cfg: Cluster,
+    /// The open log of a Logger cluster.
+    pub sink: Option<Arc<LogSink>>,
+}
+
+/// A route ready for use.
+pub struct RouteRt {
+    pub cfg: Route,
+    /// Set once the "datagram stream routed into a byte stream" warning was logged for this route.
+    pub warned_boundaries: AtomicBool,
+}
+
+/// One immutable version of the running configuration.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub listeners: HashMap<String, Arc<Listener>>,
+    pub clusters: HashMap<String, Arc<ClusterRt>>,
+    pub rulelists: HashMap<String, Arc<RuleList>>,
+    pub rules: HashMap<String, Arc<Rule>>,
+    pub routes: HashMap<String, Arc<RouteRt>>,
+}
+
+/// Why a configuration could not be put in force (it validated, but a resource could not be had).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("clusters {cluster:?}: spec.log_file: cannot open {path:?}: {source}")]
+    LogFile {
+        cluster: String,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl Snapshot {
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            config: Arc::new(Config::default()),
+            listeners: HashMap::new(),
+            clusters: HashMap::new(),
+            rulelists: HashMap::new(),
+            rules: HashMap::new(),
+            routes: HashMap::new(),
+        }
+    }
+
+    pub fn build(config: Config) -> Result<Snapshot, BuildError> {
+        let mut clusters = HashMap::new();
+        for c in &config.clusters {
+            let sink = match &c.spec {
+                ClusterSpec::Logger { log_file, .. } => {
+                    Some(Arc::new(LogSink::open(log_file).map_err(|source| {
+                        BuildError::LogFile {
+                            cluster: c.name.clone(),
+                            path: log_file.clone(),
+                            source,
+                        }
+                    })?))
+                }
+                _ => None,
+            };
+            clusters.insert(
+                c.name.clone(),
+                Arc::new(ClusterRt {
+                    cfg: c.clone(),
+                    sink,
+                }),
+            );
+        }
+        Ok(Snapshot {
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), Arc::new(l.clone())))
+                .collect(),
+            rulelists: config
+                .rulelists
+                .iter()
+                .map(|l| (l.name.clone(), Arc::new(l.clone())))
+                .collect(),
+            rules: config
+                .rules
+                .iter()
+                .map(|r| (r.name.clone(), Arc::new(r.clone())))
+                .collect(),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| {
+                    (
+                        r.name.clone(),
+                        Arc::new(RouteRt {
+                            cfg: r.clone(),
+                            warned_boundaries: AtomicBool::new(false),
+                        }),
+                    )
+                })
+                .collect(),
+            clusters,
+            config: Arc::new(config),
+        })
+    }
+}

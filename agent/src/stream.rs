@@ -1,0 +1,211 @@
+//! The two halves of every stream the engine moves data between: a [`Reader`] that yields batches of messages and a
+//! [`Writer`] that takes them.
+//!
+//! A message is one datagram on datagram streams (UDP, in-process channels) and an arbitrary chunk on byte streams
+//! (TCP, UNIX stream, stdio). One enum arm per transport gives static dispatch on the hot path; adding a protocol
+//! adds an arm here.
+
+use crate::sys;
+use bytes::{Bytes, BytesMut};
+use l7mp_api::StreamKind;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UdpSocket, tcp, unix};
+use tokio::sync::mpsc;
+
+/// A batch of messages moved together.
+pub type Batch = Vec<Bytes>;
+
+/// How much a byte-stream read asks for at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Capacity of in-process message channels.
+pub const CHANNEL_DEPTH: usize = 256;
+
+/// The receiving half of a connected UDP socket, plus the datagrams its listener received for it before the socket
+/// was connected (server-mode UDP sessions).
+pub struct UdpReader {
+    pub socket: Arc<UdpSocket>,
+    pub early: Option<mpsc::Receiver<Bytes>>,
+}
+
+/// The read half of a stream.
+pub enum Reader {
+    Tcp(tcp::OwnedReadHalf),
+    Unix(unix::OwnedReadHalf),
+    Udp(UdpReader),
+    /// An in-process channel (virtual clusters used as a destination).
+    Chan(mpsc::Receiver<Bytes>),
+    Stdin(tokio::io::Stdin),
+}
+
+/// The write half of a stream.
+pub enum Writer {
+    Tcp(tcp::OwnedWriteHalf),
+    Unix(unix::OwnedWriteHalf),
+    Udp(Arc<UdpSocket>),
+    /// `None` once shut down.
+    Chan(Option<mpsc::Sender<Bytes>>),
+    Stdout(tokio::io::Stdout),
+}
+
+impl Reader {
+    pub fn kind(&self) -> StreamKind {
+        match self {
+            Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) => StreamKind::ByteStream,
+            Reader::Udp(_) | Reader::Chan(_) => StreamKind::Datagram,
+        }
+    }
+
+    /// Waits for at least one message and appends what is available (up to a batch) to `out`, cutting the bytes
+    /// from `arena`. Returns `false` at end of stream.
+    pub async fn read(&mut self, arena: &mut BytesMut, out: &mut Batch) -> io::Result<bool> {
+        match self {
+            Reader::Tcp(r) => read_bytes(r, arena, out).await,
+            Reader::Unix(r) => read_bytes(r, arena, out).await,
+            Reader::Stdin(r) => read_bytes(r, arena, out).await,
+            Reader::Chan(rx) => {
+                let Some(first) = rx.recv().await else {
+                    return Ok(false);
+                };
+                out.push(first);
+                while out.len() < sys::BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => out.push(m),
+                        Err(_) => break,
+                    }
+                }
+                Ok(true)
+            }
+            Reader::Udp(u) => loop {
+                if let Some(early) = &mut u.early {
+                    match early.try_recv() {
+                        Ok(m) => {
+                            out.push(m);
+                            return Ok(true);
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => u.early = None,
+                        Err(mpsc::error::TryRecvError::Empty) => {}
+                    }
+                }
+                let ready = match &mut u.early {
+                    Some(early) => tokio::select! {
+                        biased;
+                        m = early.recv() => {
+                            match m {
+                                Some(m) => { out.push(m); return Ok(true); }
+                                None => { u.early = None; continue; }
+                            }
+                        }
+                        r = u.socket.readable() => r,
+                    },
+                    None => u.socket.readable().await,
+                };
+                ready?;
+                let fd = u.socket.as_raw_fd();
+                match u.socket.try_io(tokio::io::Interest::READABLE, || {
+                    sys::recv_batch(fd, sys::BATCH, arena, out)
+                }) {
+                    Ok(_) => return Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    // An ICMP port-unreachable for an earlier send: UDP is unreliable, keep the session.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+}
+
+async fn read_bytes<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    arena: &mut BytesMut,
+    out: &mut Batch,
+) -> io::Result<bool> {
+    if arena.capacity() < READ_CHUNK / 4 {
+        arena.reserve(READ_CHUNK);
+    }
+    let n = r.read_buf(arena).await?;
+    if n == 0 {
+        return Ok(false);
+    }
+    out.push(arena.split().freeze());
+    Ok(true)
+}
+
+impl Writer {
+    pub fn kind(&self) -> StreamKind {
+        match self {
+            Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) => StreamKind::ByteStream,
+            Writer::Udp(_) | Writer::Chan(_) => StreamKind::Datagram,
+        }
+    }
+
+    /// Writes every message of `batch` (and empties it).
+    pub async fn write(&mut self, batch: &mut Batch) -> io::Result<()> {
+        match self {
+            Writer::Tcp(w) => write_bytes(w, batch).await,
+            Writer::Unix(w) => write_bytes(w, batch).await,
+            Writer::Stdout(w) => {
+                write_bytes(w, batch).await?;
+                w.flush().await
+            }
+            Writer::Chan(tx) => {
+                let Some(tx) = tx else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "channel shut down",
+                    ));
+                };
+                for m in batch.drain(..) {
+                    tx.send(m).await.map_err(|_| {
+                        io::Error::new(io::ErrorKind::BrokenPipe, "peer stage ended")
+                    })?;
+                }
+                Ok(())
+            }
+            Writer::Udp(sock) => {
+                let fd = sock.as_raw_fd();
+                let mut off = 0;
+                while off < batch.len() {
+                    sock.writable().await?;
+                    match sock.try_io(tokio::io::Interest::WRITABLE, || {
+                        sys::send_batch(fd, &batch[off..])
+                    }) {
+                        Ok(n) => off += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // Nobody listens upstream (yet): the datagram is lost, as UDP allows.
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => off += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+                batch.clear();
+                Ok(())
+            }
+        }
+    }
+
+    /// Signals end of stream to the peer. Returns whether the peer can see it: a datagram socket has no way to say
+    /// "no more data", so a session whose other direction ended is then over.
+    pub async fn shutdown(&mut self) -> bool {
+        match self {
+            Writer::Tcp(w) => w.shutdown().await.is_ok(),
+            Writer::Unix(w) => w.shutdown().await.is_ok(),
+            Writer::Stdout(w) => {
+                // Standard output stays open for the process; the peer cannot be told.
+                let _ = w.flush().await;
+                false
+            }
+            Writer::Chan(tx) => tx.take().is_some(),
+            Writer::Udp(_) => false,
+        }
+    }
+}
+
+async fn write_bytes<W: AsyncWriteExt + Unpin>(w: &mut W, batch: &mut Batch) -> io::Result<()> {
+    for m in batch.drain(..) {
+        w.write_all(&m).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,1091 @@
+//! Loading a configuration document: parse YAML/JSON, decode every object, lift inline objects into named tables
+//! (with the original l7mp's generated names), and check every cross-reference.
+//!
+//! Generated names follow the original: `<listener>-RuleList-N`, `<rulelist>-Rule-N`, `<rule>-Route-N`,
+//! `<route>-Cluster-N`, `<route>-ingress-Cluster-N`, `<route>-egress-Cluster-N`, `<cluster>-EndPoint-N`, where N is
+//! a per-kind counter starting at 0 and `_1`, `_2`... is appended on a collision.
+
+use crate::decode::{Decoder, Obj, describe};
+use crate::error::{ConfigError, FieldError};
+use crate::model::*;
+use crate::path::FieldPath;
+use crate::pointer::Pointer;
+use crate::predicate::Predicate;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// The syntax of a configuration document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl Format {
+    /// `.yaml`/`.yml` (any case) is YAML, anything else JSON, as the original decided by extension.
+    pub fn from_path(path: &str) -> Format {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+            Format::Yaml
+        } else {
+            Format::Json
+        }
+    }
+}
+
+/// Parses and validates a whole configuration.
+pub fn parse_config(text: &str, format: Format) -> Result<Config, ConfigError> {
+    let doc: Value = match format {
+        Format::Yaml => serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
+            format: "YAML",
+            message: e.to_string(),
+        })?,
+        Format::Json => serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+            format: "JSON",
+            message: e.to_string(),
+        })?,
+    };
+    config_from_value(&doc)
+}
+
+/// Validates a configuration that is already a JSON value.
+pub fn config_from_value(doc: &Value) -> Result<Config, ConfigError> {
+    let mut b = Builder::default();
+    b.document(doc);
+    b.finish()
+}
+
+/// Object kinds, each with its own namespace and name counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Listener,
+    Cluster,
+    RuleList,
+    Rule,
+    Route,
+    Endpoint,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Listener => "listener",
+            Kind::Cluster => "cluster",
+            Kind::RuleList => "rulelist",
+            Kind::Rule => "rule",
+            Kind::Route => "route",
+            Kind::Endpoint => "endpoint",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    d: Decoder,
+    cfg: Config,
+    /// Where each defined name was defined.
+    defined: HashMap<(Kind, String), FieldPath>,
+    counters: HashMap<Kind, usize>,
+    /// References to check once everything is defined: (kind, name, where the reference is written).
+    refs: Vec<(Kind, String, FieldPath)>,
+}
+
+const TOP: &[&str] = &[
+    "admin",
+    "listeners",
+    "clusters",
+    "rulelists",
+    "rules",
+    "routes",
+    "endpoints",
+    "sessions",
+];
+
+impl Builder {
+    fn finish(self) -> Result<Config, ConfigError> {
+        let mut errors: Vec<FieldError> = self.d.into_errors();
+        for (kind, name, path) in &self.refs {
+            if !self.defined.contains_key(&(*kind, name.clone())) {
+                errors.push(FieldError::new(
+                    path,
+                    format!("{} {name:?} is not defined", kind.noun()),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(self.cfg)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    fn document(&mut self, doc: &Value) {
+        let root = FieldPath::root();
+        if doc.is_null() {
+            return; // an empty file is an empty configuration
+        }
+        let Some(o) = self.d.object(doc, &root, TOP) else {
+            return;
+        };
+        if let Some(a) = o.get("admin") {
+            self.admin(a, &o.at("admin"));
+        }
+        // The original's load order, which also fixes the order of generated names.
+        for key in ["clusters", "listeners", "rulelists", "rules", "routes"] {
+            let Some(list) = o.get(key) else { continue };
+            let path = o.at(key);
+            let Value::Array(items) = list else {
+                self.d
+                    .error(&path, format!("expected an array, got {}", describe(list)));
+                continue;
+            };
+            for (i, item) in items.iter().enumerate() {
+                let p = path.index(i);
+                match key {
+                    "clusters" => drop(self.cluster(item, &p, None)),
+                    "listeners" => self.listener(item, &p),
+                    "rulelists" => drop(self.rulelist(item, &p, None)),
+                    "rules" => drop(self.rule(item, &p, None)),
+                    _ => drop(self.route(item, &p, None)),
+                }
+            }
+        }
+    }
+
+    /// Records a new name, rejecting duplicates.
+    fn define(&mut self, kind: Kind, name: &str, path: &FieldPath) -> bool {
+        if let Some(first) = self.defined.get(&(kind, name.to_owned())) {
+            let msg = format!("{} {name:?} already defined at {first}", kind.noun());
+            self.d.error(&path.key("name"), msg);
+            return false;
+        }
+        self.defined.insert((kind, name.to_owned()), path.clone());
+        true
+    }
+
+    /// A fresh generated name `<prefix>-<label>-N`.
+    fn generate(&mut self, kind: Kind, prefix: &str, label: &str) -> String {
+        let n = self.counters.entry(kind).or_insert(0);
+        let base = format!("{prefix}-{label}-{n}");
+        *n += 1;
+        let mut name = base.clone();
+        let mut i = 1;
+        while self.defined.contains_key(&(kind, name.clone())) {
+            name = format!("{base}_{i}");
+            i += 1;
+        }
+        name
+    }
+
+    /// The `name` field, or a generated one for inline objects.
+    fn name_of(&mut self, o: Obj<'_>, generated: Option<String>) -> Option<String> {
+        match (o.get("name"), generated) {
+            (Some(v), _) => self.d.name(v, &o.at("name")),
+            (None, Some(g)) => Some(g),
+            (None, None) => {
+                self.d.error(&o.at("name"), "missing required field");
+                None
+            }
+        }
+    }
+
+    fn admin(&mut self, v: &Value, path: &FieldPath) {
+        let fields = [
+            "log_level",
+            "log_file",
+            "access_log_path",
+            "strict",
+            "offload",
+            "offload_ifs",
+        ];
+        let Some(o) = self.d.object(v, path, &fields) else {
+            return;
+        };
+        let mut admin = Admin::default();
+        if let Some(l) = o.get("log_level")
+            && let Some(s) = self.d.string(l, &o.at("log_level"))
+        {
+            {
+                const LEVELS: &[&str] = &[
+                    "silly", "verbose", "info", "notice", "http", "warn", "error", "silent",
+                ];
+                if LEVELS.contains(&s.as_str()) {
+                    admin.log_level = Some(s);
+                } else {
+                    self.d.error(
+                        &o.at("log_level"),
+                        format!(
+                            "unknown log level {s:?} (expected one of: {})",
+                            LEVELS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(f) = o.get("log_file") {
+            admin.log_file = self.d.string(f, &o.at("log_file"));
+        }
+        if let Some(f) = o.get("access_log_path") {
+            admin.access_log_path = self.d.string(f, &o.at("access_log_path"));
+        }
+        if let Some(s) = o.get("strict") {
+            admin.strict = self.d.bool(s, &o.at("strict")).unwrap_or(false);
+        }
+        self.cfg.admin = admin;
+    }
+
+    fn listener(&mut self, v: &Value, path: &FieldPath) {
+        let Some(o) = self
+            .d
+            .object(v, path, &["name", "spec", "rules", "options"])
+        else {
+            return;
+        };
+        let name = self.name_of(o, None);
+        let spec = self
+            .d
+            .required(o, "spec")
+            .and_then(|s| self.listener_spec(s, &o.at("spec")));
+        let options = match o.get("options") {
+            Some(opt) => self.listener_options(opt, &o.at("options")),
+            None => Some(ListenerOptions::default()),
+        };
+        let Some(name) = name else { return };
+        let rules = match self.d.required(o, "rules") {
+            Some(Value::String(list)) => {
+                self.refs
+                    .push((Kind::RuleList, list.clone(), o.at("rules")));
+                Some(list.clone())
+            }
+            Some(inline @ Value::Array(_)) => {
+                let list_name = self.generate(Kind::RuleList, &name, "RuleList");
+                self.defined
+                    .insert((Kind::RuleList, list_name.clone()), o.at("rules"));
+                self.rulelist_items(&list_name, inline, &o.at("rules"));
+                Some(list_name)
+            }
+            Some(other) => {
+                let msg = format!(
+                    "expected a RuleList name or an array of rules, got {}",
+                    describe(other)
+                );
+                self.d.error(&o.at("rules"), msg);
+                None
+            }
+            None => None,
+        };
+        if !self.define(Kind::Listener, &name, path) {
+            return;
+        }
+        if let (Some(spec), Some(rules), Some(options)) = (spec, rules, options) {
+            self.cfg.listeners.push(Listener {
+                name,
+                spec,
+                rules,
+                options,
+            });
+        }
+    }
+
+    fn listener_options(&mut self, v: &Value, path: &FieldPath) -> Option<ListenerOptions> {
+        let o = self.d.object(v, path, &["track"])?;
+        let mut opts = ListenerOptions::default();
+        if let Some(t) = o.get("track") {
+            opts.track = Some(Duration::from_secs_f64(self.d.seconds(t, &o.at("track"))?));
+        }
+        Some(opts)
+    }
+
+    /// Reads `spec.protocol` and checks it is one of `known`.
+    fn protocol(
+        &mut self,
+        v: &Value,
+        path: &FieldPath,
+        known: &[&str],
+        side: &str,
+    ) -> Option<String> {
+        let Value::Object(map) = v else {
+            self.d
+                .error(path, format!("expected an object, got {}", describe(v)));
+            return None;
+        };
+        let ppath = path.key("protocol");
+        let Some(p) = map.get("protocol") else {
+            self.d.error(
+                &ppath,
+                format!("missing required field (one of: {})", known.join(", ")),
+            );
+            return None;
+        };
+        let p = self.d.string(p, &ppath)?;
+        if known.contains(&p.as_str()) {
+            return Some(p);
+        }
+        const LATER: &[&str] = &[
+            "HTTP",
+            "WebSocket",
+            "JSONSocket",
+            "Sync",
+            "L7mpController",
+            "Prometheus",
+            "Metric",
+            "Test",
+        ];
+        if LATER.contains(&p.as_str()) {
+            self.d.error(&ppath, format!("protocol {p:?} is not supported as a {side} by this agent yet (see docs/protocols.md)"));
+        } else {
+            self.d.error(
+                &ppath,
+                format!(
+                    "unknown protocol {p:?} (expected one of: {})",
+                    known.join(", ")
+                ),
+            );
+        }
+        None
+    }
+
+    fn listener_spec(&mut self, v: &Value, path: &FieldPath) -> Option<ListenerSpec> {
+        let proto = self.protocol(v, path, &["UDP", "TCP", "UnixDomainSocket"], "listener")?;
+        match proto.as_str() {
+            "UDP" => {
+                let o = self.d.object(
+                    v,
+                    path,
+                    &[
+                        "protocol",
+                        "port",
+                        "address",
+                        "connect",
+                        "options",
+                        "idle_timeout",
+                    ],
+                )?;
+                self.udp_listener(o).map(ListenerSpec::Udp)
+            }
+            "TCP" => {
+                let o = self.d.object(v, path, &["protocol", "port", "address"])?;
+                let port = self
+                    .d
+                    .required(o, "port")
+                    .and_then(|p| self.d.port(p, &o.at("port")));
+                let address = self.address_or_any(o)?;
+                Some(ListenerSpec::Tcp(TcpListenerSpec {
+                    address,
+                    port: port?,
+                }))
+            }
+            _ => {
+                let o = self.d.object(v, path, &["protocol", "filename"])?;
+                let f = self
+                    .d
+                    .required(o, "filename")
+                    .and_then(|f| self.d.string(f, &o.at("filename")))?;
+                if f.is_empty() {
+                    self.d.error(
+                        &o.at("filename"),
+                        "expected a socket file path, got an empty string",
+                    );
+                    return None;
+                }
+                Some(ListenerSpec::UnixDomainSocket(UnixListenerSpec {
+                    filename: f,
+                }))
+            }
+        }
+    }
+
+    fn address_or_any(&mut self, o: Obj<'_>) -> Option<IpAddr> {
+        match o.get("address") {
+            Some(a) => self.d.ip(a, &o.at("address")),
+            None => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        }
+    }
+
+    fn udp_listener(&mut self, o: Obj<'_>) -> Option<UdpListenerSpec> {
+        let port = match o.get("port") {
+            Some(p) => self.d.port_or_any(p, &o.at("port")),
+            None => Some(0),
+        };
+        let address = self.address_or_any(o);
+        let (mut connect_address, mut connect_port) = (None, None);
+        if let Some(c) = o.get("connect") {
+            let cp = o.at("connect");
+            if let Some(co) = self.d.object(c, &cp, &["address", "port"]) {
+                if let Some(a) = co.get("address") {
+                    connect_address = self.d.ip(a, &co.at("address"));
+                }
+                if let Some(p) = co.get("port") {
+                    connect_port = self.d.port(p, &co.at("port"));
+                }
+            }
+        }
+        let full_connect = connect_address.is_some() && connect_port.is_some();
+        let mut mode = if full_connect {
+            UdpMode::Singleton
+        } else {
+            UdpMode::Server
+        };
+        if let Some(opts) = o.get("options") {
+            let op = o.at("options");
+            if let Some(oo) = self.d.object(opts, &op, &["mode"])
+                && let Some(m) = oo.get("mode")
+            {
+                match self.d.string(m, &oo.at("mode")).as_deref() {
+                    Some("server") => mode = UdpMode::Server,
+                    Some("singleton") if full_connect => mode = UdpMode::Singleton,
+                    Some("singleton") => self.d.error(
+                        &oo.at("mode"),
+                        "singleton mode needs both connect.address and connect.port",
+                    ),
+                    Some(other) => self.d.error(
+                        &oo.at("mode"),
+                        format!("expected \"server\" or \"singleton\", got {other:?}"),
+                    ),
+                    None => {}
+                }
+            }
+        }
+        let idle_timeout = match o.get("idle_timeout") {
+            Some(t) => match self.d.seconds(t, &o.at("idle_timeout"))? {
+                0.0 => None,
+                s => Some(Duration::from_secs_f64(s)),
+            },
+            None => Some(DEFAULT_UDP_IDLE_TIMEOUT),
+        };
+        Some(UdpListenerSpec {
+            address: address?,
+            port: port?,
+            connect_address,
+            connect_port,
+            mode,
+            idle_timeout,
+        })
+    }
+
+    /// Decodes a cluster (top-level, or inline with a generated name) and returns its name.
+    fn cluster(
+        &mut self,
+        v: &Value,
+        path: &FieldPath,
+        generated: Option<String>,
+    ) -> Option<String> {
+        let o = self.d.object(
+            v,
+            path,
+            &["name", "spec", "endpoints", "loadbalancer", "options"],
+        )?;
+        let name = self.name_of(o, generated);
+        let spec = self
+            .d
+            .required(o, "spec")
+            .and_then(|s| self.cluster_spec(s, &o.at("spec")));
+        let loadbalancer = match o.get("loadbalancer") {
+            Some(lb) => self.loadbalancer(lb, &o.at("loadbalancer")),
+            None => Some(LoadBalancer::Trivial),
+        };
+        let name = name?;
+        let mut endpoints = Vec::new();
+        if let Some(eps) = o.get("endpoints") {
+            let ep_path = o.at("endpoints");
+            match &spec {
+                Some(s) if !s.takes_endpoints() => {
+                    let msg = format!("a cluster of protocol {} takes no endpoints", s.protocol());
+                    self.d.error(&ep_path, msg);
+                }
+                _ => {
+                    let unix = matches!(spec, Some(ClusterSpec::UnixDomainSocket));
+                    if let Some(list) = self
+                        .d
+                        .array(eps, &ep_path, |_, v, p| Some((v.clone(), p.clone())))
+                    {
+                        for (v, p) in list {
+                            if let Some(ep) = self.endpoint(&v, &p, &name, unix) {
+                                endpoints.push(ep);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !self.define(Kind::Cluster, &name, path) {
+            return None;
+        }
+        self.cfg.clusters.push(Cluster {
+            name: name.clone(),
+            spec: spec?,
+            endpoints,
+            loadbalancer: loadbalancer?,
+            options: o.get("options").cloned(),
+        });
+        Some(name)
+    }
+
+    fn bind(&mut self, o: Obj<'_>) -> Option<Option<Bind>> {
+        let Some(b) = o.get("bind") else {
+            return Some(None);
+        };
+        let bp = o.at("bind");
+        let bo = self.d.object(b, &bp, &["address", "port"])?;
+        let address = match bo.get("address") {
+            Some(a) => Some(self.d.ip(a, &bo.at("address"))?),
+            None => None,
+        };
+        let port = match bo.get("port") {
+            Some(p) => self.d.port_or_any(p, &bo.at("port"))?,
+            None => 0,
+        };
+        Some(Some(Bind { address, port }))
+    }
+
+    fn cluster_spec(&mut self, v: &Value, path: &FieldPath) -> Option<ClusterSpec> {
+        const KNOWN: &[&str] = &[
+            "UDP",
+            "TCP",
+            "UnixDomainSocket",
+            "Echo",
+            "Discard",
+            "Logger",
+            "Stdio",
+            "JSONEncap",
+            "JSONDecap",
+        ];
+        let proto = self.protocol(v, path, KNOWN, "cluster")?;
+        match proto.as_str() {
+            "UDP" | "TCP" => {
+                let o = self.d.object(v, path, &["protocol", "port", "bind"])?;
+                let port = self
+                    .d
+                    .required(o, "port")
+                    .and_then(|p| self.d.port(p, &o.at("port")));
+                let bind = self.bind(o)?;
+                let port = port?;
+                Some(if proto == "UDP" {
+                    ClusterSpec::Udp { port, bind }
+                } else {
+                    ClusterSpec::Tcp { port, bind }
+                })
+            }
+            "Logger" => {
+                let o = self
+                    .d
+                    .object(v, path, &["protocol", "log_file", "log_prefix"])?;
+                let log_file = match o.get("log_file") {
+                    Some(f) => self.d.string(f, &o.at("log_file"))?,
+                    None => "-".to_owned(),
+                };
+                let log_prefix = match o.get("log_prefix") {
+                    Some(p) => Some(self.d.string(p, &o.at("log_prefix"))?),
+                    None => None,
+                };
+                Some(ClusterSpec::Logger {
+                    log_file,
+                    log_prefix,
+                })
+            }
+            other => {
+                self.d.object(v, path, &["protocol"])?;
+                Some(match other {
+                    "UnixDomainSocket" => ClusterSpec::UnixDomainSocket,
+                    "Echo" => ClusterSpec::Echo,
+                    "Discard" => ClusterSpec::Discard,
+                    "Stdio" => ClusterSpec::Stdio,
+                    "JSONEncap" => ClusterSpec::JsonEncap,
+                    _ => ClusterSpec::JsonDecap,
+                })
+            }
+        }
+    }
+
+    fn endpoint(
+        &mut self,
+        v: &Value,
+        path: &FieldPath,
+        cluster: &str,
+        unix: bool,
+    ) -> Option<Endpoint> {
+        let o = self.d.object(v, path, &["name", "spec", "weight"])?;
+        let generated = if o.get("name").is_none() {
+            Some(self.generate(Kind::Endpoint, cluster, "EndPoint"))
+        } else {
+            None
+        };
+        let name = self.name_of(o, generated)?;
+        let sp = o.at("spec");
+        let spec_v = self.d.required(o, "spec")?;
+        let so = self
+            .d
+            .object(spec_v, &sp, &["address", "filename", "weight"])?;
+        let key = if unix && so.get("filename").is_some() {
+            "filename"
+        } else {
+            "address"
+        };
+        let address = match so.get(key) {
+            Some(a) => self.d.string(a, &so.at(key))?,
+            None => {
+                self.d.error(&so.at("address"), "missing required field");
+                return None;
+            }
+        };
+        if address.is_empty() {
+            self.d
+                .error(&so.at(key), "expected an address, got an empty string");
+            return None;
+        }
+        let weight = match o
+            .get("weight")
+            .map(|w| (w, o.at("weight")))
+            .or(so.get("weight").map(|w| (w, so.at("weight"))))
+        {
+            Some((w, p)) => self.d.int_in(w, &p, 0, 1_000_000)? as u32,
+            None => 1,
+        };
+        if !self.define(Kind::Endpoint, &name, path) {
+            return None;
+        }
+        Some(Endpoint {
+            name,
+            address,
+            weight,
+        })
+    }
+
+    fn loadbalancer(&mut self, v: &Value, path: &FieldPath) -> Option<LoadBalancer> {
+        let o = self.d.object(v, path, &["policy", "key"])?;
+        let policy = match o.get("policy") {
+            Some(p) => self.d.string(p, &o.at("policy"))?,
+            None => "Trivial".to_owned(),
+        };
+        match policy.as_str() {
+            "Trivial" => Some(LoadBalancer::Trivial),
+            "HashRing" | "ConsistentHash" => {
+                let key = match o.get("key") {
+                    Some(k) => {
+                        let s = self.d.string(k, &o.at("key"))?;
+                        match Pointer::parse(&s) {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                self.d.error(&o.at("key"), e);
+                                return None;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                Some(LoadBalancer::HashRing { key })
+            }
+            other => {
+                let msg = format!(
+                    "unknown policy {other:?} (expected one of: Trivial, HashRing, ConsistentHash)"
+                );
+                self.d.error(&o.at("policy"), msg);
+                None
+            }
+        }
+    }
+
+    fn rulelist(
+        &mut self,
+        v: &Value,
+        path: &FieldPath,
+        generated: Option<String>,
+    ) -> Option<String> {
+        let o = self.d.object(v, path, &["name", "rules"])?;
+        let name = self.name_of(o, generated)?;
+        if !self.define(Kind::RuleList, &name, path) {
+            return None;
+        }
+        let items = self.d.required(o, "rules")?;
+        self.rulelist_items(&name, items, &o.at("rules"));
+        Some(name)
+    }
+
+    /// Decodes the `rules` array of a rulelist and adds the list under `name`.
+    fn rulelist_items(&mut self, name: &str, items: &Value, items_path: &FieldPath) {
+        let mut rules = Vec::new();
+        let Value::Array(arr) = items else {
+            self.d.error(
+                items_path,
+                format!("expected an array of rules, got {}", describe(items)),
+            );
+            return;
+        };
+        for (i, item) in arr.iter().enumerate() {
+            let p = items_path.index(i);
+            match item {
+                Value::String(r) => {
+                    self.refs.push((Kind::Rule, r.clone(), p));
+                    rules.push(r.clone());
+                }
+                Value::Object(_) => {
+                    let generated = if item.get("name").is_none() {
+                        Some(self.generate(Kind::Rule, name, "Rule"))
+                    } else {
+                        None
+                    };
+                    if let Some(r) = self.rule(item, &p, generated) {
+                        rules.push(r);
+                    }
+                }
+                other => self.d.error(
+                    &p,
+                    format!(
+                        "expected a rule name or a rule object, got {}",
+                        describe(other)
+                    ),
+                ),
+            }
+        }
+        self.cfg.rulelists.push(RuleList {
+            name: name.to_owned(),
+            rules,
+        });
+    }
+
+    fn rule(&mut self, v: &Value, path: &FieldPath, generated: Option<String>) -> Option<String> {
+        let o = self.d.object(v, path, &["name", "match", "action"])?;
+        let name = self.name_of(o, generated)?;
+        if !self.define(Kind::Rule, &name, path) {
+            return None;
+        }
+        let (matcher, match_source) = match o.get("match") {
+            None | Some(Value::String(_)) => (None, None),
+            Some(m) => (
+                Some(Predicate::decode(&mut self.d, m, &o.at("match"))?),
+                Some(m.clone()),
+            ),
+        };
+        let action = self.d.required(o, "action").cloned();
+        let action = self.action(&action?, &o.at("action"), &name)?;
+        self.cfg.rules.push(Rule {
+            name: name.clone(),
+            matcher,
+            match_source,
+            action,
+        });
+        Some(name)
+    }
+
+    fn action(&mut self, v: &Value, path: &FieldPath, rule: &str) -> Option<Action> {
+        let o = self.d.object(v, path, &["route", "rewrite", "apply"])?;
+        let mut action = Action::default();
+        if let Some(rw) = o.get("rewrite") {
+            action.rewrite = self.d.array(rw, &o.at("rewrite"), |d, item, p| {
+                let ro = d.object(item, p, &["path", "value"])?;
+                let ptr_s = d
+                    .required(ro, "path")
+                    .and_then(|s| d.string(s, &ro.at("path")))?;
+                let ptr = Pointer::parse(&ptr_s)
+                    .map_err(|e| d.error(&ro.at("path"), e))
+                    .ok()?;
+                if ptr.is_root() {
+                    d.error(
+                        &ro.at("path"),
+                        "cannot rewrite the whole metadata object (empty path)",
+                    );
+                    return None;
+                }
+                let Some(value) = ro.map.get("value") else {
+                    d.error(&ro.at("value"), "missing required field");
+                    return None;
+                };
+                Some(Rewrite {
+                    path: ptr,
+                    value: value.clone(),
+                })
+            })?;
+        }
+        if let Some(a) = o.get("apply") {
+            let list = self.d.string(a, &o.at("apply"))?;
+            self.refs
+                .push((Kind::RuleList, list.clone(), o.at("apply")));
+            action.apply = Some(list);
+        }
+        match o.get("route") {
+            Some(Value::String(r)) => {
+                self.refs.push((Kind::Route, r.clone(), o.at("route")));
+                action.route = Some(r.clone());
+            }
+            Some(r @ Value::Object(_)) => {
+                let generated = if r.get("name").is_none() {
+                    Some(self.generate(Kind::Route, rule, "Route"))
+                } else {
+                    None
+                };
+                action.route = Some(self.route(r, &o.at("route"), generated)?);
+            }
+            Some(other) => {
+                self.d.error(
+                    &o.at("route"),
+                    format!(
+                        "expected a route name or a route object, got {}",
+                        describe(other)
+                    ),
+                );
+                return None;
+            }
+            None if action.apply.is_none() => {
+                self.d.error(
+                    &o.at("route"),
+                    "missing required field (an action needs a route or apply)",
+                );
+                return None;
+            }
+            None => {}
+        }
+        Some(action)
+    }
+
+    fn route(&mut self, v: &Value, path: &FieldPath, generated: Option<String>) -> Option<String> {
+        let o = self.d.object(
+            v,
+            path,
+            &[
+                "name",
+                "destination",
+                "cluster",
+                "ingress",
+                "egress",
+                "retry",
+            ],
+        )?;
+        let name = self.name_of(o, generated)?;
+        if !self.define(Kind::Route, &name, path) {
+            return None;
+        }
+        let dest_key = if o.get("destination").is_some() {
+            "destination"
+        } else {
+            "cluster"
+        };
+        let destination = match o.get(dest_key) {
+            Some(d) => self.cluster_ref(d, &o.at(dest_key), &name, "Cluster"),
+            None => {
+                self.d.error(&o.at("destination"), "missing required field");
+                None
+            }
+        };
+        let chain = |b: &mut Self, key: &str, label: &str| -> Option<Vec<String>> {
+            match o.get(key) {
+                None => Some(Vec::new()),
+                Some(list) => {
+                    let items =
+                        b.d.array(list, &o.at(key), |_, v, p| Some((v.clone(), p.clone())))?;
+                    let mut names = Vec::new();
+                    for (v, p) in items {
+                        names.push(b.cluster_ref(&v, &p, &name, label)?);
+                    }
+                    Some(names)
+                }
+            }
+        };
+        let ingress = chain(self, "ingress", "ingress-Cluster");
+        let egress = chain(self, "egress", "egress-Cluster");
+        let retry = match o.get("retry") {
+            Some(r) => self.retry(r, &o.at("retry")),
+            None => Some(Retry::default()),
+        };
+        self.cfg.routes.push(Route {
+            name: name.clone(),
+            destination: destination?,
+            ingress: ingress?,
+            egress: egress?,
+            retry: retry?,
+        });
+        Some(name)
+    }
+
+    /// A cluster given by name (checked later) or inline (decoded now with a generated name).
+    fn cluster_ref(
+        &mut self,
+        v: &Value,
+        path: &FieldPath,
+        route: &str,
+        label: &str,
+    ) -> Option<String> {
+        match v {
+            Value::String(c) => {
+                self.refs.push((Kind::Cluster, c.clone(), path.clone()));
+                Some(c.clone())
+            }
+            Value::Object(_) => {
+                let generated = if v.get("name").is_none() {
+                    Some(self.generate(Kind::Cluster, route, label))
+                } else {
+                    None
+                };
+                self.cluster(v, path, generated)
+            }
+            other => {
+                self.d.error(
+                    path,
+                    format!(
+                        "expected a cluster name or a cluster object, got {}",
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn retry(&mut self, v: &Value, path: &FieldPath) -> Option<Retry> {
+        let o = self
+            .d
+            .object(v, path, &["retry_on", "num_retries", "timeout"])?;
+        let mut r = Retry::default();
+        if let Some(on) = o.get("retry_on") {
+            r.retry_on = match self.d.string(on, &o.at("retry_on"))?.as_str() {
+                "never" => RetryOn::Never,
+                "connect-failure" => RetryOn::ConnectFailure,
+                "disconnect" => RetryOn::Disconnect,
+                "always" => RetryOn::Always,
+                other => {
+                    let msg = format!(
+                        "unknown retry policy {other:?} (expected one of: never, connect-failure, disconnect, always)"
+                    );
+                    self.d.error(&o.at("retry_on"), msg);
+                    return None;
+                }
+            };
+        }
+        if let Some(n) = o.get("num_retries") {
+            r.num_retries = self.d.int_in(n, &o.at("num_retries"), 0, 1000)? as u32;
+        }
+        if let Some(t) = o.get("timeout") {
+            r.timeout =
+                Duration::from_millis(self.d.int_in(t, &o.at("timeout"), 1, 3_600_000)? as u64);
+        }
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        parse_config(yaml, Format::Yaml)
+    }
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match load(yaml) {
+            Ok(_) => panic!("expected errors for {yaml}"),
+            Err(e) => match e {
+                ConfigError::Invalid(list) => list.iter().map(|e| e.to_string()).collect(),
+                other => vec![other.to_string()],
+            },
+        }
+    }
+
+    #[test]
+    fn inline_objects_get_generated_names() {
+        let cfg = load(
+            r#"
+listeners:
+  - name: udp-in
+    spec: { protocol: UDP, port: 9001 }
+    rules:
+      - action:
+          route:
+            destination:
+              spec: { protocol: UDP, port: 9002 }
+              endpoints: [{ spec: { address: 127.0.0.1 } }]
+            ingress: [ { spec: { protocol: JSONEncap } } ]
+            egress: [ echo ]
+clusters:
+  - name: echo
+    spec: { protocol: Echo }
+"#,
+        )
+        .expect("valid");
+        assert_eq!(cfg.listeners[0].rules, "udp-in-RuleList-0");
+        assert_eq!(cfg.rulelists[0].rules, vec!["udp-in-RuleList-0-Rule-0"]);
+        let rule = cfg.rule("udp-in-RuleList-0-Rule-0").expect("rule");
+        let route = cfg
+            .route(rule.action.route.as_deref().expect("route"))
+            .expect("route exists");
+        assert_eq!(route.name, "udp-in-RuleList-0-Rule-0-Route-0");
+        assert_eq!(
+            route.destination,
+            "udp-in-RuleList-0-Rule-0-Route-0-Cluster-0"
+        );
+        assert_eq!(
+            route.ingress,
+            vec!["udp-in-RuleList-0-Rule-0-Route-0-ingress-Cluster-1"]
+        );
+        assert_eq!(route.egress, vec!["echo"]);
+        let dest = cfg.cluster(&route.destination).expect("dest");
+        assert_eq!(
+            dest.endpoints[0].name,
+            format!("{}-EndPoint-0", route.destination)
+        );
+        assert!(matches!(
+            cfg.listeners[0].spec,
+            ListenerSpec::Udp(UdpListenerSpec {
+                mode: UdpMode::Server,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn field_errors_name_the_path() {
+        let e = errors(
+            "listeners:\n  - name: a\n    spec: {protocol: TCP, port: abc}\n    rules: []\n",
+        );
+        assert_eq!(
+            e,
+            vec!["listeners[0].spec.port: expected an integer 1..65535, got \"abc\""]
+        );
+        let e = errors("listeners:\n  - name: a\n    spec: {protocol: Foo}\n    rules: []\n");
+        assert!(
+            e[0].starts_with("listeners[0].spec.protocol: unknown protocol \"Foo\""),
+            "{e:?}"
+        );
+        let e = errors(
+            "clusters:\n  - {name: a, spec: {protocol: Echo}}\n  - {name: a, spec: {protocol: Echo}}\n",
+        );
+        assert_eq!(
+            e,
+            vec!["clusters[1].name: cluster \"a\" already defined at clusters[0]"]
+        );
+        let e = errors(
+            "listeners:\n  - name: a\n    spec: {protocol: TCP, port: 1}\n    rules: nolist\n",
+        );
+        assert_eq!(
+            e,
+            vec!["listeners[0].rules: rulelist \"nolist\" is not defined"]
+        );
+        let e = errors("routes:\n  - {name: r, destination: nope}\n");
+        assert_eq!(
+            e,
+            vec!["routes[0].destination: cluster \"nope\" is not defined"]
+        );
+    }
+
+    #[test]
+    fn retry_fields_default_one_by_one() {
+        let cfg = load("clusters: [{name: e, spec: {protocol: Echo}}]\nroutes:\n  - {name: r, destination: e, retry: {retry_on: always}}\n")
+            .expect("valid");
+        assert_eq!(
+            cfg.routes[0].retry,
+            Retry {
+                retry_on: RetryOn::Always,
+                ..Retry::default()
+            }
+        );
+    }
+
+    #[test]
+    fn syntax_errors_say_which_format() {
+        let e = parse_config("{", Format::Json).expect_err("bad json");
+        assert!(
+            e.to_string()
+                .starts_with("cannot parse the configuration as JSON")
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! The flat, validated configuration: every object has a name and refers to others by name.
+//!
+//! Inline objects of the original format (rules inside a listener, a route inside a rule, clusters inside a route,
+//! endpoints without names) are lifted into these tables with the original's generated names by [`crate::load`].
+
+use crate::pointer::Pointer;
+use crate::predicate::Predicate;
+use serde_json::Value;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A whole configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub admin: Admin,
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+    pub rulelists: Vec<RuleList>,
+    pub rules: Vec<Rule>,
+    pub routes: Vec<Route>,
+}
+
+/// Process-wide settings (`admin:`).
+#[derive(Debug, Clone, Default)]
+pub struct Admin {
+    /// One of silly, verbose, info, notice, warn, error, silent.
+    pub log_level: Option<String>,
+    pub log_file: Option<String>,
+    pub access_log_path: Option<String>,
+    pub strict: bool,
+}
+
+/// Whether a stream keeps message boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Bytes without boundaries (TCP, UNIX stream, STDIO).
+    ByteStream,
+    /// One write is one message (UDP, WebSocket, ...).
+    Datagram,
+}
+
+/// A listener: a protocol "plug" that accepts peers and emits sessions.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub spec: ListenerSpec,
+    /// The name of the RuleList that routes this listener's sessions.
+    pub rules: String,
+    pub options: ListenerOptions,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListenerOptions {
+    /// Keep ended sessions visible for this long (the original's `track`, seconds).
+    pub track: Option<Duration>,
+}
+
+/// Protocol-specific listener settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenerSpec {
+    Udp(UdpListenerSpec),
+    Tcp(TcpListenerSpec),
+    UnixDomainSocket(UnixListenerSpec),
+}
+
+impl ListenerSpec {
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            ListenerSpec::Udp(_) => "UDP",
+            ListenerSpec::Tcp(_) => "TCP",
+            ListenerSpec::UnixDomainSocket(_) => "UnixDomainSocket",
+        }
+    }
+    pub fn stream_kind(&self) -> StreamKind {
+        match self {
+            ListenerSpec::Udp(_) => StreamKind::Datagram,
+            ListenerSpec::Tcp(_) | ListenerSpec::UnixDomainSocket(_) => StreamKind::ByteStream,
+        }
+    }
+}
+
+/// UDP session mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpMode {
+    /// One session per remote address:port, each on its own connected socket.
+    Server,
+    /// Exactly one session, on a socket connected to `connect`.
+    Singleton,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UdpListenerSpec {
+    pub address: IpAddr,
+    /// 0 binds an ephemeral port.
+    pub port: u16,
+    pub connect_address: Option<IpAddr>,
+    pub connect_port: Option<u16>,
+    pub mode: UdpMode,
+    /// A session with no traffic in either direction for this long ends. `None`: never.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The default idle timeout of UDP sessions.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpListenerSpec {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnixListenerSpec {
+    pub filename: String,
+}
+
+/// A cluster: the client side of a protocol (with endpoints) or a built-in transform.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub spec: ClusterSpec,
+    pub endpoints: Vec<Endpoint>,
+    pub loadbalancer: LoadBalancer,
+    /// Stored and dumped, not interpreted.
+    pub options: Option<Value>,
+}
+
+/// Local address a cluster's sockets bind to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bind {
+    pub address: Option<IpAddr>,
+    pub port: u16,
+}
+
+/// Protocol-specific cluster settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterSpec {
+    Udp {
+        port: u16,
+        bind: Option<Bind>,
+    },
+    Tcp {
+        port: u16,
+        bind: Option<Bind>,
+    },
+    UnixDomainSocket,
+    Echo,
+    Discard,
+    Logger {
+        log_file: String,
+        log_prefix: Option<String>,
+    },
+    Stdio,
+    JsonEncap,
+    JsonDecap,
+}
+
+impl ClusterSpec {
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            ClusterSpec::Udp { .. } => "UDP",
+            ClusterSpec::Tcp { .. } => "TCP",
+            ClusterSpec::UnixDomainSocket => "UnixDomainSocket",
+            ClusterSpec::Echo => "Echo",
+            ClusterSpec::Discard => "Discard",
+            ClusterSpec::Logger { .. } => "Logger",
+            ClusterSpec::Stdio => "Stdio",
+            ClusterSpec::JsonEncap => "JSONEncap",
+            ClusterSpec::JsonDecap => "JSONDecap",
+        }
+    }
+
+    /// Clusters with endpoints (network clients); the rest are virtual.
+    pub fn takes_endpoints(&self) -> bool {
+        matches!(
+            self,
+            ClusterSpec::Udp { .. } | ClusterSpec::Tcp { .. } | ClusterSpec::UnixDomainSocket
+        )
+    }
+
+    /// The stream kind of the cluster's upstream side; `None` for transforms, which keep whatever boundaries they
+    /// are given.
+    pub fn stream_kind(&self) -> Option<StreamKind> {
+        match self {
+            ClusterSpec::Udp { .. } => Some(StreamKind::Datagram),
+            ClusterSpec::Tcp { .. } | ClusterSpec::UnixDomainSocket | ClusterSpec::Stdio => {
+                Some(StreamKind::ByteStream)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One upstream address of a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub name: String,
+    /// IP address or DNS name; for UnixDomainSocket the socket file path.
+    pub address: String,
+    pub weight: u32,
+}
+
+/// How a cluster picks an endpoint.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum LoadBalancer {
+    /// Always the first endpoint.
+    #[default]
+    Trivial,
+    /// Consistent hashing of the metadata value at `key` (rendezvous hashing; weights honoured).
+    HashRing { key: Option<Pointer> },
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleList {
+    pub name: String,
+    /// Rule names, evaluated in order; the first match wins.
+    pub rules: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// `None` matches every session (the original's `'*'` or missing `match`).
+    pub matcher: Option<Predicate>,
+    /// The predicate as written, for dumps.
+    pub match_source: Option<Value>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Action {
+    pub rewrite: Vec<Rewrite>,
+    pub route: Option<String>,
+    /// Continue the lookup in this RuleList (the rule's rewrite and route are then ignored, as in the original).
+    pub apply: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub path: Pointer,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub destination: String,
+    pub ingress: Vec<String>,
+    pub egress: Vec<String>,
+    pub retry: Retry,
+}
+
+/// When a session's stages are (re)connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetryOn {
+    #[default]
+    Never,
+    ConnectFailure,
+    Disconnect,
+    Always,
+}
+
+/// Retry policy; unlike the original, each field has its own default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    pub retry_on: RetryOn,
+    pub num_retries: u32,
+    /// Per-attempt connect timeout and the delay between attempts.
+    pub timeout: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            retry_on: RetryOn::Never,
+            num_retries: 1,
+            timeout: Duration::from_millis(2000),
+        }
+    }
+}
+
+impl Config {
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|x| x.name == name)
+    }
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|x| x.name == name)
+    }
+    pub fn rulelist(&self, name: &str) -> Option<&RuleList> {
+        self.rulelists.iter().find(|x| x.name == name)
+    }
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|x| x.name == name)
+    }
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|x| x.name == name)
+    }
+}
