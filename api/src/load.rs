@@ -406,7 +406,7 @@ impl Builder {
 
     fn udp_listener(&mut self, o: Obj<'_>) -> Option<UdpListenerSpec> {
         let port = match o.get("port") {
-            Some(p) => self.d.port_or_any(p, &o.at("port")),
+            Some(p) => self.d.port(p, &o.at("port")),
             None => Some(0),
         };
         let address = self.address_or_any(o);

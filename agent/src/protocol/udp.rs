@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Datagrams queued for a session whose socket is not connected yet.
 const EARLY_DEPTH: usize = 256;
+/// Receive buffer asked for the listening socket, which takes a burst of new peers' first datagrams.
+const LISTENER_RCVBUF: usize = 4 << 20;
 
 pub struct UdpBound {
     socket: Arc<UdpSocket>,
@@ -50,6 +52,8 @@ fn udp_socket(local: SocketAddr, reuse: bool) -> io::Result<Socket> {
 impl UdpBound {
     pub fn bind(spec: &UdpListenerSpec) -> io::Result<UdpBound> {
         let sock = udp_socket(SocketAddr::new(spec.address, spec.port), true)?;
+        // Best effort: the kernel caps it at net.core.rmem_max.
+        let _ = sock.set_recv_buffer_size(LISTENER_RCVBUF);
         let socket = UdpSocket::from_std(sock.into())?;
         let local = socket.local_addr()?;
         if spec.mode == UdpMode::Singleton
@@ -136,7 +140,23 @@ impl UdpBound {
         let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<SocketAddr>();
         let mut buf = vec![0u8; crate::sys::MAX_DATAGRAM];
         let mut warned_reject = false;
+        // Datagrams of other peers that a new session socket caught before it was connected.
+        let mut redeliver: Vec<(Bytes, SocketAddr)> = Vec::new();
         loop {
+            if !redeliver.is_empty() {
+                let (msg, peer) = redeliver.remove(0);
+                self.dispatch(
+                    msg,
+                    peer,
+                    &mut peers,
+                    &mut redeliver,
+                    &gone_tx,
+                    &engine,
+                    &listener,
+                    &mut warned_reject,
+                );
+                continue;
+            }
             let (n, peer) = tokio::select! {
                 _ = cancel.cancelled() => return,
                 Some(gone) = gone_rx.recv() => {
@@ -152,54 +172,103 @@ impl UdpBound {
                 },
             };
             let msg = Bytes::copy_from_slice(&buf[..n]);
-            if let Some(tx) = peers.get(&peer) {
-                if tx.try_send(msg).is_err() {
-                    tracing::debug!(listener = %listener.name, %peer, "session queue full, datagram dropped");
-                }
-                continue;
-            }
-            if !self.accepts(peer) {
-                if !warned_reject {
-                    tracing::warn!(listener = %listener.name, %peer, "datagram from a peer the listener's connect spec excludes dropped (logged once)");
-                    warned_reject = true;
-                }
-                continue;
-            }
-            let socket = match session_socket(self.local, peer) {
-                Ok(s) => Arc::new(s),
-                Err(e) => {
-                    tracing::warn!(listener = %listener.name, %peer, "cannot open a session socket: {e}");
-                    continue;
-                }
-            };
-            let (tx, rx) = mpsc::channel(EARLY_DEPTH);
-            let _ = tx.try_send(msg);
-            peers.insert(peer, tx);
-            let name = session_name("UDP", peer, self.local, engine.next_id());
-            let gone = gone_tx.clone();
-            engine.spawn_session(NewSession {
-                metadata: ip_metadata(&listener.name, &name, "UDP", peer, self.local),
-                name,
-                listener: listener.clone(),
-                reader: Reader::Udp(UdpReader {
-                    socket: socket.clone(),
-                    early: Some(rx),
-                }),
-                writer: Writer::Udp(socket),
-                idle_timeout: self.spec.idle_timeout,
-                on_end: Some(Box::new(move || {
-                    let _ = gone.send(peer);
-                })),
-            });
+            self.dispatch(
+                msg,
+                peer,
+                &mut peers,
+                &mut redeliver,
+                &gone_tx,
+                &engine,
+                &listener,
+                &mut warned_reject,
+            );
         }
+    }
+
+    /// Hands a datagram to its peer's session, or starts a session for a new peer.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        msg: Bytes,
+        peer: SocketAddr,
+        peers: &mut HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+        redeliver: &mut Vec<(Bytes, SocketAddr)>,
+        gone_tx: &mpsc::UnboundedSender<SocketAddr>,
+        engine: &Arc<Engine>,
+        listener: &Arc<Listener>,
+        warned_reject: &mut bool,
+    ) {
+        if let Some(tx) = peers.get(&peer) {
+            if tx.try_send(msg).is_err() {
+                tracing::debug!(listener = %listener.name, %peer, "session queue full, datagram dropped");
+            }
+            return;
+        }
+        if !self.accepts(peer) {
+            if !*warned_reject {
+                tracing::warn!(listener = %listener.name, %peer, "datagram from a peer the listener's connect spec excludes dropped (logged once)");
+                *warned_reject = true;
+            }
+            return;
+        }
+        let (tx, rx) = mpsc::channel(EARLY_DEPTH);
+        let _ = tx.try_send(msg);
+        let socket = match session_socket(self.local, peer) {
+            Ok((s, caught)) => {
+                // Between bind and connect the new socket may have caught datagrams of any peer: its own go to its
+                // queue in order, the others back through dispatch.
+                for (m, from) in caught {
+                    if from == peer {
+                        let _ = tx.try_send(m);
+                    } else {
+                        redeliver.push((m, from));
+                    }
+                }
+                Arc::new(s)
+            }
+            Err(e) => {
+                tracing::warn!(listener = %listener.name, %peer, "cannot open a session socket: {e}");
+                return;
+            }
+        };
+        peers.insert(peer, tx);
+        let name = session_name("UDP", peer, self.local, engine.next_id());
+        let gone = gone_tx.clone();
+        engine.spawn_session(NewSession {
+            metadata: ip_metadata(&listener.name, &name, "UDP", peer, self.local),
+            name,
+            listener: listener.clone(),
+            reader: Reader::Udp(UdpReader {
+                socket: socket.clone(),
+                early: Some(rx),
+            }),
+            writer: Writer::Udp(socket),
+            idle_timeout: self.spec.idle_timeout,
+            on_end: Some(Box::new(move || {
+                let _ = gone.send(peer);
+            })),
+        });
     }
 }
 
-/// A socket bound to the listener's address and connected to one peer.
-fn session_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
+/// A socket bound to the listener's address and connected to one peer, with the datagrams it caught before the
+/// connect took effect (from any peer: the kernel may deliver to it while it is bound but not yet connected).
+fn session_socket(
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> io::Result<(UdpSocket, Vec<(Bytes, SocketAddr)>)> {
     let sock = udp_socket(local, true)?;
     sock.connect(&peer.into())?;
-    UdpSocket::from_std(sock.into())
+    let mut caught = Vec::new();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); crate::sys::MAX_DATAGRAM];
+    while let Ok((n, from)) = sock.recv_from(&mut buf) {
+        // SAFETY: recv_from initialised the first n bytes.
+        let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
+        if let Some(from) = from.as_socket() {
+            caught.push((Bytes::copy_from_slice(bytes), from));
+        }
+    }
+    Ok((UdpSocket::from_std(sock.into())?, caught))
 }
 
 fn socket_connect_blocking(socket: &UdpSocket, peer: SocketAddr) -> io::Result<()> {

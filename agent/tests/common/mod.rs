@@ -1,0 +1,314 @@
+//! Test harness: runs the real `l7mp-agent` binary on a configuration and gives tests real sockets to talk to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_l7mp-agent");
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running agent; killed when dropped.
+pub struct Agent {
+    child: Child,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    pub dir: tempfile::TempDir,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
+}
+
+impl Agent {
+    /// Starts the agent on `yaml` (with `-l info`) and waits until it says it is running.
+    pub fn start(yaml: &str) -> Agent {
+        Self::start_with(yaml, &[])
+    }
+
+    pub fn start_with(yaml: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, yaml).expect("write config");
+        Self::start_file(&cfg, dir, extra)
+    }
+
+    pub fn start_file(cfg: &Path, dir: tempfile::TempDir, extra: &[&str]) -> Agent {
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(cfg)
+            .args(["-l", "info", "--threads", "2", "--drain-timeout", "1"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn l7mp-agent");
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let (m, cv) = &*log2;
+                m.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let agent = Agent {
+            child,
+            log,
+            dir,
+            stdin,
+            stdout,
+        };
+        agent.wait_log("l7mp-agent running");
+        agent
+    }
+
+    /// Waits until a log line contains `needle`; panics with the whole log after the timeout.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let (m, cv) = &*self.log;
+        let deadline = Instant::now() + TIMEOUT;
+        let mut lines = m.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("no log line with {needle:?}; log:\n{}", lines.join("\n"));
+            }
+            lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit after SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the agent to completion on `yaml` (e.g. a broken config) and returns (exit code, stderr).
+pub fn run_to_exit(yaml: &str, name: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join(name);
+    std::fs::write(&cfg, yaml).expect("write config");
+    run_file_to_exit(&cfg)
+}
+
+pub fn run_file_to_exit(cfg: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err)
+                .expect("read");
+            return (st.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agent did not exit on {}", cfg.display());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 (a tiny race with other processes is accepted).
+pub fn free_port() -> u16 {
+    loop {
+        let t = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = t.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A UDP client connected to the agent.
+pub fn udp_client(port: u16) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s
+}
+
+pub fn recv(s: &UdpSocket) -> Vec<u8> {
+    let mut buf = vec![0u8; 70000];
+    let n = s
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no datagram arrived: {e}"));
+    buf.truncate(n);
+    buf
+}
+
+/// A UDP server on 127.0.0.1 that answers every datagram with `f(datagram)`; returns its port.
+pub fn udp_server(f: impl Fn(&[u8], std::net::SocketAddr) -> Vec<u8> + Send + 'static) -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = s.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 70000];
+        while let Ok((n, peer)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&f(&buf[..n], peer), peer);
+        }
+    });
+    port
+}
+
+/// A TCP echo server on 127.0.0.1 (echoes until the client half-closes, then closes); returns its port.
+pub fn tcp_echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for c in l.incoming().map_while(Result::ok) {
+            thread::spawn(move || echo_stream(c));
+        }
+    });
+    port
+}
+
+pub fn echo_stream<S: Read + Write>(mut c: S) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+pub fn tcp_client(port: u16) -> TcpStream {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+                return s;
+            }
+            Err(e) if Instant::now() > deadline => {
+                panic!("cannot connect to 127.0.0.1:{port}: {e}")
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` on one thread while reading the reply on this one (so large transfers cannot deadlock), then
+/// half-closes and reads to EOF. Returns what came back.
+pub fn round_trip<S>(stream: S, data: Vec<u8>) -> Vec<u8>
+where
+    S: Read + Write + Send + 'static + TryCloneShutdown,
+{
+    let mut writer = stream.try_clone_stream();
+    let t = thread::spawn(move || {
+        writer.write_all(&data).expect("write");
+        writer.shutdown_write();
+    });
+    let mut out = Vec::new();
+    let mut r = stream;
+    r.read_to_end(&mut out).expect("read to end");
+    t.join().expect("writer");
+    out
+}
+
+pub trait TryCloneShutdown: Sized {
+    fn try_clone_stream(&self) -> Self;
+    fn shutdown_write(&self);
+}
+
+impl TryCloneShutdown for TcpStream {
+    fn try_clone_stream(&self) -> Self {
+        self.try_clone().expect("clone")
+    }
+    fn shutdown_write(&self) {
+        self.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    }
+}
+
+impl TryCloneShutdown for std::os::unix::net::UnixStream {
+    fn try_clone_stream(&self) -> Self {
+        self.try_clone().expect("clone")
+    }
+    fn shutdown_write(&self) {
+        self.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    }
+}
+
+/// The repository root (for examples/).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root")
+        .to_path_buf()
+}
