@@ -14,5 +14,6 @@ pub mod protocol;
 pub mod router;
 pub mod session;
 pub mod snapshot;
+pub mod splice;
 pub mod stream;
 pub mod sys;

@@ -11,6 +11,7 @@
 
 use crate::protocol::Stage;
 use crate::protocol::transform::Transform;
+use crate::splice::{Pipe, Sock};
 use crate::stream::{Batch, CHANNEL_DEPTH, Reader, Writer};
 use crate::sys::BATCH;
 use bytes::BytesMut;
@@ -68,7 +69,45 @@ pub enum PumpEnd {
 }
 
 impl Pump {
-    async fn run(mut self) -> PumpEnd {
+    async fn run(self) -> PumpEnd {
+        if self.via.is_empty()
+            && let (Some(_), Some(_)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to))
+            && let Ok(pipe) = Pipe::new()
+        {
+            return self.run_spliced(pipe).await;
+        }
+        self.run_copying().await
+    }
+
+    /// Socket to socket with nothing to transform: splice(2), no copy through user space.
+    async fn run_spliced(mut self, mut pipe: Pipe) -> PumpEnd {
+        loop {
+            let (Some(from), Some(to)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to)) else {
+                return PumpEnd::Failed(io::Error::other("splice pump lost its sockets"));
+            };
+            let n = match pipe.fill(from).await {
+                Ok(0) => return PumpEnd::Eof { conveyed: self.to.shutdown().await },
+                Ok(n) => n as u64,
+                Err(e) => return PumpEnd::Failed(e),
+            };
+            match self.count {
+                Count::UpIn => {
+                    self.stats.up_msgs.fetch_add(1, Relaxed);
+                    self.stats.up_bytes.fetch_add(n, Relaxed);
+                }
+                Count::DownOut => {
+                    self.stats.down_msgs.fetch_add(1, Relaxed);
+                    self.stats.down_bytes.fetch_add(n, Relaxed);
+                }
+                Count::None => {}
+            }
+            if let Err(e) = pipe.drain(to).await {
+                return PumpEnd::Failed(e);
+            }
+        }
+    }
+
+    async fn run_copying(mut self) -> PumpEnd {
         let mut arena = BytesMut::new();
         let mut batch: Batch = Vec::with_capacity(BATCH);
         loop {

@@ -2,6 +2,8 @@
 //! file's first line says `# expect: <text>`), and none panics. Also: listeners that cannot bind, `--check`,
 //! `--help`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 use common::*;
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! The configurations under `examples/` load and carry traffic as their comments promise.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 use common::*;
 use serde_json::Value;

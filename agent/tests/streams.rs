@@ -1,5 +1,7 @@
 //! End-to-end byte-stream tests through the real agent: TCP, UNIX sockets, Logger, Stdio, chains and lifecycle.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 use common::*;
 use std::io::{Read, Write};

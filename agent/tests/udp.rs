@@ -1,5 +1,7 @@
 //! End-to-end UDP tests through the real agent: boundaries, per-peer sessions, singleton mode, idle timeout, IPv6.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 use common::*;
 use std::collections::HashSet;
