@@ -171,7 +171,7 @@ impl Writer {
                 while off < batch.len() {
                     sock.writable().await?;
                     match sock.try_io(tokio::io::Interest::WRITABLE, || {
-                        sys::send_batch(fd, &batch[off..])
+                        sys::send_batch(fd, &batch[off..], true)
                     }) {
                         Ok(n) => off += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

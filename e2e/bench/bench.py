@@ -882,6 +882,18 @@ class Bench:
             if sink:
                 sink.close()
 
+    def note_crash(self, peer, scn, entry, when):
+        """Record that `peer` died during `scn`; returns None (kept for symmetry)."""
+        codes = [p.returncode for p in peer.exited()]
+        msg = "%s exited (code %s) %s: %s" % (peer.name, codes[0] if codes else "?", when,
+                                              " || ".join(tail(l, 4) for l in peer.logs()))
+        log("  CRASH: " + msg)
+        entry.setdefault("crashes", []).append(msg)
+        if peer.name == "l7mp":
+            self.agent_failures.append("%s: agent crashed %s" % (scn, when))
+        peer.stop()
+        return None
+
     def run_scenario(self, scn):
         udp = scn in ("udp-50k", "udp-unlimited")
         upstream = HTTP_PORT if scn == "conn-rate" else IPERF_PORT
@@ -918,11 +930,18 @@ class Bench:
                         d = self.run_direct(scn, peer.name, i, upstream)
                         time.sleep(self.settle)
                         if peer.exited():
-                            err = "proxy exited: " + " || ".join(tail(l) for l in peer.logs())
-                            self.k += 1
-                            log("  %s: %s" % (peer.name, err))
-                            entry["pairs"].append({"direct": d, "proxied": {"result": None, "error": err}})
-                            break
+                            # crashed after the previous run: note it, restart, go on
+                            err = self.note_crash(peer, scn, entry, "before pair %d" % i)
+                            if err is None:
+                                err = self.start_peer(peer, scn, upstream, udp)
+                            if err:
+                                log("  %s could not be restarted for %s: %s" % (peer.name, scn, err))
+                                self.k += 1 + 2 * (self.pairs - i)
+                                entry["pairs"].append({"direct": d, "proxied": {
+                                    "result": None, "error": "restart failed: " + err, "value": None}})
+                                if peer.name == "l7mp":
+                                    self.agent_failures.append("%s: restart failed: %s" % (scn, err))
+                                break
                         self.progress(scn, peer.name, i, peer.name)
                         sampler = ProcSampler(peer.roots())
                         res, err = self.measure(scn, PROXY_PORT, sampler=sampler)
@@ -938,6 +957,8 @@ class Bench:
                         entry["pairs"].append({"direct": d, "proxied": rec})
                         if scn in ("tcp-bulk", "udp-unlimited") and res is not None:
                             self.rss_loaded.setdefault(peer.name, []).append(sampler.peak_kib)
+                    if peer.exited():
+                        self.note_crash(peer, scn, entry, "after the last pair")
                     if peer.name == "l7mp":
                         if not any(carried_traffic(scn, p["proxied"]["result"]) for p in entry["pairs"]):
                             self.agent_failures.append("%s: carried no traffic (%s)" % (
@@ -966,13 +987,14 @@ class Bench:
                 if e.get("status") != "ok":
                     s[name] = {"status": e.get("status"), "error": e.get("error")}
                     continue
-                pv = [p["proxied"]["value"] for p in e["pairs"]]
+                pv = [p["proxied"].get("value") for p in e["pairs"]]
                 ratios = [p["proxied"].get("ratio") for p in e["pairs"]]
                 cpus = [p["proxied"].get("cpu_percent") for p in e["pairs"]]
-                errs = [p["proxied"]["error"] for p in e["pairs"] if p["proxied"]["error"]]
+                errs = [p["proxied"]["error"] for p in e["pairs"] if p["proxied"].get("error")]
                 rec = {"status": "ok" if any(v is not None for v in pv) else "failed",
                        "value": median(pv), "ratio": median(ratios),
-                       "cpu_percent": median(cpus), "errors": errs}
+                       "cpu_percent": median(cpus), "errors": errs,
+                       "crashes": e.get("crashes", [])}
                 if scn == "conn-rate":
                     se = [p["proxied"]["result"]["socket_errors"] for p in e["pairs"] if p["proxied"]["result"]]
                     rec["socket_errors"] = median(se)
@@ -1004,7 +1026,7 @@ class Bench:
             if e.get("status") in ("start-failed", "failed"):
                 return ["FAIL"] + (["–"] if ratio else [])
             v = e["value"]
-            r = [num(v / scale if v is not None else None, fmt)]
+            r = [num(v / scale if v is not None else None, fmt) + ("*" if e.get("crashes") else "")]
             if ratio:
                 r.append(num(e["ratio"], "%.2f"))
             return r
@@ -1034,7 +1056,8 @@ class Bench:
                 elif st in ("start-failed", "failed") or not e:
                     row += ["FAIL" if e else "–", "–"]
                 else:
-                    row += [num(e["value"], "%.2f"), num(e["cpu_percent"], "%.0f")]
+                    row += [num(e["value"], "%.2f") + ("*" if e.get("crashes") else ""),
+                            num(e["cpu_percent"], "%.0f")]
             row += cell("udp-unlimited", name, "%.1f", 1e3)
             row += cell("conn-rate", name, "%.0f", 1.0)
             if "conn-rate" not in self.scenarios:
@@ -1072,7 +1095,8 @@ class Bench:
                      "UDP 50k pps: loss measured at the iperf3 receiver, CPU = proxy process tree, "
                      "% of one core. RSS = VmRSS of the proxy process tree (idle after start; "
                      "loaded = peak during TCP bulk and UDP unlimited). n/a = peer does not do UDP; "
-                     "FAIL = peer did not start / carried no traffic; skip = scenario not run.")
+                     "FAIL = peer did not start / carried no traffic; * = the peer crashed "
+                     "during the scenario (see below); skip = scenario not run.")
         notes = []
         for name, why in self.skipped.items():
             notes.append("- %s skipped: %s" % (name, why))
@@ -1084,7 +1108,10 @@ class Bench:
                     continue
                 if e.get("status") in ("start-failed", "failed"):
                     notes.append("- %s / %s: %s" % (scn, name, (e.get("error") or "; ".join(e.get("errors") or []))[:400]))
-                elif e.get("errors"):
+                if e.get("crashes"):
+                    notes.append("- %s / %s: CRASHED %d time(s) (restarted for the next pair; '*' in the table): %s"
+                                 % (scn, name, len(e["crashes"]), e["crashes"][0][:400]))
+                if e.get("errors"):
                     notes.append("- %s / %s: %d failed run(s): %s" % (scn, name, len(e["errors"]), e["errors"][0][:300]))
                 if scn == "conn-rate" and e.get("non_2xx"):
                     notes.append("- conn-rate / %s: %d non-2xx responses (median)" % (name, e["non_2xx"]))
