@@ -82,11 +82,16 @@ impl Pump {
     /// Socket to socket with nothing to transform: splice(2), no copy through user space.
     async fn run_spliced(mut self, mut pipe: Pipe) -> PumpEnd {
         loop {
-            let (Some(from), Some(to)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to)) else {
+            let (Some(from), Some(to)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to))
+            else {
                 return PumpEnd::Failed(io::Error::other("splice pump lost its sockets"));
             };
             let n = match pipe.fill(from).await {
-                Ok(0) => return PumpEnd::Eof { conveyed: self.to.shutdown().await },
+                Ok(0) => {
+                    return PumpEnd::Eof {
+                        conveyed: self.to.shutdown().await,
+                    };
+                }
                 Ok(n) => n as u64,
                 Err(e) => return PumpEnd::Failed(e),
             };
@@ -160,81 +165,99 @@ pub fn assemble(
     stages: Stages,
     metadata: Arc<Value>,
     stats: Arc<Stats>,
-    mut boundary_loss: impl FnMut(),
+    boundary_loss: impl FnMut(),
 ) -> Vec<Pump> {
-    let mut pumps = Vec::new();
-    let mut push =
-        |from: Reader, kind: StreamKind, via: Vec<Transform>, to: Writer, count: Count| {
-            if kind == StreamKind::Datagram
-                && matches!(to, Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_))
-            {
-                boundary_loss();
-            }
-            pumps.push(Pump {
-                from,
-                via,
-                to,
-                metadata: metadata.clone(),
-                stats: stats.clone(),
-                count,
-            });
-        };
+    let mut a = Assembler {
+        pumps: Vec::new(),
+        metadata,
+        stats,
+        boundary_loss,
+    };
     let (src_r, src_w) = stages.source;
-    // Uplink.
-    let mut kind = src_r.kind();
-    let mut reader = src_r;
-    let mut via = Vec::new();
-    let mut count = Count::UpIn;
-    for st in stages.ingress {
-        match st {
-            Stage::Transform(t) => via.push(t),
-            Stage::Stream {
-                reader: r,
-                writer: w,
-                ..
-            } => {
-                push(reader, kind, std::mem::take(&mut via), w, count);
-                count = Count::None;
-                kind = r.kind();
-                reader = r;
-            }
-        }
-    }
-    let (mut reader, mut kind) = match stages.destination {
-        Stage::Stream {
-            reader: r,
-            writer: w,
-            ..
-        } => {
-            push(reader, kind, via, w, count);
-            let k = r.kind();
-            (r, k)
+    // Uplink: source → ingress… → destination.
+    let up = a.through(Lane::new(src_r, Count::UpIn), stages.ingress);
+    let down = match stages.destination {
+        Stage::Stream { reader, writer, .. } => {
+            a.pump(up, writer);
+            Lane::new(reader, Count::None)
         }
         Stage::Transform(t) => {
-            via.push(t);
+            // The destination loops the uplink back into the downlink through a channel.
+            let kind = up.kind;
             let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-            push(reader, kind, via, Writer::Chan(Some(tx)), count);
-            (Reader::Chan(rx), kind)
-        }
-    };
-    // If the uplink has no pump of its own before the source stats (destination loops back), it was counted above.
-    let mut via = Vec::new();
-    for st in stages.egress {
-        match st {
-            Stage::Transform(t) => via.push(t),
-            Stage::Stream {
-                reader: r,
-                writer: w,
-                ..
-            } => {
-                push(reader, kind, std::mem::take(&mut via), w, Count::None);
-                kind = r.kind();
-                reader = r;
+            let mut up = up;
+            up.via.push(t);
+            a.pump(up, Writer::Chan(Some(tx)));
+            Lane {
+                kind,
+                ..Lane::new(Reader::Chan(rx), Count::None)
             }
         }
+    };
+    // Downlink: destination → egress… → source.
+    let mut down = a.through(down, stages.egress);
+    down.count = Count::DownOut;
+    a.pump(down, src_w);
+    a.pumps
+}
+
+/// Data on its way to the next real stream: where it is read, the transforms it still has to pass, and the kind of
+/// stream it came from (an in-process channel keeps the kind of what feeds it).
+struct Lane {
+    reader: Reader,
+    kind: StreamKind,
+    via: Vec<Transform>,
+    count: Count,
+}
+
+impl Lane {
+    fn new(reader: Reader, count: Count) -> Lane {
+        Lane {
+            kind: reader.kind(),
+            reader,
+            via: Vec::new(),
+            count,
+        }
     }
-    push(reader, kind, via, src_w, Count::DownOut);
-    pumps
+}
+
+struct Assembler<F> {
+    pumps: Vec<Pump>,
+    metadata: Arc<Value>,
+    stats: Arc<Stats>,
+    boundary_loss: F,
+}
+
+impl<F: FnMut()> Assembler<F> {
+    /// Ends `lane` in a pump into `to`.
+    fn pump(&mut self, lane: Lane, to: Writer) {
+        if lane.kind == StreamKind::Datagram && to.kind() == StreamKind::ByteStream {
+            (self.boundary_loss)();
+        }
+        self.pumps.push(Pump {
+            from: lane.reader,
+            via: lane.via,
+            to,
+            metadata: self.metadata.clone(),
+            stats: self.stats.clone(),
+            count: lane.count,
+        });
+    }
+
+    /// Passes `lane` through a chain: transforms join the lane, each stream stage ends it in a pump and starts a
+    /// new lane at its reader.
+    fn through(&mut self, mut lane: Lane, chain: Vec<Stage>) -> Lane {
+        for stage in chain {
+            match stage {
+                Stage::Transform(t) => lane.via.push(t),
+                Stage::Stream { reader, writer, .. } => {
+                    self.pump(lane, writer);
+                    lane = Lane::new(reader, Count::None);
+                }
+            }
+        }
+        lane
+    }
 }
 
 /// Why a session's data path stopped.

@@ -77,7 +77,11 @@ impl Pipe {
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: fcntl on our own pipe; failure only leaves the default size.
         unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        Ok(Pipe { read, write, pending: 0 })
+        Ok(Pipe {
+            read,
+            write,
+            pending: 0,
+        })
     }
 
     /// Moves what `from` has into the pipe. `Ok(0)` is end of stream.
@@ -102,7 +106,12 @@ impl Pipe {
             to.ready(Interest::WRITABLE).await?;
             let (src, dst) = (self.read.as_raw_fd(), to.fd());
             match to.try_io(Interest::WRITABLE, || splice(src, dst, self.pending)) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped taking data")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "peer stopped taking data",
+                    ));
+                }
                 Ok(n) => self.pending -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -124,5 +133,9 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }

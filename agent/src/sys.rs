@@ -94,8 +94,15 @@ pub fn send_batch(fd: RawFd, msgs: &[Bytes], gso: bool) -> io::Result<usize> {
     }
     if gso && GSO_OK.load(Ordering::Relaxed) {
         match send_gso(fd, msgs) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)) => {
-                tracing::debug!("UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on");
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
+                ) =>
+            {
+                tracing::debug!(
+                    "UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on"
+                );
                 GSO_OK.store(false, Ordering::Relaxed);
             }
             other => return other,
@@ -106,12 +113,16 @@ pub fn send_batch(fd: RawFd, msgs: &[Bytes], gso: bool) -> io::Result<usize> {
     let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     for i in 0..n {
-        iovs[i] = libc::iovec { iov_base: msgs[i].as_ptr() as *mut libc::c_void, iov_len: msgs[i].len() };
+        iovs[i] = libc::iovec {
+            iov_base: msgs[i].as_ptr() as *mut libc::c_void,
+            iov_len: msgs[i].len(),
+        };
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
     }
     // SAFETY: `hdrs[..n]` are initialised; the kernel only reads the buffers.
-    let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+    let sent =
+        unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -153,7 +164,10 @@ fn send_gso(fd: RawFd, msgs: &[Bytes]) -> io::Result<usize> {
             }
         }
         for (k, m) in msgs[i..j].iter().enumerate() {
-            iovs[i + k] = libc::iovec { iov_base: m.as_ptr() as *mut libc::c_void, iov_len: m.len() };
+            iovs[i + k] = libc::iovec {
+                iov_base: m.as_ptr() as *mut libc::c_void,
+                iov_len: m.len(),
+            };
         }
         hdrs[h].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[h].msg_hdr.msg_iovlen = j - i;
@@ -162,7 +176,8 @@ fn send_gso(fd: RawFd, msgs: &[Bytes]) -> io::Result<usize> {
             let mh = &mut hdrs[h].msg_hdr;
             mh.msg_control = buf.0.as_mut_ptr().cast();
             // SAFETY: CMSG_SPACE/LEN are pure arithmetic.
-            mh.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+            mh.msg_controllen =
+                unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
             // SAFETY: msg_control points at a buffer large enough for one u16 option, 8-byte aligned.
             unsafe {
                 let c = libc::CMSG_FIRSTHDR(mh);
@@ -177,7 +192,8 @@ fn send_gso(fd: RawFd, msgs: &[Bytes]) -> io::Result<usize> {
         i = j;
     }
     // SAFETY: `hdrs[..h]` point into `iovs` and `cmsgs`, which live until after the call; buffers are only read.
-    let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), h as libc::c_uint, libc::MSG_DONTWAIT) };
+    let sent =
+        unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), h as libc::c_uint, libc::MSG_DONTWAIT) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -220,9 +236,13 @@ mod tests {
         a.connect(b.local_addr().expect("addr")).expect("connect");
         b.connect(a.local_addr().expect("addr")).expect("connect");
         // Runs of equal sizes (GSO candidates), a shorter tail, big ones and single ones.
-        let sizes = [64, 64, 64, 64, 10, 64, 64, 3000, 1, 1, 1, 500, 500, 499, 500, 9000, 7, 7, 7, 7, 7, 7, 7, 7];
-        let msgs: Vec<Bytes> =
-            (0..40).map(|i| Bytes::from(vec![i as u8; sizes[i % sizes.len()] + (i / sizes.len())])).collect();
+        let sizes = [
+            64, 64, 64, 64, 10, 64, 64, 3000, 1, 1, 1, 500, 500, 499, 500, 9000, 7, 7, 7, 7, 7, 7,
+            7, 7,
+        ];
+        let msgs: Vec<Bytes> = (0..40)
+            .map(|i| Bytes::from(vec![i as u8; sizes[i % sizes.len()] + (i / sizes.len())]))
+            .collect();
         let mut off = 0;
         while off < msgs.len() {
             off += send_batch(a.as_raw_fd(), &msgs[off..], gso).expect("send");
@@ -238,7 +258,10 @@ mod tests {
         }
         assert_eq!(got, msgs);
         if gso {
-            assert!(GSO_OK.load(Ordering::Relaxed), "this kernel refused UDP GSO: the test did not exercise it");
+            assert!(
+                GSO_OK.load(Ordering::Relaxed),
+                "this kernel refused UDP GSO: the test did not exercise it"
+            );
         }
     }
 }

@@ -133,231 +133,155 @@ impl Predicate {
         let o = d.object(v, path, FIELDS)?;
         let op_v = d.required(o, "op")?;
         let op = d.string(op_v, &o.at("op"))?;
+        if !OPERATORS.contains(&op.as_str()) {
+            let msg = format!(
+                "unknown operator {op:?} (expected one of: {})",
+                OPERATORS.join(", ")
+            );
+            d.error(&o.at("op"), msg);
+            return None;
+        }
         let ignore_case = match o.get("ignore_case") {
             Some(b) => d.bool(b, &o.at("ignore_case"))?,
             None => false,
         };
-        let ptr = |d: &mut Decoder, required: bool| -> Option<Option<Pointer>> {
-            match o.get("path") {
-                Some(p) => {
-                    let s = d.string(p, &o.at("path"))?;
-                    match Pointer::parse(&s) {
-                        Ok(ptr) => Some(Some(root.join(&ptr))),
-                        Err(e) => {
-                            d.error(&o.at("path"), e);
-                            None
-                        }
-                    }
-                }
-                None if required => {
-                    d.error(
-                        &o.at("path"),
-                        format!("missing required field (operator {op:?} needs a path)"),
-                    );
-                    None
-                }
-                None => Some(None),
-            }
-        };
-        let value = |d: &mut Decoder| -> Option<&Value> {
-            let v = o.map.get("value");
-            if v.is_none() {
-                d.error(
-                    &o.at("value"),
-                    format!("missing required field (operator {op:?} needs a value)"),
-                );
-            }
-            v
-        };
-        let string_value = |d: &mut Decoder| -> Option<String> {
-            let v = value(d)?;
-            d.string(v, &o.at("value"))
-        };
-        let number_value = |d: &mut Decoder| -> Option<f64> {
-            let v = value(d)?;
-            match v.as_f64() {
-                Some(n) => Some(n),
-                None => {
-                    d.error(
-                        &o.at("value"),
-                        format!("expected a number, got {}", describe(v)),
-                    );
-                    None
-                }
-            }
-        };
-        let array_value = |d: &mut Decoder| -> Option<Vec<Value>> {
-            let v = value(d)?;
-            match v {
-                Value::Array(a) => Some(a.clone()),
-                other => {
-                    d.error(
-                        &o.at("value"),
-                        format!("expected an array, got {}", describe(other)),
-                    );
-                    None
-                }
-            }
-        };
-        let p = || -> Pointer { Pointer::default() };
-        Some(match op.as_str() {
-            "test" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                Predicate::Test {
-                    path,
-                    value: value(d)?.clone(),
-                    ignore_case,
-                }
-            }
-            "contains" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                Predicate::Contains {
-                    path,
-                    value: value(d)?.clone(),
-                    ignore_case,
-                }
-            }
-            "defined" => Predicate::Defined {
-                path: ptr(d, true)?.unwrap_or_else(p),
-            },
-            "undefined" => Predicate::Undefined {
-                path: ptr(d, true)?.unwrap_or_else(p),
-            },
-            "starts" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                Predicate::Starts {
-                    path,
-                    value: string_value(d)?,
-                    ignore_case,
-                }
-            }
-            "ends" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                Predicate::Ends {
-                    path,
-                    value: string_value(d)?,
-                    ignore_case,
-                }
-            }
-            "less" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                Predicate::Less {
-                    path,
-                    value: number_value(d)?,
-                }
-            }
-            "more" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                Predicate::More {
-                    path,
-                    value: number_value(d)?,
-                }
-            }
-            "in" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                Predicate::In {
-                    path,
-                    values: array_value(d)?,
-                    ignore_case,
-                }
-            }
-            "contained" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                Predicate::Contained {
-                    path,
-                    values: array_value(d)?,
-                    ignore_case,
-                }
-            }
-            "intersects" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                Predicate::Intersects {
-                    path,
-                    values: array_value(d)?,
-                    ignore_case,
-                }
-            }
-            "matches" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                let pattern = string_value(d)?;
-                let built = regex::RegexBuilder::new(&pattern)
-                    .case_insensitive(ignore_case)
-                    .build();
-                match built {
-                    Ok(regex) => Predicate::Matches { path, regex },
+        // `path`, parsed and re-rooted; required for first-order operators.
+        let pointer = match o.get("path") {
+            Some(p) => {
+                let s = d.string(p, &o.at("path"))?;
+                match Pointer::parse(&s) {
+                    Ok(ptr) => Some(root.join(&ptr)),
                     Err(e) => {
-                        d.error(
-                            &o.at("value"),
-                            format!("invalid regular expression {pattern:?}: {e}"),
-                        );
+                        d.error(&o.at("path"), e);
                         return None;
                     }
                 }
             }
-            "type" => {
-                let path = ptr(d, true)?.unwrap_or_else(p);
-                let name = string_value(d)?;
-                let ty = match name.as_str() {
-                    "array" => JsonType::Array,
-                    "null" => JsonType::Null,
-                    "string" => JsonType::String,
-                    "number" => JsonType::Number,
-                    "boolean" => JsonType::Boolean,
-                    "object" => JsonType::Object,
-                    "undefined" => JsonType::Undefined,
-                    "date" => JsonType::Date,
-                    "time" => JsonType::Time,
-                    "date-time" => JsonType::DateTime,
-                    "lang" => JsonType::Lang,
-                    "lang-range" => JsonType::LangRange,
-                    "iri" => JsonType::Iri,
-                    "absolute-iri" => JsonType::AbsoluteIri,
-                    other => {
-                        d.error(
-                            &o.at("value"),
-                            format!(
-                                "unknown type {other:?} (expected one of: array, null, string, number, boolean, \
-                                 object, undefined, date, time, date-time, lang, lang-range, iri, absolute-iri)"
-                            ),
-                        );
-                        return None;
-                    }
-                };
-                Predicate::Type { path, ty }
-            }
-            "and" | "or" | "not" => {
-                let sub_root = match ptr(d, false)? {
-                    Some(p) => p,
-                    None => root.clone(),
-                };
-                let apply_path = o.at("apply");
-                let Some(apply_v) = o.get("apply") else {
-                    d.error(
-                        &apply_path,
-                        format!(
-                            "missing required field (operator {op:?} needs an array of predicates)"
-                        ),
-                    );
-                    return None;
-                };
-                let subs = d.array(apply_v, &apply_path, |d, v, p| {
-                    Self::decode_rooted(d, v, p, &sub_root)
-                })?;
-                match op.as_str() {
-                    "and" => Predicate::And(subs),
-                    "or" => Predicate::Or(subs),
-                    _ => Predicate::Not(subs),
-                }
-            }
-            other => {
+            None => None,
+        };
+        if let "and" | "or" | "not" = op.as_str() {
+            let sub_root = pointer.unwrap_or_else(|| root.clone());
+            let apply_path = o.at("apply");
+            let Some(apply_v) = o.get("apply") else {
                 d.error(
-                    &o.at("op"),
+                    &apply_path,
                     format!(
-                        "unknown operator {other:?} (expected one of: {})",
-                        OPERATORS.join(", ")
+                        "missing required field (operator {op:?} needs an array of predicates)"
                     ),
                 );
                 return None;
+            };
+            let subs = d.array(apply_v, &apply_path, |d, v, p| {
+                Self::decode_rooted(d, v, p, &sub_root)
+            })?;
+            return Some(match op.as_str() {
+                "and" => Predicate::And(subs),
+                "or" => Predicate::Or(subs),
+                _ => Predicate::Not(subs),
+            });
+        }
+        let Some(path) = pointer else {
+            d.error(
+                &o.at("path"),
+                format!("missing required field (operator {op:?} needs a path)"),
+            );
+            return None;
+        };
+        if let "defined" | "undefined" = op.as_str() {
+            return Some(if op == "defined" {
+                Predicate::Defined { path }
+            } else {
+                Predicate::Undefined { path }
+            });
+        }
+        let vpath = o.at("value");
+        let Some(value) = o.map.get("value") else {
+            d.error(
+                &vpath,
+                format!("missing required field (operator {op:?} needs a value)"),
+            );
+            return None;
+        };
+        let expect = |d: &mut Decoder, what: &str| {
+            d.error(&vpath, format!("expected {what}, got {}", describe(value)))
+        };
+        Some(match op.as_str() {
+            "test" => Predicate::Test {
+                path,
+                value: value.clone(),
+                ignore_case,
+            },
+            "contains" => Predicate::Contains {
+                path,
+                value: value.clone(),
+                ignore_case,
+            },
+            "starts" | "ends" | "matches" | "type" => {
+                let Some(text) = value.as_str().map(str::to_owned) else {
+                    expect(d, "a string");
+                    return None;
+                };
+                match op.as_str() {
+                    "starts" => Predicate::Starts {
+                        path,
+                        value: text,
+                        ignore_case,
+                    },
+                    "ends" => Predicate::Ends {
+                        path,
+                        value: text,
+                        ignore_case,
+                    },
+                    "matches" => match regex::RegexBuilder::new(&text)
+                        .case_insensitive(ignore_case)
+                        .build()
+                    {
+                        Ok(regex) => Predicate::Matches { path, regex },
+                        Err(e) => {
+                            d.error(&vpath, format!("invalid regular expression {text:?}: {e}"));
+                            return None;
+                        }
+                    },
+                    _ => Predicate::Type {
+                        path,
+                        ty: json_type(d, &text, &vpath)?,
+                    },
+                }
+            }
+            "less" | "more" => {
+                let Some(n) = value.as_f64() else {
+                    expect(d, "a number");
+                    return None;
+                };
+                if op == "less" {
+                    Predicate::Less { path, value: n }
+                } else {
+                    Predicate::More { path, value: n }
+                }
+            }
+            _ => {
+                let Value::Array(values) = value else {
+                    expect(d, "an array");
+                    return None;
+                };
+                let values = values.clone();
+                match op.as_str() {
+                    "in" => Predicate::In {
+                        path,
+                        values,
+                        ignore_case,
+                    },
+                    "contained" => Predicate::Contained {
+                        path,
+                        values,
+                        ignore_case,
+                    },
+                    _ => Predicate::Intersects {
+                        path,
+                        values,
+                        ignore_case,
+                    },
+                }
             }
         })
     }
@@ -452,6 +376,39 @@ impl Predicate {
             // The original (json-predicate 0.9.5) answers true for an empty `or`; we keep that.
             Predicate::Or(subs) => subs.is_empty() || subs.iter().any(|p| p.eval(doc)),
             Predicate::Not(subs) => !subs.iter().any(|p| p.eval(doc)),
+        }
+    }
+}
+
+fn json_type(d: &mut Decoder, name: &str, path: &FieldPath) -> Option<JsonType> {
+    const TYPES: &[(&str, JsonType)] = &[
+        ("array", JsonType::Array),
+        ("null", JsonType::Null),
+        ("string", JsonType::String),
+        ("number", JsonType::Number),
+        ("boolean", JsonType::Boolean),
+        ("object", JsonType::Object),
+        ("undefined", JsonType::Undefined),
+        ("date", JsonType::Date),
+        ("time", JsonType::Time),
+        ("date-time", JsonType::DateTime),
+        ("lang", JsonType::Lang),
+        ("lang-range", JsonType::LangRange),
+        ("iri", JsonType::Iri),
+        ("absolute-iri", JsonType::AbsoluteIri),
+    ];
+    match TYPES.iter().find(|(n, _)| *n == name) {
+        Some((_, t)) => Some(*t),
+        None => {
+            let names: Vec<&str> = TYPES.iter().map(|(n, _)| *n).collect();
+            d.error(
+                path,
+                format!(
+                    "unknown type {name:?} (expected one of: {})",
+                    names.join(", ")
+                ),
+            );
+            None
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::stream::{Reader, UdpReader, Writer};
 use bytes::Bytes;
 use l7mp_api::{Bind, Listener, UdpListenerSpec, UdpMode};
 use socket2::{Domain, Socket, Type};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -136,78 +136,55 @@ impl UdpBound {
         listener: Arc<Listener>,
         cancel: CancellationToken,
     ) {
-        let mut peers: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
         let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<SocketAddr>();
+        let mut st = ServerState {
+            peers: HashMap::new(),
+            redeliver: VecDeque::new(),
+            gone_tx,
+            warned_reject: false,
+        };
         let mut buf = vec![0u8; crate::sys::MAX_DATAGRAM];
-        let mut warned_reject = false;
-        // Datagrams of other peers that a new session socket caught before it was connected.
-        let mut redeliver: Vec<(Bytes, SocketAddr)> = Vec::new();
         loop {
-            if !redeliver.is_empty() {
-                let (msg, peer) = redeliver.remove(0);
-                self.dispatch(
-                    msg,
-                    peer,
-                    &mut peers,
-                    &mut redeliver,
-                    &gone_tx,
-                    &engine,
-                    &listener,
-                    &mut warned_reject,
-                );
-                continue;
-            }
-            let (n, peer) = tokio::select! {
-                _ = cancel.cancelled() => return,
-                Some(gone) = gone_rx.recv() => {
-                    peers.remove(&gone);
-                    continue;
-                }
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::debug!(listener = %listener.name, "recv failed: {e}");
+            let (msg, peer) = match st.redeliver.pop_front() {
+                Some(x) => x,
+                None => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    Some(gone) = gone_rx.recv() => {
+                        st.peers.remove(&gone);
                         continue;
                     }
+                    r = self.socket.recv_from(&mut buf) => match r {
+                        Ok((n, peer)) => (Bytes::copy_from_slice(&buf[..n]), peer),
+                        Err(e) => {
+                            tracing::debug!(listener = %listener.name, "recv failed: {e}");
+                            continue;
+                        }
+                    },
                 },
             };
-            let msg = Bytes::copy_from_slice(&buf[..n]);
-            self.dispatch(
-                msg,
-                peer,
-                &mut peers,
-                &mut redeliver,
-                &gone_tx,
-                &engine,
-                &listener,
-                &mut warned_reject,
-            );
+            self.dispatch(&mut st, msg, peer, &engine, &listener);
         }
     }
 
     /// Hands a datagram to its peer's session, or starts a session for a new peer.
-    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &self,
+        st: &mut ServerState,
         msg: Bytes,
         peer: SocketAddr,
-        peers: &mut HashMap<SocketAddr, mpsc::Sender<Bytes>>,
-        redeliver: &mut Vec<(Bytes, SocketAddr)>,
-        gone_tx: &mpsc::UnboundedSender<SocketAddr>,
         engine: &Arc<Engine>,
         listener: &Arc<Listener>,
-        warned_reject: &mut bool,
     ) {
-        if let Some(tx) = peers.get(&peer) {
+        if let Some(tx) = st.peers.get(&peer) {
             if tx.try_send(msg).is_err() {
                 tracing::debug!(listener = %listener.name, %peer, "session queue full, datagram dropped");
             }
             return;
         }
         if !self.accepts(peer) {
-            if !*warned_reject {
+            if !st.warned_reject {
                 tracing::warn!(listener = %listener.name, %peer, "datagram from a peer the listener's connect spec excludes dropped (logged once)");
-                *warned_reject = true;
+                st.warned_reject = true;
             }
             return;
         }
@@ -221,7 +198,7 @@ impl UdpBound {
                     if from == peer {
                         let _ = tx.try_send(m);
                     } else {
-                        redeliver.push((m, from));
+                        st.redeliver.push_back((m, from));
                     }
                 }
                 Arc::new(s)
@@ -231,9 +208,9 @@ impl UdpBound {
                 return;
             }
         };
-        peers.insert(peer, tx);
+        st.peers.insert(peer, tx);
         let name = session_name("UDP", peer, self.local, engine.next_id());
-        let gone = gone_tx.clone();
+        let gone = st.gone_tx.clone();
         engine.spawn_session(NewSession {
             metadata: ip_metadata(&listener.name, &name, "UDP", peer, self.local),
             name,
@@ -249,6 +226,15 @@ impl UdpBound {
             })),
         });
     }
+}
+
+/// The peer table of a server-mode listener.
+struct ServerState {
+    peers: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    /// Datagrams of other peers that a new session socket caught before it was connected.
+    redeliver: VecDeque<(Bytes, SocketAddr)>,
+    gone_tx: mpsc::UnboundedSender<SocketAddr>,
+    warned_reject: bool,
 }
 
 /// A socket bound to the listener's address and connected to one peer, with the datagrams it caught before the
