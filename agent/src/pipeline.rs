@@ -40,6 +40,9 @@ impl Stats {
     }
 }
 
+/// A byte-stream read at least this large means bulk data: switch the pump to splice(2).
+const SPLICE_AFTER: usize = 32 * 1024;
+
 #[derive(Debug, Clone, Copy)]
 enum Count {
     None,
@@ -70,12 +73,6 @@ pub enum PumpEnd {
 
 impl Pump {
     async fn run(self) -> PumpEnd {
-        if self.via.is_empty()
-            && let (Some(_), Some(_)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to))
-            && let Ok(pipe) = Pipe::new()
-        {
-            return self.run_spliced(pipe).await;
-        }
         self.run_copying().await
     }
 
@@ -112,9 +109,14 @@ impl Pump {
         }
     }
 
+    /// Reads batches, transforms them and writes them on. A pump between two stream sockets with nothing to
+    /// transform switches to splice(2) once a read shows bulk data (a full chunk); short exchanges (a request, a
+    /// reply) never pay for the pipe.
     async fn run_copying(mut self) -> PumpEnd {
         let mut arena = BytesMut::new();
         let mut batch: Batch = Vec::with_capacity(BATCH);
+        let spliceable =
+            self.via.is_empty() && Sock::of_reader(&self.from).is_some() && Sock::of_writer(&self.to).is_some();
         loop {
             match self.from.read(&mut arena, &mut batch).await {
                 Ok(true) => {}
@@ -143,10 +145,14 @@ impl Pump {
                     .down_bytes
                     .fetch_add(batch.iter().map(|m| m.len() as u64).sum(), Relaxed);
             }
+            let bulk = spliceable && batch.first().is_some_and(|m| m.len() >= SPLICE_AFTER);
             if let Err(e) = self.to.write(&mut batch).await {
                 return PumpEnd::Failed(e);
             }
             batch.clear();
+            if bulk && let Ok(pipe) = Pipe::new() {
+                return self.run_spliced(pipe).await;
+            }
         }
     }
 }
