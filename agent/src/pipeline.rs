@@ -115,8 +115,9 @@ impl Pump {
     async fn run_copying(mut self) -> PumpEnd {
         let mut arena = BytesMut::new();
         let mut batch: Batch = Vec::with_capacity(BATCH);
-        let spliceable =
-            self.via.is_empty() && Sock::of_reader(&self.from).is_some() && Sock::of_writer(&self.to).is_some();
+        let spliceable = self.via.is_empty()
+            && Sock::of_reader(&self.from).is_some()
+            && Sock::of_writer(&self.to).is_some();
         loop {
             match self.from.read(&mut arena, &mut batch).await {
                 Ok(true) => {}

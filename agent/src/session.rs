@@ -60,7 +60,8 @@ pub struct SessionInfo {
 
 struct SessionState {
     status: Status,
-    metadata: Value,
+    /// The metadata as routed (after rewrites); the listener's until the lookup is done.
+    metadata: Arc<Value>,
     route: Option<String>,
     events: Vec<Event>,
 }
@@ -89,11 +90,11 @@ impl SessionInfo {
             .unwrap_or(Status::Destroyed)
     }
 
-    pub fn metadata(&self) -> Value {
+    pub fn metadata(&self) -> Arc<Value> {
         self.state
             .lock()
             .map(|s| s.metadata.clone())
-            .unwrap_or(Value::Null)
+            .unwrap_or_default()
     }
 
     pub fn route(&self) -> Option<String> {
@@ -133,7 +134,7 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
         datagram_source: s.reader.kind() == l7mp_api::StreamKind::Datagram,
         state: Mutex::new(SessionState {
             status: Status::Init,
-            metadata: s.metadata.clone(),
+            metadata: Arc::new(Value::Null),
             route: None,
             events: vec![],
         }),
@@ -174,6 +175,7 @@ async fn drive(
         .map_or(s.listener.rules.as_str(), |l| l.rules.as_str());
     let mut metadata = s.metadata;
     let route = router::lookup(&snap, rulelist, &mut metadata)?;
+    let metadata = Arc::new(metadata);
     let retry = route.cfg.retry.clone();
     info.set(|st| {
         st.metadata = metadata.clone();
@@ -200,7 +202,7 @@ async fn drive(
         engine.offload().offer(&info.name, &stages);
     }
     let route_name = route.cfg.name.clone();
-    let pumps = pipeline::assemble(stages, Arc::new(metadata), info.stats.clone(), || {
+    let pumps = pipeline::assemble(stages, metadata, info.stats.clone(), || {
         if !route.warned_boundaries.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 route = %route_name,
