@@ -112,7 +112,8 @@ def kill_tree(proc, grace=3.0):
         return
     # collect the whole tree first (children get reparented once the root dies)
     pids = process_tree([proc.pid])
-    for pid in pids:
+    # leaves first, so that parents are still there to reap their children
+    for pid in reversed(pids):
         try:
             os.kill(pid, signal.SIGTERM)
         except OSError:
@@ -147,6 +148,23 @@ def spawn(cmd, logpath, cwd=None, env=None):
         logf.close()
     _SPAWNED.append(p)
     return p
+
+
+def run_client(cmd, timeout):
+    """subprocess.run() for load generators, registered so that cleanup() kills
+    them too if we are interrupted; raises TimeoutExpired after killing them."""
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    _SPAWNED.append(p)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(p, grace=1.0)
+        raise
+    finally:
+        if p in _SPAWNED and p.poll() is not None:
+            _SPAWNED.remove(p)
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def cleanup():
@@ -605,6 +623,19 @@ def tail(path, n=8):
         return ""
 
 
+def log_excerpt(path):
+    """The interesting lines of a proxy log: error-looking lines near the end, else the tail."""
+    try:
+        with open(path, "rb") as f:
+            lines = [l.strip() for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    last = lines[-30:]
+    hits = [l for l in last if re.search(r"error|panic|fatal|alert|uncaught|exception", l, re.I)]
+    pick = hits[:3] if hits else last[-4:]
+    return " | ".join(pick)
+
+
 def run_iperf(workdir, target_port, duration, udp=False, rate=None, sampler=None):
     """One iperf3 measurement against a fresh one-off iperf3 server.
 
@@ -626,8 +657,7 @@ def run_iperf(workdir, target_port, duration, udp=False, rate=None, sampler=None
             sampler.begin()
         t0 = time.time()
         try:
-            cp = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                timeout=duration + 20)
+            cp = run_client(cmd, timeout=duration + 8)
         except subprocess.TimeoutExpired:
             return None, "iperf3 client timed out"
         finally:
@@ -677,7 +707,7 @@ def run_wrk(target_port, duration, sampler=None):
         sampler.begin()
     t0 = time.time()
     try:
-        cp = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=duration + 20)
+        cp = run_client(cmd, timeout=duration + 8)
     except subprocess.TimeoutExpired:
         return None, "wrk timed out"
     finally:
@@ -856,8 +886,8 @@ class Bench:
             wait_ports_free([upstream])
             sink = Sink(upstream)
         try:
-            pdir = os.path.join(self.workdir, "%s-%s" % (scn, peer.name))
-            os.makedirs(pdir, exist_ok=True)
+            # a fresh dir (fresh logs) for every start, restarts included
+            pdir = tempfile.mkdtemp(dir=self.workdir, prefix="%s-%s-" % (scn, peer.name))
             peer.start(pdir, PROXY_PORT, upstream, udp)
             deadline = time.time() + self.args.start_timeout
             while True:
@@ -886,7 +916,7 @@ class Bench:
         """Record that `peer` died during `scn`; returns None (kept for symmetry)."""
         codes = [p.returncode for p in peer.exited()]
         msg = "%s exited (code %s) %s: %s" % (peer.name, codes[0] if codes else "?", when,
-                                              " || ".join(tail(l, 4) for l in peer.logs()))
+                                              " || ".join(log_excerpt(l) for l in peer.logs()))
         log("  CRASH: " + msg)
         entry.setdefault("crashes", []).append(msg)
         if peer.name == "l7mp":
@@ -1111,7 +1141,7 @@ class Bench:
                 if e.get("crashes"):
                     notes.append("- %s / %s: CRASHED %d time(s) (restarted for the next pair; '*' in the table): %s"
                                  % (scn, name, len(e["crashes"]), e["crashes"][0][:400]))
-                if e.get("errors"):
+                if e.get("errors") and e.get("status") not in ("start-failed", "failed"):
                     notes.append("- %s / %s: %d failed run(s): %s" % (scn, name, len(e["errors"]), e["errors"][0][:300]))
                 if scn == "conn-rate" and e.get("non_2xx"):
                     notes.append("- conn-rate / %s: %d non-2xx responses (median)" % (name, e["non_2xx"]))
