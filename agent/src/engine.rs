@@ -83,11 +83,7 @@ impl Engine {
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
         let snap = Arc::new(Snapshot::build(config)?);
         let mut running = self.listeners.lock().await;
-        let wanted: HashMap<&str, &Arc<Listener>> = snap
-            .listeners
-            .iter()
-            .map(|(k, v)| (k.as_str(), v))
-            .collect();
+        let wanted: HashMap<&str, &Arc<Listener>> = snap.listeners.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let unchanged = |name: &str, r: &RunningListener| {
             wanted
                 .get(name)
@@ -176,10 +172,7 @@ impl Engine {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::info!(
-                    sessions = n,
-                    "drain time is up, ending the remaining sessions"
-                );
+                tracing::info!(sessions = n, "drain time is up, ending the remaining sessions");
                 break;
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;

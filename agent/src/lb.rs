@@ -10,12 +10,7 @@ use l7mp_api::{Endpoint, LoadBalancer};
 use serde_json::Value;
 
 /// Picks an endpoint for a session, or `None` when the cluster has none.
-pub fn pick<'a>(
-    lb: &LoadBalancer,
-    endpoints: &'a [Endpoint],
-    metadata: &Value,
-    session: &str,
-) -> Option<&'a Endpoint> {
+pub fn pick<'a>(lb: &LoadBalancer, endpoints: &'a [Endpoint], metadata: &Value, session: &str) -> Option<&'a Endpoint> {
     match lb {
         LoadBalancer::Trivial => endpoints.first(),
         LoadBalancer::HashRing { key } => {
@@ -82,11 +77,7 @@ mod tests {
         for i in 0..1000 {
             let m = json!({"IP": {"src_addr": format!("192.0.2.{i}")}});
             let a = pick(&lb, &four, &m, "s").expect("ep");
-            assert_eq!(
-                a,
-                pick(&lb, &four, &m, "other").expect("ep"),
-                "same key, same endpoint"
-            );
+            assert_eq!(a, pick(&lb, &four, &m, "other").expect("ep"), "same key, same endpoint");
             if pick(&lb, &five, &m, "s").expect("ep") != a {
                 moved += 1;
             }

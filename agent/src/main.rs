@@ -55,10 +55,9 @@ fn main() -> ExitCode {
 
 fn load(args: &cli::Args) -> anyhow::Result<Config> {
     let path = args.config.display().to_string();
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("cannot read configuration file {path}"))?;
-    parse_config(&text, Format::from_path(&path))
-        .with_context(|| format!("invalid configuration in {path}"))
+    let text =
+        std::fs::read_to_string(&args.config).with_context(|| format!("cannot read configuration file {path}"))?;
+    parse_config(&text, Format::from_path(&path)).with_context(|| format!("invalid configuration in {path}"))
 }
 
 fn run(args: cli::Args, config: Config) -> anyhow::Result<()> {
@@ -66,9 +65,7 @@ fn run(args: cli::Args, config: Config) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

@@ -64,10 +64,9 @@ pub struct Pump {
 
 /// How a pump stopped.
 pub enum PumpEnd {
-    /// The reader reached end of stream; `conveyed` tells whether the writer could pass the EOF on.
-    Eof {
-        conveyed: bool,
-    },
+    /// The reader reached end of stream. The writer comes back so the session can pass the EOF on (or, when the
+    /// session is over anyway, just close it: a close sends the FIN too, one syscall fewer).
+    Eof(Writer),
     Failed(io::Error),
 }
 
@@ -77,18 +76,13 @@ impl Pump {
     }
 
     /// Socket to socket with nothing to transform: splice(2), no copy through user space.
-    async fn run_spliced(mut self, mut pipe: Pipe) -> PumpEnd {
+    async fn run_spliced(self, mut pipe: Pipe) -> PumpEnd {
         loop {
-            let (Some(from), Some(to)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to))
-            else {
+            let (Some(from), Some(to)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to)) else {
                 return PumpEnd::Failed(io::Error::other("splice pump lost its sockets"));
             };
             let n = match pipe.fill(from).await {
-                Ok(0) => {
-                    return PumpEnd::Eof {
-                        conveyed: self.to.shutdown().await,
-                    };
-                }
+                Ok(0) => return PumpEnd::Eof(self.to),
                 Ok(n) => n as u64,
                 Err(e) => return PumpEnd::Failed(e),
             };
@@ -115,17 +109,12 @@ impl Pump {
     async fn run_copying(mut self) -> PumpEnd {
         let mut arena = BytesMut::new();
         let mut batch: Batch = Vec::with_capacity(BATCH);
-        let spliceable = self.via.is_empty()
-            && Sock::of_reader(&self.from).is_some()
-            && Sock::of_writer(&self.to).is_some();
+        let spliceable =
+            self.via.is_empty() && Sock::of_reader(&self.from).is_some() && Sock::of_writer(&self.to).is_some();
         loop {
             match self.from.read(&mut arena, &mut batch).await {
                 Ok(true) => {}
-                Ok(false) => {
-                    return PumpEnd::Eof {
-                        conveyed: self.to.shutdown().await,
-                    };
-                }
+                Ok(false) => return PumpEnd::Eof(self.to),
                 Err(e) => return PumpEnd::Failed(e),
             }
             if let Count::UpIn = self.count {
@@ -168,12 +157,7 @@ pub struct Stages {
 
 /// Lays out the pumps of a session. `boundary_loss` is called for every pump that feeds a datagram stream into a
 /// byte stream (message boundaries are lost there).
-pub fn assemble(
-    stages: Stages,
-    metadata: Arc<Value>,
-    stats: Arc<Stats>,
-    boundary_loss: impl FnMut(),
-) -> Vec<Pump> {
+pub fn assemble(stages: Stages, metadata: Arc<Value>, stats: Arc<Stats>, boundary_loss: impl FnMut()) -> Vec<Pump> {
     let mut a = Assembler {
         pumps: Vec::new(),
         metadata,
@@ -278,12 +262,7 @@ pub enum EndReason {
 }
 
 /// Runs the pumps until the session is over, then closes every stream.
-pub async fn run(
-    pumps: Vec<Pump>,
-    stats: &Stats,
-    idle: Option<Duration>,
-    cancel: &CancellationToken,
-) -> EndReason {
+pub async fn run(pumps: Vec<Pump>, stats: &Stats, idle: Option<Duration>, cancel: &CancellationToken) -> EndReason {
     let mut set = JoinSet::new();
     for p in pumps {
         set.spawn(p.run());
@@ -291,6 +270,7 @@ pub async fn run(
     let mut ticker = idle.map(|d| tokio::time::interval((d / 4).max(Duration::from_millis(10))));
     let mut seen = stats.activity();
     let mut last_change = Instant::now();
+    let mut finished_writers = Vec::new();
     let reason = loop {
         let tick = async {
             match &mut ticker {
@@ -313,8 +293,13 @@ pub async fn run(
             }
             r = set.join_next() => match r {
                 None => break EndReason::Finished,
-                Some(Ok(PumpEnd::Eof { conveyed: true })) => continue,
-                Some(Ok(PumpEnd::Eof { conveyed: false })) => break EndReason::Finished,
+                Some(Ok(PumpEnd::Eof(mut writer))) => {
+                    if set.is_empty() || !writer.shutdown().await {
+                        break EndReason::Finished;
+                    }
+                    // The writer must stay open until the session ends (dropping it would close the socket).
+                    finished_writers.push(writer);
+                }
                 Some(Ok(PumpEnd::Failed(e))) => break EndReason::Failed(e),
                 Some(Err(e)) => break EndReason::Failed(io::Error::other(format!("pump task failed: {e}"))),
             },

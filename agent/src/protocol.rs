@@ -51,12 +51,7 @@ pub enum ConnectError {
 }
 
 /// Opens one stage of cluster `c` for a session, bounded by `timeout`.
-pub async fn connect(
-    c: &ClusterRt,
-    metadata: &Value,
-    session: &str,
-    timeout: Duration,
-) -> Result<Stage, ConnectError> {
+pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Duration) -> Result<Stage, ConnectError> {
     let spec = &c.cfg.spec;
     let transform = match spec {
         ClusterSpec::Echo => Some(Transform::Echo),
@@ -82,9 +77,7 @@ pub async fn connect(
     let ep = lb::pick(&c.cfg.loadbalancer, &c.cfg.endpoints, metadata, session)
         .ok_or_else(|| ConnectError::NoEndpoint(c.cfg.name.clone()))?;
     let address = match spec {
-        ClusterSpec::Udp { port, .. } | ClusterSpec::Tcp { port, .. } => {
-            format_host_port(&ep.address, *port)
-        }
+        ClusterSpec::Udp { port, .. } | ClusterSpec::Tcp { port, .. } => format_host_port(&ep.address, *port),
         _ => ep.address.clone(),
     };
     let attempt = async {
@@ -138,12 +131,10 @@ pub enum UpstreamError {
 
 /// Resolves `host:port` to its first address.
 pub async fn resolve(address: &str) -> Result<std::net::SocketAddr, UpstreamError> {
-    let mut addrs = tokio::net::lookup_host(address)
-        .await
-        .map_err(UpstreamError::Resolve)?;
-    addrs.next().ok_or_else(|| {
-        UpstreamError::Resolve(io::Error::new(io::ErrorKind::NotFound, "no address found"))
-    })
+    let mut addrs = tokio::net::lookup_host(address).await.map_err(UpstreamError::Resolve)?;
+    addrs
+        .next()
+        .ok_or_else(|| UpstreamError::Resolve(io::Error::new(io::ErrorKind::NotFound, "no address found")))
 }
 
 /// A listener's bound sockets, ready to run.
@@ -164,12 +155,7 @@ impl Bound {
     }
 
     /// Accepts peers and emits sessions until `cancel` fires.
-    pub async fn run(
-        self,
-        engine: Arc<Engine>,
-        listener: Arc<Listener>,
-        cancel: CancellationToken,
-    ) {
+    pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
         match self {
             Bound::Udp(b) => b.run(engine, listener, cancel).await,
             Bound::Tcp(b) => b.run(engine, listener, cancel).await,

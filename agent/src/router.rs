@@ -27,11 +27,7 @@ pub enum RouteError {
 }
 
 /// Finds the route for a session whose listener uses `rulelist`, rewriting `metadata` on the way.
-pub fn lookup(
-    snap: &Snapshot,
-    rulelist: &str,
-    metadata: &mut Value,
-) -> Result<Arc<RouteRt>, RouteError> {
+pub fn lookup(snap: &Snapshot, rulelist: &str, metadata: &mut Value) -> Result<Arc<RouteRt>, RouteError> {
     let mut list_name = rulelist;
     for _ in 0..MAX_APPLY_DEPTH {
         let list = snap
@@ -103,15 +99,9 @@ rulelists:
     fn first_match_wins_and_apply_jumps_with_rewrites() {
         let s = snap(CFG);
         let mut m = json!({"labels": {"user": "admin-1"}});
-        assert_eq!(
-            lookup(&s, "main", &mut m).expect("route").cfg.name,
-            "to-echo"
-        );
+        assert_eq!(lookup(&s, "main", &mut m).expect("route").cfg.name, "to-echo");
         let mut m = json!({"IP": {"src_addr": "10.0.0.1"}});
-        assert_eq!(
-            lookup(&s, "main", &mut m).expect("route").cfg.name,
-            "to-discard"
-        );
+        assert_eq!(lookup(&s, "main", &mut m).expect("route").cfg.name, "to-discard");
         assert_eq!(m["labels"]["tagged"], json!(true));
         let mut m = json!({"IP": {"src_addr": "10.0.0.2"}});
         assert_eq!(

@@ -84,17 +84,11 @@ impl SessionInfo {
     }
 
     pub fn status(&self) -> Status {
-        self.state
-            .lock()
-            .map(|s| s.status)
-            .unwrap_or(Status::Destroyed)
+        self.state.lock().map(|s| s.status).unwrap_or(Status::Destroyed)
     }
 
     pub fn metadata(&self) -> Arc<Value> {
-        self.state
-            .lock()
-            .map(|s| s.metadata.clone())
-            .unwrap_or_default()
+        self.state.lock().map(|s| s.metadata.clone()).unwrap_or_default()
     }
 
     pub fn route(&self) -> Option<String> {
@@ -102,10 +96,7 @@ impl SessionInfo {
     }
 
     pub fn events(&self) -> Vec<Event> {
-        self.state
-            .lock()
-            .map(|s| s.events.clone())
-            .unwrap_or_default()
+        self.state.lock().map(|s| s.events.clone()).unwrap_or_default()
     }
 }
 
@@ -139,10 +130,7 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
             events: vec![],
         }),
     });
-    info.event(
-        "INIT",
-        format!("session emitted by listener {:?}", s.listener.name),
-    );
+    info.event("INIT", format!("session emitted by listener {:?}", s.listener.name));
     engine.register(info.clone());
     let on_end = s.on_end.take();
     match drive(&engine, &info, s).await {
@@ -162,11 +150,7 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
     engine.unregister(&info.name);
 }
 
-async fn drive(
-    engine: &Arc<Engine>,
-    info: &Arc<SessionInfo>,
-    s: NewSession,
-) -> Result<EndReason, SessionError> {
+async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, s: NewSession) -> Result<EndReason, SessionError> {
     let snap = engine.snapshot();
     // The listener's current rulelist (it may have been changed since the listener started).
     let rulelist = snap
@@ -240,12 +224,7 @@ async fn open(
         match protocol::connect(cluster, metadata, session, retry.timeout).await {
             Ok(stage) => return Ok(stage),
             Err(e) if n < attempts => {
-                tracing::debug!(
-                    session,
-                    cluster = name,
-                    attempt = n,
-                    "connect failed, retrying: {e}"
-                );
+                tracing::debug!(session, cluster = name, attempt = n, "connect failed, retrying: {e}");
                 tokio::time::sleep(retry.timeout).await;
             }
             Err(source) => {

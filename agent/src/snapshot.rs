@@ -59,24 +59,16 @@ impl Snapshot {
         let mut clusters = HashMap::new();
         for c in &config.clusters {
             let sink = match &c.spec {
-                ClusterSpec::Logger { log_file, .. } => {
-                    Some(Arc::new(LogSink::open(log_file).map_err(|source| {
-                        BuildError::LogFile {
-                            cluster: c.name.clone(),
-                            path: log_file.clone(),
-                            source,
-                        }
-                    })?))
-                }
+                ClusterSpec::Logger { log_file, .. } => Some(Arc::new(LogSink::open(log_file).map_err(|source| {
+                    BuildError::LogFile {
+                        cluster: c.name.clone(),
+                        path: log_file.clone(),
+                        source,
+                    }
+                })?)),
                 _ => None,
             };
-            clusters.insert(
-                c.name.clone(),
-                Arc::new(ClusterRt {
-                    cfg: c.clone(),
-                    sink,
-                }),
-            );
+            clusters.insert(c.name.clone(), Arc::new(ClusterRt { cfg: c.clone(), sink }));
         }
         Ok(Snapshot {
             listeners: config

@@ -107,10 +107,7 @@ impl Pipe {
             let (src, dst) = (self.read.as_raw_fd(), to.fd());
             match to.try_io(Interest::WRITABLE, || splice(src, dst, self.pending)) {
                 Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "peer stopped taking data",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped taking data"));
                 }
                 Ok(n) => self.pending -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

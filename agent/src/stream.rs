@@ -118,11 +118,7 @@ impl Reader {
     }
 }
 
-async fn read_bytes<R: AsyncReadExt + Unpin>(
-    r: &mut R,
-    arena: &mut BytesMut,
-    out: &mut Batch,
-) -> io::Result<bool> {
+async fn read_bytes<R: AsyncReadExt + Unpin>(r: &mut R, arena: &mut BytesMut, out: &mut Batch) -> io::Result<bool> {
     if arena.capacity() < READ_CHUNK / 4 {
         arena.reserve(READ_CHUNK);
     }
@@ -153,15 +149,12 @@ impl Writer {
             }
             Writer::Chan(tx) => {
                 let Some(tx) = tx else {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "channel shut down",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "channel shut down"));
                 };
                 for m in batch.drain(..) {
-                    tx.send(m).await.map_err(|_| {
-                        io::Error::new(io::ErrorKind::BrokenPipe, "peer stage ended")
-                    })?;
+                    tx.send(m)
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "peer stage ended"))?;
                 }
                 Ok(())
             }

@@ -21,12 +21,7 @@ thread_local! {
 
 /// Receives up to `max` datagrams from a connected datagram socket without blocking, appending each as one
 /// [`Bytes`] (cut from `arena`) to `out`. Returns how many arrived; `WouldBlock` when none was waiting.
-pub fn recv_batch(
-    fd: RawFd,
-    max: usize,
-    arena: &mut BytesMut,
-    out: &mut Vec<Bytes>,
-) -> io::Result<usize> {
+pub fn recv_batch(fd: RawFd, max: usize, arena: &mut BytesMut, out: &mut Vec<Bytes>) -> io::Result<usize> {
     let max = max.clamp(1, BATCH);
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
@@ -94,15 +89,8 @@ pub fn send_batch(fd: RawFd, msgs: &[Bytes], gso: bool) -> io::Result<usize> {
     }
     if gso && GSO_OK.load(Ordering::Relaxed) {
         match send_gso(fd, msgs) {
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
-                ) =>
-            {
-                tracing::debug!(
-                    "UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on"
-                );
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)) => {
+                tracing::debug!("UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on");
                 GSO_OK.store(false, Ordering::Relaxed);
             }
             other => return other,
@@ -121,8 +109,7 @@ pub fn send_batch(fd: RawFd, msgs: &[Bytes], gso: bool) -> io::Result<usize> {
         hdrs[i].msg_hdr.msg_iovlen = 1;
     }
     // SAFETY: `hdrs[..n]` are initialised; the kernel only reads the buffers.
-    let sent =
-        unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+    let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -176,8 +163,7 @@ fn send_gso(fd: RawFd, msgs: &[Bytes]) -> io::Result<usize> {
             let mh = &mut hdrs[h].msg_hdr;
             mh.msg_control = buf.0.as_mut_ptr().cast();
             // SAFETY: CMSG_SPACE/LEN are pure arithmetic.
-            mh.msg_controllen =
-                unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+            mh.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
             // SAFETY: msg_control points at a buffer large enough for one u16 option, 8-byte aligned.
             unsafe {
                 let c = libc::CMSG_FIRSTHDR(mh);
@@ -192,8 +178,7 @@ fn send_gso(fd: RawFd, msgs: &[Bytes]) -> io::Result<usize> {
         i = j;
     }
     // SAFETY: `hdrs[..h]` point into `iovs` and `cmsgs`, which live until after the call; buffers are only read.
-    let sent =
-        unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), h as libc::c_uint, libc::MSG_DONTWAIT) };
+    let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), h as libc::c_uint, libc::MSG_DONTWAIT) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -237,8 +222,7 @@ mod tests {
         b.connect(a.local_addr().expect("addr")).expect("connect");
         // Runs of equal sizes (GSO candidates), a shorter tail, big ones and single ones.
         let sizes = [
-            64, 64, 64, 64, 10, 64, 64, 3000, 1, 1, 1, 500, 500, 499, 500, 9000, 7, 7, 7, 7, 7, 7,
-            7, 7,
+            64, 64, 64, 64, 10, 64, 64, 3000, 1, 1, 1, 500, 500, 499, 500, 9000, 7, 7, 7, 7, 7, 7, 7, 7,
         ];
         let msgs: Vec<Bytes> = (0..40)
             .map(|i| Bytes::from(vec![i as u8; sizes[i % sizes.len()] + (i / sizes.len())]))

@@ -16,10 +16,7 @@ fn every_broken_config_exits_1_naming_the_field() {
         .map(|e| e.expect("entry").path())
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 20,
-        "the corpus has at least 20 broken configs"
-    );
+    assert!(files.len() >= 20, "the corpus has at least 20 broken configs");
     let mut failures = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read");
@@ -73,9 +70,7 @@ fn a_port_in_use_exits_1_naming_the_listener() {
     );
     assert_eq!(code, Some(1));
     assert!(
-        stderr.contains(&format!(
-            "listeners \"busy\": cannot listen on TCP 127.0.0.1:{port}"
-        )),
+        stderr.contains(&format!("listeners \"busy\": cannot listen on TCP 127.0.0.1:{port}")),
         "{stderr}"
     );
 }
@@ -103,10 +98,7 @@ fn check_flag_validates_without_running() {
 
 #[test]
 fn help_teaches_with_an_example() {
-    let out = std::process::Command::new(BIN)
-        .arg("--help")
-        .output()
-        .expect("run");
+    let out = std::process::Command::new(BIN).arg("--help").output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     for needle in [

@@ -72,8 +72,7 @@ listeners:
     let c = udp_client(port);
     c.send(b"hello").expect("send");
     assert_eq!(recv(&c), b"reply");
-    let wire: Value =
-        serde_json::from_slice(&rx.recv().expect("upstream got it")).expect("JSON on the wire");
+    let wire: Value = serde_json::from_slice(&rx.recv().expect("upstream got it")).expect("JSON on the wire");
     assert_eq!(wire["payload"], "aGVsbG8=");
     assert_eq!(wire["metadata"]["IP"]["src_addr"], "127.0.0.1");
     assert_eq!(wire["metadata"]["UDP"]["dst_port"], port);

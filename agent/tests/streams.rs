@@ -176,11 +176,7 @@ clusters:
         1,
         "warned once for the route"
     );
-    assert!(
-        agent
-            .wait_log("message boundaries are lost")
-            .contains("dgram-to-bytes")
-    );
+    assert!(agent.wait_log("message boundaries are lost").contains("dgram-to-bytes"));
 }
 
 #[test]
@@ -266,8 +262,7 @@ clusters:
     assert!(line.contains("after 3 attempt(s)"), "{line}");
     // Reset connections do not hurt either.
     for _ in 0..20 {
-        let s =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("sock");
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("sock");
         s.set_linger(Some(Duration::ZERO)).expect("linger");
         let _ = s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into());
         drop(s);

@@ -40,11 +40,7 @@ fn udp_to_udp_keeps_datagram_boundaries() {
     for (i, &n) in sizes.iter().enumerate() {
         let got = recv(&c);
         assert_eq!(got.len(), n + 3, "datagram {i} kept its size");
-        assert_eq!(
-            &got[3..],
-            &pattern(n, i as u64)[..],
-            "datagram {i} byte for byte"
-        );
+        assert_eq!(&got[3..], &pattern(n, i as u64)[..], "datagram {i} byte for byte");
     }
 }
 
@@ -86,11 +82,7 @@ fn a_thousand_udp_peers_get_their_own_sessions_and_replies() {
         assert_eq!(payload, format!("peer-{i}"), "peer {i} got its own reply");
         upstream_ports.insert(up_port.to_owned());
     }
-    assert_eq!(
-        upstream_ports.len(),
-        1000,
-        "each peer has its own upstream session"
-    );
+    assert_eq!(upstream_ports.len(), 1000, "each peer has its own upstream session");
     // A second round reuses the sessions: still 1000 distinct upstream sockets.
     for (i, c) in clients.iter().enumerate() {
         c.send(format!("again-{i}").as_bytes()).expect("send");
@@ -197,8 +189,7 @@ fn udp_to_discard_swallows_everything() {
         "listeners:\n  - name: d\n    spec: {{protocol: UDP, port: {port}, address: 127.0.0.1}}\n    rules: [{{action: {{route: {{destination: {{spec: {{protocol: Discard}}}}}}}}}}]\n"
     ));
     let c = udp_client(port);
-    c.set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
+    c.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
     for _ in 0..10 {
         c.send(b"gone").expect("send");
     }

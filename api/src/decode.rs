@@ -66,12 +66,7 @@ impl Decoder {
     }
 
     /// `v` as an object whose keys must all be in `allowed`.
-    pub fn object<'a>(
-        &mut self,
-        v: &'a Value,
-        path: &'a FieldPath,
-        allowed: &[&str],
-    ) -> Option<Obj<'a>> {
+    pub fn object<'a>(&mut self, v: &'a Value, path: &'a FieldPath, allowed: &[&str]) -> Option<Obj<'a>> {
         let Value::Object(map) = v else {
             self.error(path, format!("expected an object, got {}", describe(v)));
             return None;
@@ -110,10 +105,7 @@ impl Decoder {
     pub fn name(&mut self, v: &Value, path: &FieldPath) -> Option<String> {
         let s = self.string(v, path)?;
         if s.is_empty() || s.chars().any(char::is_whitespace) {
-            self.error(
-                path,
-                format!("expected a name without white space, got {s:?}"),
-            );
+            self.error(path, format!("expected a name without white space, got {s:?}"));
             return None;
         }
         Some(s)
@@ -123,10 +115,7 @@ impl Decoder {
         match v {
             Value::Bool(b) => Some(*b),
             other => {
-                self.error(
-                    path,
-                    format!("expected true or false, got {}", describe(other)),
-                );
+                self.error(path, format!("expected true or false, got {}", describe(other)));
                 None
             }
         }
@@ -137,10 +126,7 @@ impl Decoder {
         match v.as_i64() {
             Some(n) if (lo..=hi).contains(&n) => Some(n),
             _ => {
-                self.error(
-                    path,
-                    format!("expected an integer {lo}..{hi}, got {}", describe(v)),
-                );
+                self.error(path, format!("expected an integer {lo}..{hi}, got {}", describe(v)));
                 None
             }
         }
@@ -161,10 +147,7 @@ impl Decoder {
         match v.as_f64() {
             Some(s) if s >= 0.0 && s.is_finite() && s < 1e9 => Some(s),
             _ => {
-                self.error(
-                    path,
-                    format!("expected a number of seconds >= 0, got {}", describe(v)),
-                );
+                self.error(path, format!("expected a number of seconds >= 0, got {}", describe(v)));
                 None
             }
         }
@@ -213,11 +196,7 @@ mod tests {
     #[test]
     fn port_error_names_path_and_value() {
         let mut d = Decoder::new();
-        let p = FieldPath::root()
-            .key("listeners")
-            .index(2)
-            .key("spec")
-            .key("port");
+        let p = FieldPath::root().key("listeners").index(2).key("spec").key("port");
         assert_eq!(d.port(&json!("abc"), &p), None);
         assert_eq!(d.port(&json!(0), &p), None);
         assert_eq!(d.port(&json!(8080), &p), Some(8080));

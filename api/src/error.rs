@@ -25,10 +25,7 @@ impl FieldError {
 pub enum ConfigError {
     /// The text is not valid YAML/JSON.
     #[error("cannot parse the configuration as {format}: {message}")]
-    Syntax {
-        format: &'static str,
-        message: String,
-    },
+    Syntax { format: &'static str, message: String },
     /// The document parsed but some fields are wrong; every problem found is listed.
     #[error("{}", ErrorList(.0))]
     Invalid(Vec<FieldError>),

@@ -208,18 +208,13 @@ impl Builder {
             && let Some(s) = self.d.string(l, &o.at("log_level"))
         {
             {
-                const LEVELS: &[&str] = &[
-                    "silly", "verbose", "info", "notice", "http", "warn", "error", "silent",
-                ];
+                const LEVELS: &[&str] = &["silly", "verbose", "info", "notice", "http", "warn", "error", "silent"];
                 if LEVELS.contains(&s.as_str()) {
                     admin.log_level = Some(s);
                 } else {
                     self.d.error(
                         &o.at("log_level"),
-                        format!(
-                            "unknown log level {s:?} (expected one of: {})",
-                            LEVELS.join(", ")
-                        ),
+                        format!("unknown log level {s:?} (expected one of: {})", LEVELS.join(", ")),
                     );
                 }
             }
@@ -237,10 +232,7 @@ impl Builder {
     }
 
     fn listener(&mut self, v: &Value, path: &FieldPath) {
-        let Some(o) = self
-            .d
-            .object(v, path, &["name", "spec", "rules", "options"])
-        else {
+        let Some(o) = self.d.object(v, path, &["name", "spec", "rules", "options"]) else {
             return;
         };
         let name = self.name_of(o, None);
@@ -255,22 +247,17 @@ impl Builder {
         let Some(name) = name else { return };
         let rules = match self.d.required(o, "rules") {
             Some(Value::String(list)) => {
-                self.refs
-                    .push((Kind::RuleList, list.clone(), o.at("rules")));
+                self.refs.push((Kind::RuleList, list.clone(), o.at("rules")));
                 Some(list.clone())
             }
             Some(inline @ Value::Array(_)) => {
                 let list_name = self.generate(Kind::RuleList, &name, "RuleList");
-                self.defined
-                    .insert((Kind::RuleList, list_name.clone()), o.at("rules"));
+                self.defined.insert((Kind::RuleList, list_name.clone()), o.at("rules"));
                 self.rulelist_items(&list_name, inline, &o.at("rules"));
                 Some(list_name)
             }
             Some(other) => {
-                let msg = format!(
-                    "expected a RuleList name or an array of rules, got {}",
-                    describe(other)
-                );
+                let msg = format!("expected a RuleList name or an array of rules, got {}", describe(other));
                 self.d.error(&o.at("rules"), msg);
                 None
             }
@@ -299,24 +286,15 @@ impl Builder {
     }
 
     /// Reads `spec.protocol` and checks it is one of `known`.
-    fn protocol(
-        &mut self,
-        v: &Value,
-        path: &FieldPath,
-        known: &[&str],
-        side: &str,
-    ) -> Option<String> {
+    fn protocol(&mut self, v: &Value, path: &FieldPath, known: &[&str], side: &str) -> Option<String> {
         let Value::Object(map) = v else {
-            self.d
-                .error(path, format!("expected an object, got {}", describe(v)));
+            self.d.error(path, format!("expected an object, got {}", describe(v)));
             return None;
         };
         let ppath = path.key("protocol");
         let Some(p) = map.get("protocol") else {
-            self.d.error(
-                &ppath,
-                format!("missing required field (one of: {})", known.join(", ")),
-            );
+            self.d
+                .error(&ppath, format!("missing required field (one of: {})", known.join(", ")));
             return None;
         };
         let p = self.d.string(p, &ppath)?;
@@ -334,14 +312,14 @@ impl Builder {
             "Test",
         ];
         if LATER.contains(&p.as_str()) {
-            self.d.error(&ppath, format!("protocol {p:?} is not supported as a {side} by this agent yet (see docs/protocols.md)"));
+            self.d.error(
+                &ppath,
+                format!("protocol {p:?} is not supported as a {side} by this agent yet (see docs/protocols.md)"),
+            );
         } else {
             self.d.error(
                 &ppath,
-                format!(
-                    "unknown protocol {p:?} (expected one of: {})",
-                    known.join(", ")
-                ),
+                format!("unknown protocol {p:?} (expected one of: {})", known.join(", ")),
             );
         }
         None
@@ -354,28 +332,15 @@ impl Builder {
                 let o = self.d.object(
                     v,
                     path,
-                    &[
-                        "protocol",
-                        "port",
-                        "address",
-                        "connect",
-                        "options",
-                        "idle_timeout",
-                    ],
+                    &["protocol", "port", "address", "connect", "options", "idle_timeout"],
                 )?;
                 self.udp_listener(o).map(ListenerSpec::Udp)
             }
             "TCP" => {
                 let o = self.d.object(v, path, &["protocol", "port", "address"])?;
-                let port = self
-                    .d
-                    .required(o, "port")
-                    .and_then(|p| self.d.port(p, &o.at("port")));
+                let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
                 let address = self.address_or_any(o)?;
-                Some(ListenerSpec::Tcp(TcpListenerSpec {
-                    address,
-                    port: port?,
-                }))
+                Some(ListenerSpec::Tcp(TcpListenerSpec { address, port: port? }))
             }
             _ => {
                 let o = self.d.object(v, path, &["protocol", "filename"])?;
@@ -384,15 +349,11 @@ impl Builder {
                     .required(o, "filename")
                     .and_then(|f| self.d.string(f, &o.at("filename")))?;
                 if f.is_empty() {
-                    self.d.error(
-                        &o.at("filename"),
-                        "expected a socket file path, got an empty string",
-                    );
+                    self.d
+                        .error(&o.at("filename"), "expected a socket file path, got an empty string");
                     return None;
                 }
-                Some(ListenerSpec::UnixDomainSocket(UnixListenerSpec {
-                    filename: f,
-                }))
+                Some(ListenerSpec::UnixDomainSocket(UnixListenerSpec { filename: f }))
             }
         }
     }
@@ -466,17 +427,10 @@ impl Builder {
     }
 
     /// Decodes a cluster (top-level, or inline with a generated name) and returns its name.
-    fn cluster(
-        &mut self,
-        v: &Value,
-        path: &FieldPath,
-        generated: Option<String>,
-    ) -> Option<String> {
-        let o = self.d.object(
-            v,
-            path,
-            &["name", "spec", "endpoints", "loadbalancer", "options"],
-        )?;
+    fn cluster(&mut self, v: &Value, path: &FieldPath, generated: Option<String>) -> Option<String> {
+        let o = self
+            .d
+            .object(v, path, &["name", "spec", "endpoints", "loadbalancer", "options"])?;
         let name = self.name_of(o, generated);
         let spec = self
             .d
@@ -497,10 +451,7 @@ impl Builder {
                 }
                 _ => {
                     let unix = matches!(spec, Some(ClusterSpec::UnixDomainSocket));
-                    if let Some(list) = self
-                        .d
-                        .array(eps, &ep_path, |_, v, p| Some((v.clone(), p.clone())))
-                    {
+                    if let Some(list) = self.d.array(eps, &ep_path, |_, v, p| Some((v.clone(), p.clone()))) {
                         for (v, p) in list {
                             if let Some(ep) = self.endpoint(&v, &p, &name, unix) {
                                 endpoints.push(ep);
@@ -556,10 +507,7 @@ impl Builder {
         match proto.as_str() {
             "UDP" | "TCP" => {
                 let o = self.d.object(v, path, &["protocol", "port", "bind"])?;
-                let port = self
-                    .d
-                    .required(o, "port")
-                    .and_then(|p| self.d.port(p, &o.at("port")));
+                let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
                 let bind = self.bind(o)?;
                 let port = port?;
                 Some(if proto == "UDP" {
@@ -569,9 +517,7 @@ impl Builder {
                 })
             }
             "Logger" => {
-                let o = self
-                    .d
-                    .object(v, path, &["protocol", "log_file", "log_prefix"])?;
+                let o = self.d.object(v, path, &["protocol", "log_file", "log_prefix"])?;
                 let log_file = match o.get("log_file") {
                     Some(f) => self.d.string(f, &o.at("log_file"))?,
                     None => "-".to_owned(),
@@ -580,10 +526,7 @@ impl Builder {
                     Some(p) => Some(self.d.string(p, &o.at("log_prefix"))?),
                     None => None,
                 };
-                Some(ClusterSpec::Logger {
-                    log_file,
-                    log_prefix,
-                })
+                Some(ClusterSpec::Logger { log_file, log_prefix })
             }
             other => {
                 self.d.object(v, path, &["protocol"])?;
@@ -599,13 +542,7 @@ impl Builder {
         }
     }
 
-    fn endpoint(
-        &mut self,
-        v: &Value,
-        path: &FieldPath,
-        cluster: &str,
-        unix: bool,
-    ) -> Option<Endpoint> {
+    fn endpoint(&mut self, v: &Value, path: &FieldPath, cluster: &str, unix: bool) -> Option<Endpoint> {
         let o = self.d.object(v, path, &["name", "spec", "weight"])?;
         let generated = if o.get("name").is_none() {
             Some(self.generate(Kind::Endpoint, cluster, "EndPoint"))
@@ -615,9 +552,7 @@ impl Builder {
         let name = self.name_of(o, generated)?;
         let sp = o.at("spec");
         let spec_v = self.d.required(o, "spec")?;
-        let so = self
-            .d
-            .object(spec_v, &sp, &["address", "filename", "weight"])?;
+        let so = self.d.object(spec_v, &sp, &["address", "filename", "weight"])?;
         let key = if unix && so.get("filename").is_some() {
             "filename"
         } else {
@@ -631,8 +566,7 @@ impl Builder {
             }
         };
         if address.is_empty() {
-            self.d
-                .error(&so.at(key), "expected an address, got an empty string");
+            self.d.error(&so.at(key), "expected an address, got an empty string");
             return None;
         }
         let weight = match o
@@ -646,11 +580,7 @@ impl Builder {
         if !self.define(Kind::Endpoint, &name, path) {
             return None;
         }
-        Some(Endpoint {
-            name,
-            address,
-            weight,
-        })
+        Some(Endpoint { name, address, weight })
     }
 
     fn loadbalancer(&mut self, v: &Value, path: &FieldPath) -> Option<LoadBalancer> {
@@ -678,21 +608,14 @@ impl Builder {
                 Some(LoadBalancer::HashRing { key })
             }
             other => {
-                let msg = format!(
-                    "unknown policy {other:?} (expected one of: Trivial, HashRing, ConsistentHash)"
-                );
+                let msg = format!("unknown policy {other:?} (expected one of: Trivial, HashRing, ConsistentHash)");
                 self.d.error(&o.at("policy"), msg);
                 None
             }
         }
     }
 
-    fn rulelist(
-        &mut self,
-        v: &Value,
-        path: &FieldPath,
-        generated: Option<String>,
-    ) -> Option<String> {
+    fn rulelist(&mut self, v: &Value, path: &FieldPath, generated: Option<String>) -> Option<String> {
         let o = self.d.object(v, path, &["name", "rules"])?;
         let name = self.name_of(o, generated)?;
         if !self.define(Kind::RuleList, &name, path) {
@@ -732,10 +655,7 @@ impl Builder {
                 }
                 other => self.d.error(
                     &p,
-                    format!(
-                        "expected a rule name or a rule object, got {}",
-                        describe(other)
-                    ),
+                    format!("expected a rule name or a rule object, got {}", describe(other)),
                 ),
             }
         }
@@ -775,17 +695,10 @@ impl Builder {
         if let Some(rw) = o.get("rewrite") {
             action.rewrite = self.d.array(rw, &o.at("rewrite"), |d, item, p| {
                 let ro = d.object(item, p, &["path", "value"])?;
-                let ptr_s = d
-                    .required(ro, "path")
-                    .and_then(|s| d.string(s, &ro.at("path")))?;
-                let ptr = Pointer::parse(&ptr_s)
-                    .map_err(|e| d.error(&ro.at("path"), e))
-                    .ok()?;
+                let ptr_s = d.required(ro, "path").and_then(|s| d.string(s, &ro.at("path")))?;
+                let ptr = Pointer::parse(&ptr_s).map_err(|e| d.error(&ro.at("path"), e)).ok()?;
                 if ptr.is_root() {
-                    d.error(
-                        &ro.at("path"),
-                        "cannot rewrite the whole metadata object (empty path)",
-                    );
+                    d.error(&ro.at("path"), "cannot rewrite the whole metadata object (empty path)");
                     return None;
                 }
                 let Some(value) = ro.map.get("value") else {
@@ -800,8 +713,7 @@ impl Builder {
         }
         if let Some(a) = o.get("apply") {
             let list = self.d.string(a, &o.at("apply"))?;
-            self.refs
-                .push((Kind::RuleList, list.clone(), o.at("apply")));
+            self.refs.push((Kind::RuleList, list.clone(), o.at("apply")));
             action.apply = Some(list);
         }
         match o.get("route") {
@@ -820,10 +732,7 @@ impl Builder {
             Some(other) => {
                 self.d.error(
                     &o.at("route"),
-                    format!(
-                        "expected a route name or a route object, got {}",
-                        describe(other)
-                    ),
+                    format!("expected a route name or a route object, got {}", describe(other)),
                 );
                 return None;
             }
@@ -843,14 +752,7 @@ impl Builder {
         let o = self.d.object(
             v,
             path,
-            &[
-                "name",
-                "destination",
-                "cluster",
-                "ingress",
-                "egress",
-                "retry",
-            ],
+            &["name", "destination", "cluster", "ingress", "egress", "retry"],
         )?;
         let name = self.name_of(o, generated)?;
         if !self.define(Kind::Route, &name, path) {
@@ -872,8 +774,7 @@ impl Builder {
             match o.get(key) {
                 None => Some(Vec::new()),
                 Some(list) => {
-                    let items =
-                        b.d.array(list, &o.at(key), |_, v, p| Some((v.clone(), p.clone())))?;
+                    let items = b.d.array(list, &o.at(key), |_, v, p| Some((v.clone(), p.clone())))?;
                     let mut names = Vec::new();
                     for (v, p) in items {
                         names.push(b.cluster_ref(&v, &p, &name, label)?);
@@ -899,13 +800,7 @@ impl Builder {
     }
 
     /// A cluster given by name (checked later) or inline (decoded now with a generated name).
-    fn cluster_ref(
-        &mut self,
-        v: &Value,
-        path: &FieldPath,
-        route: &str,
-        label: &str,
-    ) -> Option<String> {
+    fn cluster_ref(&mut self, v: &Value, path: &FieldPath, route: &str, label: &str) -> Option<String> {
         match v {
             Value::String(c) => {
                 self.refs.push((Kind::Cluster, c.clone(), path.clone()));
@@ -922,10 +817,7 @@ impl Builder {
             other => {
                 self.d.error(
                     path,
-                    format!(
-                        "expected a cluster name or a cluster object, got {}",
-                        describe(other)
-                    ),
+                    format!("expected a cluster name or a cluster object, got {}", describe(other)),
                 );
                 None
             }
@@ -933,9 +825,7 @@ impl Builder {
     }
 
     fn retry(&mut self, v: &Value, path: &FieldPath) -> Option<Retry> {
-        let o = self
-            .d
-            .object(v, path, &["retry_on", "num_retries", "timeout"])?;
+        let o = self.d.object(v, path, &["retry_on", "num_retries", "timeout"])?;
         let mut r = Retry::default();
         if let Some(on) = o.get("retry_on") {
             r.retry_on = match self.d.string(on, &o.at("retry_on"))?.as_str() {
@@ -956,8 +846,7 @@ impl Builder {
             r.num_retries = self.d.int_in(n, &o.at("num_retries"), 0, 1000)? as u32;
         }
         if let Some(t) = o.get("timeout") {
-            r.timeout =
-                Duration::from_millis(self.d.int_in(t, &o.at("timeout"), 1, 3_600_000)? as u64);
+            r.timeout = Duration::from_millis(self.d.int_in(t, &o.at("timeout"), 1, 3_600_000)? as u64);
         }
         Some(r)
     }
@@ -1009,20 +898,14 @@ clusters:
             .route(rule.action.route.as_deref().expect("route"))
             .expect("route exists");
         assert_eq!(route.name, "udp-in-RuleList-0-Rule-0-Route-0");
-        assert_eq!(
-            route.destination,
-            "udp-in-RuleList-0-Rule-0-Route-0-Cluster-0"
-        );
+        assert_eq!(route.destination, "udp-in-RuleList-0-Rule-0-Route-0-Cluster-0");
         assert_eq!(
             route.ingress,
             vec!["udp-in-RuleList-0-Rule-0-Route-0-ingress-Cluster-1"]
         );
         assert_eq!(route.egress, vec!["echo"]);
         let dest = cfg.cluster(&route.destination).expect("dest");
-        assert_eq!(
-            dest.endpoints[0].name,
-            format!("{}-EndPoint-0", route.destination)
-        );
+        assert_eq!(dest.endpoints[0].name, format!("{}-EndPoint-0", route.destination));
         assert!(matches!(
             cfg.listeners[0].spec,
             ListenerSpec::Udp(UdpListenerSpec {
@@ -1034,9 +917,7 @@ clusters:
 
     #[test]
     fn field_errors_name_the_path() {
-        let e = errors(
-            "listeners:\n  - name: a\n    spec: {protocol: TCP, port: abc}\n    rules: []\n",
-        );
+        let e = errors("listeners:\n  - name: a\n    spec: {protocol: TCP, port: abc}\n    rules: []\n");
         assert_eq!(
             e,
             vec!["listeners[0].spec.port: expected an integer 1..65535, got \"abc\""]
@@ -1046,25 +927,15 @@ clusters:
             e[0].starts_with("listeners[0].spec.protocol: unknown protocol \"Foo\""),
             "{e:?}"
         );
-        let e = errors(
-            "clusters:\n  - {name: a, spec: {protocol: Echo}}\n  - {name: a, spec: {protocol: Echo}}\n",
-        );
+        let e = errors("clusters:\n  - {name: a, spec: {protocol: Echo}}\n  - {name: a, spec: {protocol: Echo}}\n");
         assert_eq!(
             e,
             vec!["clusters[1].name: cluster \"a\" already defined at clusters[0]"]
         );
-        let e = errors(
-            "listeners:\n  - name: a\n    spec: {protocol: TCP, port: 1}\n    rules: nolist\n",
-        );
-        assert_eq!(
-            e,
-            vec!["listeners[0].rules: rulelist \"nolist\" is not defined"]
-        );
+        let e = errors("listeners:\n  - name: a\n    spec: {protocol: TCP, port: 1}\n    rules: nolist\n");
+        assert_eq!(e, vec!["listeners[0].rules: rulelist \"nolist\" is not defined"]);
         let e = errors("routes:\n  - {name: r, destination: nope}\n");
-        assert_eq!(
-            e,
-            vec!["routes[0].destination: cluster \"nope\" is not defined"]
-        );
+        assert_eq!(e, vec!["routes[0].destination: cluster \"nope\" is not defined"]);
     }
 
     #[test]
@@ -1083,9 +954,6 @@ clusters:
     #[test]
     fn syntax_errors_say_which_format() {
         let e = parse_config("{", Format::Json).expect_err("bad json");
-        assert!(
-            e.to_string()
-                .starts_with("cannot parse the configuration as JSON")
-        );
+        assert!(e.to_string().starts_with("cannot parse the configuration as JSON"));
     }
 }

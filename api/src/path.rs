@@ -60,11 +60,7 @@ mod tests {
 
     #[test]
     fn displays_like_a_field_path() {
-        let p = FieldPath::root()
-            .key("listeners")
-            .index(2)
-            .key("spec")
-            .key("port");
+        let p = FieldPath::root().key("listeners").index(2).key("spec").key("port");
         assert_eq!(p.to_string(), "listeners[2].spec.port");
         assert_eq!(FieldPath::root().to_string(), "(top level)");
     }

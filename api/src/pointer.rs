@@ -122,9 +122,7 @@ fn child_mut<'a>(cur: &'a mut Value, t: &str) -> &'a mut Value {
     let Value::Object(m) = cur else {
         unreachable!("made an object above")
     };
-    let e = m
-        .entry(t.to_owned())
-        .or_insert_with(|| Value::Object(Map::new()));
+    let e = m.entry(t.to_owned()).or_insert_with(|| Value::Object(Map::new()));
     if !(e.is_object() || e.is_array()) {
         *e = Value::Object(Map::new());
     }
@@ -173,13 +171,9 @@ mod tests {
     #[test]
     fn set_creates_intermediate_objects() {
         let mut doc = json!({"IP": {"src_addr": "1.2.3.4"}});
-        Pointer::parse("labels/session_id")
-            .unwrap()
-            .set(&mut doc, json!(1));
+        Pointer::parse("labels/session_id").unwrap().set(&mut doc, json!(1));
         assert_eq!(doc["labels"]["session_id"], json!(1));
-        Pointer::parse("/IP/src_addr")
-            .unwrap()
-            .set(&mut doc, json!("x"));
+        Pointer::parse("/IP/src_addr").unwrap().set(&mut doc, json!("x"));
         assert_eq!(doc["IP"]["src_addr"], json!("x"));
         let mut arr = json!({"a": [0]});
         Pointer::parse("/a/2").unwrap().set(&mut arr, json!(5));

@@ -124,20 +124,12 @@ impl Predicate {
         Self::decode_rooted(d, v, path, &Pointer::default())
     }
 
-    fn decode_rooted(
-        d: &mut Decoder,
-        v: &Value,
-        path: &FieldPath,
-        root: &Pointer,
-    ) -> Option<Predicate> {
+    fn decode_rooted(d: &mut Decoder, v: &Value, path: &FieldPath, root: &Pointer) -> Option<Predicate> {
         let o = d.object(v, path, FIELDS)?;
         let op_v = d.required(o, "op")?;
         let op = d.string(op_v, &o.at("op"))?;
         if !OPERATORS.contains(&op.as_str()) {
-            let msg = format!(
-                "unknown operator {op:?} (expected one of: {})",
-                OPERATORS.join(", ")
-            );
+            let msg = format!("unknown operator {op:?} (expected one of: {})", OPERATORS.join(", "));
             d.error(&o.at("op"), msg);
             return None;
         }
@@ -165,15 +157,11 @@ impl Predicate {
             let Some(apply_v) = o.get("apply") else {
                 d.error(
                     &apply_path,
-                    format!(
-                        "missing required field (operator {op:?} needs an array of predicates)"
-                    ),
+                    format!("missing required field (operator {op:?} needs an array of predicates)"),
                 );
                 return None;
             };
-            let subs = d.array(apply_v, &apply_path, |d, v, p| {
-                Self::decode_rooted(d, v, p, &sub_root)
-            })?;
+            let subs = d.array(apply_v, &apply_path, |d, v, p| Self::decode_rooted(d, v, p, &sub_root))?;
             return Some(match op.as_str() {
                 "and" => Predicate::And(subs),
                 "or" => Predicate::Or(subs),
@@ -202,9 +190,7 @@ impl Predicate {
             );
             return None;
         };
-        let expect = |d: &mut Decoder, what: &str| {
-            d.error(&vpath, format!("expected {what}, got {}", describe(value)))
-        };
+        let expect = |d: &mut Decoder, what: &str| d.error(&vpath, format!("expected {what}, got {}", describe(value)));
         Some(match op.as_str() {
             "test" => Predicate::Test {
                 path,
@@ -232,10 +218,7 @@ impl Predicate {
                         value: text,
                         ignore_case,
                     },
-                    "matches" => match regex::RegexBuilder::new(&text)
-                        .case_insensitive(ignore_case)
-                        .build()
-                    {
+                    "matches" => match regex::RegexBuilder::new(&text).case_insensitive(ignore_case).build() {
                         Ok(regex) => Predicate::Matches { path, regex },
                         Err(e) => {
                             d.error(&vpath, format!("invalid regular expression {text:?}: {e}"));
@@ -300,9 +283,7 @@ impl Predicate {
                 ignore_case,
             } => match path.get(doc) {
                 Some(Value::String(s)) => match value {
-                    Value::String(needle) if *ignore_case => {
-                        s.to_lowercase().contains(&needle.to_lowercase())
-                    }
+                    Value::String(needle) if *ignore_case => s.to_lowercase().contains(&needle.to_lowercase()),
                     Value::String(needle) => s.contains(needle.as_str()),
                     _ => false,
                 },
@@ -333,14 +314,8 @@ impl Predicate {
                     s.ends_with(value.as_str())
                 }
             }),
-            Predicate::Less { path, value } => path
-                .get(doc)
-                .and_then(Value::as_f64)
-                .is_some_and(|n| n < *value),
-            Predicate::More { path, value } => path
-                .get(doc)
-                .and_then(Value::as_f64)
-                .is_some_and(|n| n > *value),
+            Predicate::Less { path, value } => path.get(doc).and_then(Value::as_f64).is_some_and(|n| n < *value),
+            Predicate::More { path, value } => path.get(doc).and_then(Value::as_f64).is_some_and(|n| n > *value),
             Predicate::In {
                 path,
                 values,
@@ -353,9 +328,7 @@ impl Predicate {
                 values,
                 ignore_case,
             } => match path.get(doc) {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .all(|v| values.iter().any(|x| eq(v, x, *ignore_case))),
+                Some(Value::Array(a)) => a.iter().all(|v| values.iter().any(|x| eq(v, x, *ignore_case))),
                 _ => false,
             },
             Predicate::Intersects {
@@ -363,14 +336,10 @@ impl Predicate {
                 values,
                 ignore_case,
             } => match path.get(doc) {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .any(|v| values.iter().any(|x| eq(v, x, *ignore_case))),
+                Some(Value::Array(a)) => a.iter().any(|v| values.iter().any(|x| eq(v, x, *ignore_case))),
                 _ => false,
             },
-            Predicate::Matches { path, regex } => {
-                str_at(doc, path).is_some_and(|s| regex.is_match(s))
-            }
+            Predicate::Matches { path, regex } => str_at(doc, path).is_some_and(|s| regex.is_match(s)),
             Predicate::Type { path, ty } => type_matches(path.get(doc), *ty),
             Predicate::And(subs) => subs.iter().all(|p| p.eval(doc)),
             // The original (json-predicate 0.9.5) answers true for an empty `or`; we keep that.
@@ -403,10 +372,7 @@ fn json_type(d: &mut Decoder, name: &str, path: &FieldPath) -> Option<JsonType> 
             let names: Vec<&str> = TYPES.iter().map(|(n, _)| *n).collect();
             d.error(
                 path,
-                format!(
-                    "unknown type {name:?} (expected one of: {})",
-                    names.join(", ")
-                ),
+                format!("unknown type {name:?} (expected one of: {})", names.join(", ")),
             );
             None
         }
@@ -424,13 +390,9 @@ fn eq(a: &Value, b: &Value, ignore_case: bool) -> bool {
     }
     match (a, b) {
         (Value::String(x), Value::String(y)) => x.to_lowercase() == y.to_lowercase(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq(p, q, true))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq(p, q, true)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| eq(v, w, true)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| eq(v, w, true)))
         }
         _ => a == b,
     }
@@ -439,14 +401,11 @@ fn eq(a: &Value, b: &Value, ignore_case: bool) -> bool {
 fn type_matches(v: Option<&Value>, ty: JsonType) -> bool {
     use std::sync::LazyLock;
     static DATE: LazyLock<Regex> = LazyLock::new(|| re(r"^\d{4}-\d{2}-\d{2}$"));
-    static TIME: LazyLock<Regex> =
-        LazyLock::new(|| re(r"^\d{2}:\d{2}:\d{2}(\.\d+)?([zZ]|[+-]\d{2}:\d{2})?$"));
-    static DATE_TIME: LazyLock<Regex> = LazyLock::new(|| {
-        re(r"^\d{4}-\d{2}-\d{2}[tT ]\d{2}:\d{2}:\d{2}(\.\d+)?([zZ]|[+-]\d{2}:\d{2})$")
-    });
+    static TIME: LazyLock<Regex> = LazyLock::new(|| re(r"^\d{2}:\d{2}:\d{2}(\.\d+)?([zZ]|[+-]\d{2}:\d{2})?$"));
+    static DATE_TIME: LazyLock<Regex> =
+        LazyLock::new(|| re(r"^\d{4}-\d{2}-\d{2}[tT ]\d{2}:\d{2}:\d{2}(\.\d+)?([zZ]|[+-]\d{2}:\d{2})$"));
     static LANG: LazyLock<Regex> = LazyLock::new(|| re(r"^[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8})*$"));
-    static LANG_RANGE: LazyLock<Regex> =
-        LazyLock::new(|| re(r"^(\*|[a-zA-Z]{1,8})(-(\*|[a-zA-Z0-9]{1,8}))*$"));
+    static LANG_RANGE: LazyLock<Regex> = LazyLock::new(|| re(r"^(\*|[a-zA-Z]{1,8})(-(\*|[a-zA-Z0-9]{1,8}))*$"));
     static IRI: LazyLock<Regex> = LazyLock::new(|| re(r"^[^\s]*$"));
     static ABS_IRI: LazyLock<Regex> = LazyLock::new(|| re(r"^[a-zA-Z][a-zA-Z0-9+.-]*:[^\s]*$"));
     let s = v.and_then(Value::as_str);
@@ -504,14 +463,8 @@ mod tests {
     fn first_order_operators() {
         let m = meta();
         let cases = [
-            (
-                json!({"op": "test", "path": "/HTTP/method", "value": "GET"}),
-                true,
-            ),
-            (
-                json!({"op": "test", "path": "/HTTP/method", "value": "get"}),
-                false,
-            ),
+            (json!({"op": "test", "path": "/HTTP/method", "value": "GET"}), true),
+            (json!({"op": "test", "path": "/HTTP/method", "value": "get"}), false),
             (
                 json!({"op": "test", "path": "/HTTP/method", "value": "get", "ignore_case": true}),
                 true,
@@ -524,25 +477,16 @@ mod tests {
                 json!({"op": "starts", "path": "/HTTP/url/path", "value": "/user"}),
                 false,
             ),
-            (
-                json!({"op": "ends", "path": "/HTTP/url/path", "value": "users"}),
-                true,
-            ),
+            (json!({"op": "ends", "path": "/HTTP/url/path", "value": "users"}), true),
             (
                 json!({"op": "contains", "path": "/HTTP/url/path", "value": "min/u"}),
                 true,
             ),
-            (
-                json!({"op": "contains", "path": "/labels/tags", "value": "b"}),
-                true,
-            ),
+            (json!({"op": "contains", "path": "/labels/tags", "value": "b"}), true),
             (json!({"op": "defined", "path": "/IP/src_port"}), true),
             (json!({"op": "undefined", "path": "/IP/dst_port"}), true),
             (json!({"op": "less", "path": "/labels/n", "value": 8}), true),
-            (
-                json!({"op": "more", "path": "/labels/n", "value": 8}),
-                false,
-            ),
+            (json!({"op": "more", "path": "/labels/n", "value": 8}), false),
             (
                 json!({"op": "in", "path": "/HTTP/method", "value": ["PUT", "GET"]}),
                 true,
@@ -559,14 +503,8 @@ mod tests {
                 json!({"op": "matches", "path": "/HTTP/headers/X-Id", "value": "^abc$", "ignore_case": true}),
                 true,
             ),
-            (
-                json!({"op": "type", "path": "/labels/tags", "value": "array"}),
-                true,
-            ),
-            (
-                json!({"op": "type", "path": "/nope", "value": "undefined"}),
-                true,
-            ),
+            (json!({"op": "type", "path": "/labels/tags", "value": "array"}), true),
+            (json!({"op": "type", "path": "/nope", "value": "undefined"}), true),
         ];
         for (p, want) in cases {
             assert_eq!(compile(p.clone()).eval(&m), want, "{p}");
@@ -584,8 +522,7 @@ mod tests {
             {"op": "test", "path": "/HTTP/method", "value": "PUT"},
             {"op": "defined", "path": "/labels"}]});
         assert!(compile(or).eval(&m));
-        let not =
-            json!({"op": "not", "apply": [{"op": "test", "path": "/HTTP/method", "value": "PUT"}]});
+        let not = json!({"op": "not", "apply": [{"op": "test", "path": "/HTTP/method", "value": "PUT"}]});
         assert!(compile(not).eval(&m));
         let rerooted = json!({"op": "and", "path": "/HTTP/url", "apply": [
             {"op": "starts", "path": "/path", "value": "/admin"}]});
@@ -601,21 +538,16 @@ mod tests {
                 OPERATORS.join(", ")
             )
         );
+        assert!(errors(json!({"op": "test", "value": 1}))[0].starts_with("match.path: missing required field"));
         assert!(
-            errors(json!({"op": "test", "value": 1}))[0]
-                .starts_with("match.path: missing required field")
-        );
-        assert!(
-            errors(json!({"op": "less", "path": "/a", "value": "x"}))[0]
-                .starts_with("match.value: expected a number")
+            errors(json!({"op": "less", "path": "/a", "value": "x"}))[0].starts_with("match.value: expected a number")
         );
         assert!(
             errors(json!({"op": "and", "apply": [{"op": "bad"}]}))[0]
                 .starts_with("match.apply[0].op: unknown operator")
         );
         assert!(
-            errors(json!({"op": "matches", "path": "/a", "value": "("}))[0]
-                .starts_with("match.value: invalid regular")
+            errors(json!({"op": "matches", "path": "/a", "value": "("}))[0].starts_with("match.value: invalid regular")
         );
         assert!(errors(json!({"path": "/a"}))[0].starts_with("match.op: missing required field"));
     }

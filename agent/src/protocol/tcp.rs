@@ -16,13 +16,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// Session metadata of an IP transport: `IP{src_addr,dst_addr}` and `<PROTO>{src_port,dst_port}`.
-pub fn ip_metadata(
-    listener: &str,
-    name: &str,
-    proto: &str,
-    peer: SocketAddr,
-    local: SocketAddr,
-) -> Value {
+pub fn ip_metadata(listener: &str, name: &str, proto: &str, peer: SocketAddr, local: SocketAddr) -> Value {
     json!({
         "name": name,
         "listener": listener,
@@ -45,6 +39,8 @@ pub fn session_name(proto: &str, peer: SocketAddr, local: SocketAddr, id: u64) -
 
 pub struct TcpBound {
     listener: TcpListener,
+    /// The bound address when it is a specific one (then no `getsockname` per connection is needed).
+    local: Option<SocketAddr>,
 }
 
 impl TcpBound {
@@ -52,20 +48,18 @@ impl TcpBound {
         let addr = SocketAddr::new(spec.address, spec.port);
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         sock.set_reuse_address(true)?;
+        // Accepted sockets inherit TCP_NODELAY from the listening socket: one setsockopt instead of one per
+        // connection.
+        sock.set_tcp_nodelay(true)?;
         sock.bind(&addr.into())?;
         sock.listen(1024)?;
         sock.set_nonblocking(true)?;
-        Ok(TcpBound {
-            listener: TcpListener::from_std(sock.into())?,
-        })
+        let listener = TcpListener::from_std(sock.into())?;
+        let local = listener.local_addr()?;
+        Ok(TcpBound { listener, local: (!local.ip().is_unspecified()).then_some(local) })
     }
 
-    pub async fn run(
-        self,
-        engine: Arc<Engine>,
-        listener: Arc<Listener>,
-        cancel: CancellationToken,
-    ) {
+    pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -80,8 +74,10 @@ impl TcpBound {
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().unwrap_or(peer);
+            let local = match self.local {
+                Some(l) => l,
+                None => stream.local_addr().unwrap_or(peer),
+            };
             let name = session_name("TCP", peer, local, engine.next_id());
             let metadata = ip_metadata(&listener.name, &name, "TCP", peer, local);
             let (r, w) = stream.into_split();
@@ -99,10 +95,7 @@ impl TcpBound {
 }
 
 /// Opens a TCP connection to `address` (`host:port`).
-pub async fn connect(
-    address: &str,
-    bind: Option<&Bind>,
-) -> Result<(Reader, Writer), UpstreamError> {
+pub async fn connect(address: &str, bind: Option<&Bind>) -> Result<(Reader, Writer), UpstreamError> {
     let addr = resolve(address).await?;
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -119,8 +112,7 @@ pub async fn connect(
         if b.port != 0 {
             sock.set_reuseaddr(true).map_err(UpstreamError::Io)?;
         }
-        sock.bind(SocketAddr::new(ip, b.port))
-            .map_err(UpstreamError::Io)?;
+        sock.bind(SocketAddr::new(ip, b.port)).map_err(UpstreamError::Io)?;
     }
     let stream = sock.connect(addr).await.map_err(UpstreamError::Io)?;
     let _ = stream.set_nodelay(true);

@@ -27,9 +27,7 @@ impl LogSink {
         Ok(match log_file {
             "-" | "stdout" => LogSink::Stdout,
             "stderr" => LogSink::Stderr,
-            path => LogSink::File(Mutex::new(
-                OpenOptions::new().create(true).append(true).open(path)?,
-            )),
+            path => LogSink::File(Mutex::new(OpenOptions::new().create(true).append(true).open(path)?)),
         })
     }
 
@@ -124,10 +122,7 @@ mod tests {
     #[test]
     fn encap_then_decap_is_identity_and_carries_metadata() {
         let meta = json!({"IP": {"src_addr": "127.0.0.1"}});
-        let mut batch = vec![
-            Bytes::from_static(b"hello"),
-            Bytes::from_static(b"\x00\xff"),
-        ];
+        let mut batch = vec![Bytes::from_static(b"hello"), Bytes::from_static(b"\x00\xff")];
         Transform::JsonEncap.apply(&mut batch, &meta);
         let env: Value = serde_json::from_slice(&batch[0]).expect("json");
         assert_eq!(env["metadata"], meta);
@@ -135,10 +130,7 @@ mod tests {
         Transform::JsonDecap.apply(&mut batch, &meta);
         assert_eq!(
             batch,
-            vec![
-                Bytes::from_static(b"hello"),
-                Bytes::from_static(b"\x00\xff")
-            ]
+            vec![Bytes::from_static(b"hello"), Bytes::from_static(b"\x00\xff")]
         );
     }
 

@@ -69,12 +69,7 @@ impl UdpBound {
         })
     }
 
-    pub async fn run(
-        self,
-        engine: Arc<Engine>,
-        listener: Arc<Listener>,
-        cancel: CancellationToken,
-    ) {
+    pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
         match self.spec.mode {
             UdpMode::Singleton => self.run_singleton(engine, listener, cancel).await,
             UdpMode::Server => self.run_server(engine, listener, cancel).await,
@@ -82,12 +77,7 @@ impl UdpBound {
     }
 
     /// Emits one session at start; when it ends, emits the next one on the same socket.
-    async fn run_singleton(
-        self,
-        engine: Arc<Engine>,
-        listener: Arc<Listener>,
-        cancel: CancellationToken,
-    ) {
+    async fn run_singleton(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
         let peer = match self.socket.peer_addr() {
             Ok(p) => p,
             Err(e) => {
@@ -130,12 +120,7 @@ impl UdpBound {
             && self.spec.connect_port.is_none_or(|p| p == peer.port())
     }
 
-    async fn run_server(
-        self,
-        engine: Arc<Engine>,
-        listener: Arc<Listener>,
-        cancel: CancellationToken,
-    ) {
+    async fn run_server(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
         let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<SocketAddr>();
         let mut st = ServerState {
             peers: HashMap::new(),
@@ -239,10 +224,7 @@ struct ServerState {
 
 /// A socket bound to the listener's address and connected to one peer, with the datagrams it caught before the
 /// connect took effect (from any peer: the kernel may deliver to it while it is bound but not yet connected).
-fn session_socket(
-    local: SocketAddr,
-    peer: SocketAddr,
-) -> io::Result<(UdpSocket, Vec<(Bytes, SocketAddr)>)> {
+fn session_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<(UdpSocket, Vec<(Bytes, SocketAddr)>)> {
     let sock = udp_socket(local, true)?;
     sock.connect(&peer.into())?;
     let mut caught = Vec::new();
@@ -263,20 +245,14 @@ fn socket_connect_blocking(socket: &UdpSocket, peer: SocketAddr) -> io::Result<(
 }
 
 /// Opens a UDP socket connected to `address` (`host:port`), bound to `bind` if given.
-pub async fn connect(
-    address: &str,
-    bind: Option<&Bind>,
-) -> Result<(Reader, Writer), UpstreamError> {
+pub async fn connect(address: &str, bind: Option<&Bind>) -> Result<(Reader, Writer), UpstreamError> {
     let addr = resolve(address).await?;
     let any: IpAddr = if addr.is_ipv4() {
         Ipv4Addr::UNSPECIFIED.into()
     } else {
         Ipv6Addr::UNSPECIFIED.into()
     };
-    let local = SocketAddr::new(
-        bind.and_then(|b| b.address).unwrap_or(any),
-        bind.map_or(0, |b| b.port),
-    );
+    let local = SocketAddr::new(bind.and_then(|b| b.address).unwrap_or(any), bind.map_or(0, |b| b.port));
     let sock = udp_socket(local, local.port() != 0).map_err(UpstreamError::Io)?;
     sock.connect(&addr.into()).map_err(UpstreamError::Io)?;
     let socket = Arc::new(UdpSocket::from_std(sock.into()).map_err(UpstreamError::Io)?);

@@ -45,12 +45,7 @@ impl UnixBound {
         })
     }
 
-    pub async fn run(
-        self,
-        engine: Arc<Engine>,
-        listener: Arc<Listener>,
-        cancel: CancellationToken,
-    ) {
+    pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
         let filename = self.path.to_string_lossy().into_owned();
         loop {
             let accepted = tokio::select! {

@@ -90,10 +90,7 @@ impl Agent {
     }
 
     pub fn count_log(&self, needle: &str) -> usize {
-        self.log_lines()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.log_lines().iter().filter(|l| l.contains(needle)).count()
     }
 
     pub fn pid(&self) -> u32 {
@@ -109,10 +106,7 @@ impl Agent {
             if let Some(st) = self.child.try_wait().expect("wait") {
                 return st;
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "agent did not exit after SIGTERM");
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -187,9 +181,7 @@ pub fn udp_client(port: u16) -> UdpSocket {
 
 pub fn recv(s: &UdpSocket) -> Vec<u8> {
     let mut buf = vec![0u8; 70000];
-    let n = s
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no datagram arrived: {e}"));
+    let n = s.recv(&mut buf).unwrap_or_else(|e| panic!("no datagram arrived: {e}"));
     buf.truncate(n);
     buf
 }
@@ -197,6 +189,8 @@ pub fn recv(s: &UdpSocket) -> Vec<u8> {
 /// A UDP server on 127.0.0.1 that answers every datagram with `f(datagram)`; returns its port.
 pub fn udp_server(f: impl Fn(&[u8], std::net::SocketAddr) -> Vec<u8> + Send + 'static) -> u16 {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    // Room for a burst from many sessions at once (the kernel caps it at net.core.rmem_max).
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
     let port = s.local_addr().expect("addr").port();
     thread::spawn(move || {
         let mut buf = vec![0u8; 70000];
@@ -251,9 +245,7 @@ pub fn tcp_client(port: u16) -> TcpStream {
 
 /// Deterministic pseudo-random bytes.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
