@@ -45,13 +45,15 @@ fn udp_to_udp_keeps_datagram_boundaries() {
 }
 
 #[test]
-fn udp_to_echo_keeps_datagram_boundaries() {
+fn udp_to_echo_keeps_datagram_boundaries_and_order() {
     let port = free_port();
     let _agent = Agent::start(&format!(
         "listeners:\n  - name: e\n    spec: {{protocol: UDP, port: {port}, address: 127.0.0.1}}\n    rules: [{{action: {{route: {{destination: {{spec: {{protocol: Echo}}}}}}}}}}]\n"
     ));
     let c = udp_client(port);
-    let msgs: Vec<Vec<u8>> = (0..50).map(|i| pattern(1 + i * 29, i as u64)).collect();
+    // A burst straight away: the first datagrams arrive before the session's socket exists and must still come
+    // back first (order and boundaries kept).
+    let msgs: Vec<Vec<u8>> = (0..200).map(|i| pattern(1 + (i * 37) % 1400, i as u64)).collect();
     for m in &msgs {
         c.send(m).expect("send");
     }

@@ -56,7 +56,10 @@ impl TcpBound {
         sock.set_nonblocking(true)?;
         let listener = TcpListener::from_std(sock.into())?;
         let local = listener.local_addr()?;
-        Ok(TcpBound { listener, local: (!local.ip().is_unspecified()).then_some(local) })
+        Ok(TcpBound {
+            listener,
+            local: (!local.ip().is_unspecified()).then_some(local),
+        })
     }
 
     pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {

@@ -126,6 +126,7 @@ impl UdpBound {
             peers: HashMap::new(),
             redeliver: VecDeque::new(),
             gone_tx,
+            scratch: vec![0u8; crate::sys::MAX_DATAGRAM],
             warned_reject: false,
         };
         let mut buf = vec![0u8; crate::sys::MAX_DATAGRAM];
@@ -177,8 +178,18 @@ impl UdpBound {
         let _ = tx.try_send(msg);
         let socket = match session_socket(self.local, peer) {
             Ok((s, caught)) => {
-                // Between bind and connect the new socket may have caught datagrams of any peer: its own go to its
-                // queue in order, the others back through dispatch.
+                // Keep the peer's datagrams in order: first those still queued on the listening socket (they
+                // arrived before the session socket existed), then those the session socket caught between its
+                // bind and connect. Both must be queued before the session starts reading its socket. Other
+                // peers' datagrams found on the way go back through dispatch.
+                while let Ok((n, from)) = self.socket.try_recv_from(&mut st.scratch) {
+                    let m = Bytes::copy_from_slice(&st.scratch[..n]);
+                    if from == peer {
+                        let _ = tx.try_send(m);
+                    } else {
+                        st.redeliver.push_back((m, from));
+                    }
+                }
                 for (m, from) in caught {
                     if from == peer {
                         let _ = tx.try_send(m);
@@ -216,10 +227,11 @@ impl UdpBound {
 /// The peer table of a server-mode listener.
 struct ServerState {
     peers: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
-    /// Datagrams of other peers that a new session socket caught before it was connected.
+    /// Datagrams of other peers met while a new session was set up, to dispatch next.
     redeliver: VecDeque<(Bytes, SocketAddr)>,
     gone_tx: mpsc::UnboundedSender<SocketAddr>,
     warned_reject: bool,
+    scratch: Vec<u8>,
 }
 
 /// A socket bound to the listener's address and connected to one peer, with the datagrams it caught before the

@@ -174,6 +174,7 @@ pub fn free_port() -> u16 {
 /// A UDP client connected to the agent.
 pub fn udp_client(port: u16) -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
     s.connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     s
