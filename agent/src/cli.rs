@@ -79,6 +79,17 @@ pub struct Args {
         help_heading = "Runtime"
     )]
     pub drain_timeout: f64,
+
+    /// A byte-stream session one of whose directions has ended (half-close) ends after this many seconds without
+    /// traffic. A peer that closed completely looks just like one that only stopped sending.
+    #[arg(
+        long,
+        env = "L7MP_HALF_CLOSE_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 60.0,
+        help_heading = "Runtime"
+    )]
+    pub half_close_timeout: f64,
 }
 
 /// Maps the original's log level names (npmlog) to a tracing filter; anything else is used as a filter as is.

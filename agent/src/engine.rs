@@ -37,7 +37,23 @@ struct RunningListener {
     task: JoinHandle<()>,
 }
 
+/// Engine-wide settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How long a half-closed session (one direction ended) may stay without traffic.
+    pub half_close_timeout: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            half_close_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 pub struct Engine {
+    options: EngineOptions,
     snapshot: ArcSwap<Snapshot>,
     listeners: tokio::sync::Mutex<HashMap<String, RunningListener>>,
     sessions: Mutex<HashMap<String, Arc<SessionInfo>>>,
@@ -49,8 +65,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new() -> Arc<Engine> {
+    pub fn new(options: EngineOptions) -> Arc<Engine> {
         Arc::new(Engine {
+            options,
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -59,6 +76,10 @@ impl Engine {
             sessions_cancel: CancellationToken::new(),
             offload: Box::new(NoOffload),
         })
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
     /// The configuration in force.

@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use l7mp_agent::{cli, engine::Engine, sys};
+use l7mp_agent::engine::{Engine, EngineOptions};
+use l7mp_agent::{cli, sys};
 use l7mp_api::{Config, Format, parse_config};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -74,7 +75,9 @@ fn run(args: cli::Args, config: Config) -> anyhow::Result<()> {
     }
     .context("cannot start the runtime")?;
     runtime.block_on(async {
-        let engine = Engine::new();
+        let engine = Engine::new(EngineOptions {
+            half_close_timeout: Duration::from_secs_f64(args.half_close_timeout.clamp(0.01, 86_400.0)),
+        });
         engine
             .apply(config)
             .await

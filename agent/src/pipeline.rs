@@ -261,13 +261,25 @@ pub enum EndReason {
     Failed(io::Error),
 }
 
+/// When a session with no traffic ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// No traffic in either direction for this long (UDP sessions).
+    pub idle: Option<Duration>,
+    /// Once one direction has ended (half-close), no traffic for this long: a peer that closed completely cannot be
+    /// told apart from one that only stopped sending, and this keeps such sessions from lingering for ever.
+    pub half_closed: Duration,
+}
+
 /// Runs the pumps until the session is over, then closes every stream.
-pub async fn run(pumps: Vec<Pump>, stats: &Stats, idle: Option<Duration>, cancel: &CancellationToken) -> EndReason {
+pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &CancellationToken) -> EndReason {
     let mut set = JoinSet::new();
     for p in pumps {
         set.spawn(p.run());
     }
-    let mut ticker = idle.map(|d| tokio::time::interval((d / 4).max(Duration::from_millis(10))));
+    let ticker_for = |d: Duration| tokio::time::interval((d / 4).max(Duration::from_millis(10)));
+    let mut limit = timeouts.idle;
+    let mut ticker = limit.map(ticker_for);
     let mut seen = stats.activity();
     let mut last_change = Instant::now();
     let mut finished_writers = Vec::new();
@@ -287,7 +299,7 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, idle: Option<Duration>, cancel
                 if now != seen {
                     seen = now;
                     last_change = Instant::now();
-                } else if let Some(limit) = idle && last_change.elapsed() >= limit {
+                } else if let Some(limit) = limit && last_change.elapsed() >= limit {
                     break EndReason::Idle(limit);
                 }
             }
@@ -299,6 +311,12 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, idle: Option<Duration>, cancel
                     }
                     // The writer must stay open until the session ends (dropping it would close the socket).
                     finished_writers.push(writer);
+                    let half = timeouts.half_closed;
+                    if limit.is_none_or(|l| half < l) {
+                        limit = Some(half);
+                        ticker = Some(ticker_for(half));
+                        last_change = Instant::now();
+                    }
                 }
                 Some(Ok(PumpEnd::Failed(e))) => break EndReason::Failed(e),
                 Some(Err(e)) => break EndReason::Failed(io::Error::other(format!("pump task failed: {e}"))),

@@ -2,6 +2,8 @@
 //! built-in protocol, one module per protocol. Adding a protocol means one module here, one arm in [`Bound`] and
 //! [`connect`], a stream arm in `stream.rs`, a docs page and tests.
 
+pub mod process;
+pub mod sync;
 pub mod tcp;
 pub mod transform;
 pub mod udp;
@@ -34,6 +36,10 @@ pub enum Stage {
 pub enum ConnectError {
     #[error("cluster {0:?} has no endpoint")]
     NoEndpoint(String),
+    #[error("no value at {query} in the session metadata to pick a Sync group by")]
+    EmptyLabel { query: String },
+    #[error("cannot start {program:?}: {source}")]
+    Spawn { program: String, source: io::Error },
     #[error("cannot resolve {address}: {source}")]
     Resolve { address: String, source: io::Error },
     #[error("cannot connect to {endpoint} ({address}): {source}")]
@@ -67,12 +73,49 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
     if let Some(t) = transform {
         return Ok(Stage::Transform(t));
     }
-    if let ClusterSpec::Stdio = spec {
-        return Ok(Stage::Stream {
-            reader: Reader::Stdin(tokio::io::stdin()),
-            writer: Writer::Stdout(tokio::io::stdout()),
-            endpoint: None,
-        });
+    match spec {
+        ClusterSpec::Stdio => {
+            return Ok(Stage::Stream {
+                reader: Reader::Stdin(tokio::io::stdin()),
+                writer: Writer::Stdout(tokio::io::stdout()),
+                endpoint: None,
+            });
+        }
+        ClusterSpec::StdioFork { command } => {
+            let (reader, writer) = process::spawn(command).map_err(|e| ConnectError::Spawn {
+                program: command.first().cloned().unwrap_or_default(),
+                source: match e {
+                    UpstreamError::Io(e) | UpstreamError::Resolve(e) => e,
+                },
+            })?;
+            return Ok(Stage::Stream {
+                reader,
+                writer,
+                endpoint: None,
+            });
+        }
+        ClusterSpec::Sync { query } => {
+            let group = match query.get(metadata) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => {
+                    return Err(ConnectError::EmptyLabel {
+                        query: query.to_string(),
+                    });
+                }
+                Some(other) => other.to_string(),
+            };
+            // Snapshot::build gives every Sync cluster its hub.
+            let hub = c.sync.clone().ok_or_else(|| ConnectError::EmptyLabel {
+                query: query.to_string(),
+            })?;
+            let (reader, writer) = hub.join(group);
+            return Ok(Stage::Stream {
+                reader,
+                writer,
+                endpoint: None,
+            });
+        }
+        _ => {}
     }
     let ep = lb::pick(&c.cfg.loadbalancer, &c.cfg.endpoints, metadata, session)
         .ok_or_else(|| ConnectError::NoEndpoint(c.cfg.name.clone()))?;

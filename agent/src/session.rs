@@ -196,7 +196,11 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, s: NewSession) -> 
     });
     info.set(|st| st.status = Status::Connected);
     info.event("CONNECT", "all stages connected".into());
-    let reason = pipeline::run(pumps, &info.stats, s.idle_timeout, &info.cancel).await;
+    let timeouts = pipeline::Timeouts {
+        idle: s.idle_timeout,
+        half_closed: engine.options().half_close_timeout,
+    };
+    let reason = pipeline::run(pumps, &info.stats, timeouts, &info.cancel).await;
     info.set(|st| st.status = Status::Finalizing);
     Ok(reason)
 }

@@ -2,6 +2,7 @@
 //! files, per-route flags). Built once per configuration change and swapped in atomically; sessions hold the
 //! snapshot (and so the route) they were routed with.
 
+use crate::protocol::sync::SyncHub;
 use crate::protocol::transform::LogSink;
 use l7mp_api::{Cluster, ClusterSpec, Config, Listener, Route, Rule, RuleList};
 use std::collections::HashMap;
@@ -13,6 +14,8 @@ pub struct ClusterRt {
     pub cfg: Cluster,
     /// The open log of a Logger cluster.
     pub sink: Option<Arc<LogSink>>,
+    /// The groups of a Sync cluster.
+    pub sync: Option<Arc<SyncHub>>,
 }
 
 /// A route ready for use.
@@ -68,7 +71,15 @@ impl Snapshot {
                 })?)),
                 _ => None,
             };
-            clusters.insert(c.name.clone(), Arc::new(ClusterRt { cfg: c.clone(), sink }));
+            let sync = matches!(c.spec, ClusterSpec::Sync { .. }).then(|| Arc::new(SyncHub::default()));
+            clusters.insert(
+                c.name.clone(),
+                Arc::new(ClusterRt {
+                    cfg: c.clone(),
+                    sink,
+                    sync,
+                }),
+            );
         }
         Ok(Snapshot {
             listeners: config

@@ -5,6 +5,8 @@
 //! (TCP, UNIX stream, stdio). One enum arm per transport gives static dispatch on the hot path; adding a protocol
 //! adds an arm here.
 
+use crate::protocol::process::ProcessReader;
+use crate::protocol::sync::SyncPort;
 use crate::sys;
 use bytes::{Bytes, BytesMut};
 use l7mp_api::StreamKind;
@@ -38,6 +40,8 @@ pub enum Reader {
     /// An in-process channel (virtual clusters used as a destination).
     Chan(mpsc::Receiver<Bytes>),
     Stdin(tokio::io::Stdin),
+    /// The stdout of a forked command (StdioFork).
+    Process(Box<ProcessReader>),
 }
 
 /// The write half of a stream.
@@ -48,12 +52,16 @@ pub enum Writer {
     /// `None` once shut down.
     Chan(Option<mpsc::Sender<Bytes>>),
     Stdout(tokio::io::Stdout),
+    /// The stdin of a forked command; `None` once shut down (the command sees EOF).
+    Process(Option<tokio::process::ChildStdin>),
+    /// A Sync group membership; `None` once left.
+    Sync(Option<SyncPort>),
 }
 
 impl Reader {
     pub fn kind(&self) -> StreamKind {
         match self {
-            Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) => StreamKind::ByteStream,
+            Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) | Reader::Process(_) => StreamKind::ByteStream,
             Reader::Udp(_) | Reader::Chan(_) => StreamKind::Datagram,
         }
     }
@@ -65,6 +73,13 @@ impl Reader {
             Reader::Tcp(r) => read_bytes(r, arena, out).await,
             Reader::Unix(r) => read_bytes(r, arena, out).await,
             Reader::Stdin(r) => read_bytes(r, arena, out).await,
+            Reader::Process(p) => {
+                let more = read_bytes(&mut p.stdout, arena, out).await?;
+                if !more {
+                    p.reap().await;
+                }
+                Ok(more)
+            }
             Reader::Chan(rx) => {
                 let Some(first) = rx.recv().await else {
                     return Ok(false);
@@ -133,8 +148,8 @@ async fn read_bytes<R: AsyncReadExt + Unpin>(r: &mut R, arena: &mut BytesMut, ou
 impl Writer {
     pub fn kind(&self) -> StreamKind {
         match self {
-            Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) => StreamKind::ByteStream,
-            Writer::Udp(_) | Writer::Chan(_) => StreamKind::Datagram,
+            Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) | Writer::Process(_) => StreamKind::ByteStream,
+            Writer::Udp(_) | Writer::Chan(_) | Writer::Sync(_) => StreamKind::Datagram,
         }
     }
 
@@ -146,6 +161,17 @@ impl Writer {
             Writer::Stdout(w) => {
                 write_bytes(w, batch).await?;
                 w.flush().await
+            }
+            Writer::Process(stdin) => match stdin {
+                Some(w) => write_bytes(w, batch).await,
+                None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "process input closed")),
+            },
+            Writer::Sync(port) => {
+                if let Some(p) = port {
+                    p.broadcast(batch);
+                }
+                batch.clear();
+                Ok(())
             }
             Writer::Chan(tx) => {
                 let Some(tx) = tx else {
@@ -191,6 +217,13 @@ impl Writer {
                 false
             }
             Writer::Chan(tx) => tx.take().is_some(),
+            // Closing its stdin is how a command learns there is no more input.
+            Writer::Process(stdin) => stdin.take().is_some(),
+            // Other members cannot be told that one member is done; the session ends.
+            Writer::Sync(port) => {
+                port.take();
+                false
+            }
             Writer::Udp(_) => false,
         }
     }

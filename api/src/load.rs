@@ -305,7 +305,6 @@ impl Builder {
             "HTTP",
             "WebSocket",
             "JSONSocket",
-            "Sync",
             "L7mpController",
             "Prometheus",
             "Metric",
@@ -502,6 +501,9 @@ impl Builder {
             "Stdio",
             "JSONEncap",
             "JSONDecap",
+            "StdioFork",
+            "STDIO-fork",
+            "Sync",
         ];
         let proto = self.protocol(v, path, KNOWN, "cluster")?;
         match proto.as_str() {
@@ -527,6 +529,48 @@ impl Builder {
                     None => None,
                 };
                 Some(ClusterSpec::Logger { log_file, log_prefix })
+            }
+            "StdioFork" | "STDIO-fork" => {
+                let o = self.d.object(v, path, &["protocol", "command"])?;
+                let cp = o.at("command");
+                let command = match self.d.required(o, "command")? {
+                    Value::String(line) => vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()],
+                    list @ Value::Array(_) => self.d.array(list, &cp, |d, v, p| d.string(v, p))?,
+                    other => {
+                        let msg = format!(
+                            "expected a command line or an array of arguments, got {}",
+                            describe(other)
+                        );
+                        self.d.error(&cp, msg);
+                        return None;
+                    }
+                };
+                if command.first().is_none_or(|c| c.is_empty()) {
+                    self.d.error(&cp, "expected a program to run, got nothing");
+                    return None;
+                }
+                Some(ClusterSpec::StdioFork { command })
+            }
+            "Sync" => {
+                let o = self.d.object(v, path, &["protocol", "query"])?;
+                let q = self
+                    .d
+                    .required(o, "query")
+                    .and_then(|q| self.d.string(q, &o.at("query")))?;
+                match Pointer::parse(&q) {
+                    Ok(query) if !query.is_root() => Some(ClusterSpec::Sync { query }),
+                    Ok(_) => {
+                        self.d.error(
+                            &o.at("query"),
+                            "expected a JSON pointer into the session metadata, got \"\"",
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.d.error(&o.at("query"), e);
+                        None
+                    }
+                }
             }
             other => {
                 self.d.object(v, path, &["protocol"])?;

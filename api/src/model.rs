@@ -153,6 +153,15 @@ pub enum ClusterSpec {
     Stdio,
     JsonEncap,
     JsonDecap,
+    /// Runs a command per session; its stdin and stdout are the session's stream.
+    StdioFork {
+        /// argv; a single string is run with `/bin/sh -c`.
+        command: Vec<String>,
+    },
+    /// Rendezvous: the sessions whose metadata has the same value at `query` hear each other's messages.
+    Sync {
+        query: Pointer,
+    },
 }
 
 impl ClusterSpec {
@@ -167,6 +176,8 @@ impl ClusterSpec {
             ClusterSpec::Stdio => "Stdio",
             ClusterSpec::JsonEncap => "JSONEncap",
             ClusterSpec::JsonDecap => "JSONDecap",
+            ClusterSpec::StdioFork { .. } => "StdioFork",
+            ClusterSpec::Sync { .. } => "Sync",
         }
     }
 
@@ -182,10 +193,11 @@ impl ClusterSpec {
     /// are given.
     pub fn stream_kind(&self) -> Option<StreamKind> {
         match self {
-            ClusterSpec::Udp { .. } => Some(StreamKind::Datagram),
-            ClusterSpec::Tcp { .. } | ClusterSpec::UnixDomainSocket | ClusterSpec::Stdio => {
-                Some(StreamKind::ByteStream)
-            }
+            ClusterSpec::Udp { .. } | ClusterSpec::Sync { .. } => Some(StreamKind::Datagram),
+            ClusterSpec::Tcp { .. }
+            | ClusterSpec::UnixDomainSocket
+            | ClusterSpec::Stdio
+            | ClusterSpec::StdioFork { .. } => Some(StreamKind::ByteStream),
             _ => None,
         }
     }

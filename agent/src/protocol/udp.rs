@@ -28,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 const EARLY_DEPTH: usize = 256;
 /// Receive buffer asked for the listening socket, which takes a burst of new peers' first datagrams.
 const LISTENER_RCVBUF: usize = 4 << 20;
+/// Receive buffer asked for each session socket: room for a burst while the session task is busy or not yet
+/// scheduled. A limit, not an allocation: the kernel charges only the datagrams actually queued.
+const SESSION_RCVBUF: usize = 1 << 20;
 
 pub struct UdpBound {
     socket: Arc<UdpSocket>,
@@ -238,6 +241,7 @@ struct ServerState {
 /// connect took effect (from any peer: the kernel may deliver to it while it is bound but not yet connected).
 fn session_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<(UdpSocket, Vec<(Bytes, SocketAddr)>)> {
     let sock = udp_socket(local, true)?;
+    let _ = sock.set_recv_buffer_size(SESSION_RCVBUF);
     sock.connect(&peer.into())?;
     let mut caught = Vec::new();
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); crate::sys::MAX_DATAGRAM];
