@@ -220,5 +220,6 @@ fn describe(l: &Listener) -> String {
         Udp(s) => format!("UDP {}", std::net::SocketAddr::new(s.address, s.port)),
         Tcp(s) => format!("TCP {}", std::net::SocketAddr::new(s.address, s.port)),
         UnixDomainSocket(s) => format!("UNIX socket {:?}", s.filename),
+        UnixDgram(s) => format!("UNIX datagram socket {:?}", s.filename),
     }
 }

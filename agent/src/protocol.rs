@@ -8,6 +8,7 @@ pub mod tcp;
 pub mod transform;
 pub mod udp;
 pub mod unix;
+pub mod unix_dgram;
 
 use crate::engine::Engine;
 use crate::lb;
@@ -127,6 +128,7 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
         match spec {
             ClusterSpec::Udp { bind, .. } => udp::connect(&address, bind.as_ref()).await,
             ClusterSpec::Tcp { bind, .. } => tcp::connect(&address, bind.as_ref()).await,
+            ClusterSpec::UnixDgram => unix_dgram::connect(&address).await,
             _ => unix::connect(&address).await,
         }
     };
@@ -185,6 +187,7 @@ pub enum Bound {
     Udp(udp::UdpBound),
     Tcp(tcp::TcpBound),
     Unix(unix::UnixBound),
+    UnixDgram(unix_dgram::UnixDgramBound),
 }
 
 impl Bound {
@@ -194,6 +197,7 @@ impl Bound {
             ListenerSpec::Udp(s) => Bound::Udp(udp::UdpBound::bind(s)?),
             ListenerSpec::Tcp(s) => Bound::Tcp(tcp::TcpBound::bind(s)?),
             ListenerSpec::UnixDomainSocket(s) => Bound::Unix(unix::UnixBound::bind(s)?),
+            ListenerSpec::UnixDgram(s) => Bound::UnixDgram(unix_dgram::UnixDgramBound::bind(s)?),
         })
     }
 
@@ -203,6 +207,7 @@ impl Bound {
             Bound::Udp(b) => b.run(engine, listener, cancel).await,
             Bound::Tcp(b) => b.run(engine, listener, cancel).await,
             Bound::Unix(b) => b.run(engine, listener, cancel).await,
+            Bound::UnixDgram(b) => b.run(engine, listener, cancel).await,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UdpSocket, tcp, unix};
+use tokio::net::{UdpSocket, UnixDatagram, tcp, unix};
 use tokio::sync::mpsc;
 
 /// A batch of messages moved together.
@@ -42,6 +42,8 @@ pub enum Reader {
     Stdin(tokio::io::Stdin),
     /// The stdout of a forked command (StdioFork).
     Process(Box<ProcessReader>),
+    /// A connected UNIX datagram socket.
+    UnixDgram(Arc<UnixDatagram>),
 }
 
 /// The write half of a stream.
@@ -56,13 +58,17 @@ pub enum Writer {
     Process(Option<tokio::process::ChildStdin>),
     /// A Sync group membership; `None` once left.
     Sync(Option<SyncPort>),
+    /// A connected UNIX datagram socket.
+    UnixDgram(Arc<UnixDatagram>),
+    /// A UNIX datagram listener's socket, answering one peer.
+    UnixDgramTo(Arc<UnixDatagram>, std::os::unix::net::SocketAddr),
 }
 
 impl Reader {
     pub fn kind(&self) -> StreamKind {
         match self {
             Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) | Reader::Process(_) => StreamKind::ByteStream,
-            Reader::Udp(_) | Reader::Chan(_) => StreamKind::Datagram,
+            Reader::Udp(_) | Reader::Chan(_) | Reader::UnixDgram(_) => StreamKind::Datagram,
         }
     }
 
@@ -73,6 +79,17 @@ impl Reader {
             Reader::Tcp(r) => read_bytes(r, arena, out).await,
             Reader::Unix(r) => read_bytes(r, arena, out).await,
             Reader::Stdin(r) => read_bytes(r, arena, out).await,
+            Reader::UnixDgram(sock) => loop {
+                sock.readable().await?;
+                let fd = sock.as_raw_fd();
+                match sock.try_io(tokio::io::Interest::READABLE, || {
+                    sys::recv_batch(fd, sys::BATCH, arena, out)
+                }) {
+                    Ok(_) => return Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            },
             Reader::Process(p) => {
                 let more = read_bytes(&mut p.stdout, arena, out).await?;
                 if !more {
@@ -149,7 +166,9 @@ impl Writer {
     pub fn kind(&self) -> StreamKind {
         match self {
             Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) | Writer::Process(_) => StreamKind::ByteStream,
-            Writer::Udp(_) | Writer::Chan(_) | Writer::Sync(_) => StreamKind::Datagram,
+            Writer::Udp(_) | Writer::Chan(_) | Writer::Sync(_) | Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => {
+                StreamKind::Datagram
+            }
         }
     }
 
@@ -161,6 +180,36 @@ impl Writer {
             Writer::Stdout(w) => {
                 write_bytes(w, batch).await?;
                 w.flush().await
+            }
+            Writer::UnixDgram(sock) => {
+                let fd = sock.as_raw_fd();
+                let mut off = 0;
+                while off < batch.len() {
+                    sock.writable().await?;
+                    // No GSO here: UDP_SEGMENT is a UDP option.
+                    match sock.try_io(tokio::io::Interest::WRITABLE, || {
+                        sys::send_batch(fd, &batch[off..], false)
+                    }) {
+                        Ok(n) => off += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                batch.clear();
+                Ok(())
+            }
+            Writer::UnixDgramTo(sock, peer) => {
+                for m in batch.drain(..) {
+                    loop {
+                        sock.writable().await?;
+                        match sock.try_io(tokio::io::Interest::WRITABLE, || send_to_unix(sock, &m, peer)) {
+                            Ok(_) => break,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Ok(())
             }
             Writer::Process(stdin) => match stdin {
                 Some(w) => write_bytes(w, batch).await,
@@ -224,9 +273,17 @@ impl Writer {
                 port.take();
                 false
             }
-            Writer::Udp(_) => false,
+            Writer::Udp(_) | Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => false,
         }
     }
+}
+
+/// One datagram to a UNIX socket address, path or abstract (tokio's `send_to` takes only paths).
+fn send_to_unix(sock: &UnixDatagram, msg: &[u8], peer: &std::os::unix::net::SocketAddr) -> io::Result<usize> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the descriptor stays owned by `sock`; ManuallyDrop keeps this borrowed view from closing it.
+    let view = std::mem::ManuallyDrop::new(unsafe { std::os::unix::net::UnixDatagram::from_raw_fd(sock.as_raw_fd()) });
+    view.send_to_addr(msg, peer)
 }
 
 async fn write_bytes<W: AsyncWriteExt + Unpin>(w: &mut W, batch: &mut Batch) -> io::Result<()> {

@@ -325,7 +325,12 @@ impl Builder {
     }
 
     fn listener_spec(&mut self, v: &Value, path: &FieldPath) -> Option<ListenerSpec> {
-        let proto = self.protocol(v, path, &["UDP", "TCP", "UnixDomainSocket"], "listener")?;
+        let proto = self.protocol(
+            v,
+            path,
+            &["UDP", "TCP", "UnixDomainSocket", "UnixDgram", "UNIX/dgram"],
+            "listener",
+        )?;
         match proto.as_str() {
             "UDP" => {
                 let o = self.d.object(
@@ -341,6 +346,15 @@ impl Builder {
                 let address = self.address_or_any(o)?;
                 Some(ListenerSpec::Tcp(TcpListenerSpec { address, port: port? }))
             }
+            "UnixDgram" | "UNIX/dgram" => {
+                let o = self.d.object(v, path, &["protocol", "filename", "idle_timeout"])?;
+                let filename = self.socket_file(o)?;
+                let idle_timeout = self.idle_timeout(o)?;
+                Some(ListenerSpec::UnixDgram(UnixDgramListenerSpec {
+                    filename,
+                    idle_timeout,
+                }))
+            }
             _ => {
                 let o = self.d.object(v, path, &["protocol", "filename"])?;
                 let f = self
@@ -355,6 +369,31 @@ impl Builder {
                 Some(ListenerSpec::UnixDomainSocket(UnixListenerSpec { filename: f }))
             }
         }
+    }
+
+    /// `idle_timeout` in seconds (`0`: never; default [`DEFAULT_UDP_IDLE_TIMEOUT`]).
+    fn idle_timeout(&mut self, o: Obj<'_>) -> Option<Option<Duration>> {
+        Some(match o.get("idle_timeout") {
+            Some(t) => match self.d.seconds(t, &o.at("idle_timeout"))? {
+                0.0 => None,
+                s => Some(Duration::from_secs_f64(s)),
+            },
+            None => Some(DEFAULT_UDP_IDLE_TIMEOUT),
+        })
+    }
+
+    /// A required, non-empty `filename`.
+    fn socket_file(&mut self, o: Obj<'_>) -> Option<String> {
+        let f = self
+            .d
+            .required(o, "filename")
+            .and_then(|f| self.d.string(f, &o.at("filename")))?;
+        if f.is_empty() {
+            self.d
+                .error(&o.at("filename"), "expected a socket file path, got an empty string");
+            return None;
+        }
+        Some(f)
     }
 
     fn address_or_any(&mut self, o: Obj<'_>) -> Option<IpAddr> {
@@ -408,13 +447,7 @@ impl Builder {
                 }
             }
         }
-        let idle_timeout = match o.get("idle_timeout") {
-            Some(t) => match self.d.seconds(t, &o.at("idle_timeout"))? {
-                0.0 => None,
-                s => Some(Duration::from_secs_f64(s)),
-            },
-            None => Some(DEFAULT_UDP_IDLE_TIMEOUT),
-        };
+        let idle_timeout = self.idle_timeout(o)?;
         Some(UdpListenerSpec {
             address: address?,
             port: port?,
@@ -449,7 +482,7 @@ impl Builder {
                     self.d.error(&ep_path, msg);
                 }
                 _ => {
-                    let unix = matches!(spec, Some(ClusterSpec::UnixDomainSocket));
+                    let unix = matches!(spec, Some(ClusterSpec::UnixDomainSocket | ClusterSpec::UnixDgram));
                     if let Some(list) = self.d.array(eps, &ep_path, |_, v, p| Some((v.clone(), p.clone()))) {
                         for (v, p) in list {
                             if let Some(ep) = self.endpoint(&v, &p, &name, unix) {
@@ -504,6 +537,8 @@ impl Builder {
             "StdioFork",
             "STDIO-fork",
             "Sync",
+            "UnixDgram",
+            "UNIX/dgram",
         ];
         let proto = self.protocol(v, path, KNOWN, "cluster")?;
         match proto.as_str() {
@@ -576,6 +611,7 @@ impl Builder {
                 self.d.object(v, path, &["protocol"])?;
                 Some(match other {
                     "UnixDomainSocket" => ClusterSpec::UnixDomainSocket,
+                    "UnixDgram" | "UNIX/dgram" => ClusterSpec::UnixDgram,
                     "Echo" => ClusterSpec::Echo,
                     "Discard" => ClusterSpec::Discard,
                     "Stdio" => ClusterSpec::Stdio,

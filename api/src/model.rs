@@ -61,6 +61,8 @@ pub enum ListenerSpec {
     Udp(UdpListenerSpec),
     Tcp(TcpListenerSpec),
     UnixDomainSocket(UnixListenerSpec),
+    /// UNIX datagram socket (SOCK_DGRAM): a session per peer address.
+    UnixDgram(UnixDgramListenerSpec),
 }
 
 impl ListenerSpec {
@@ -69,11 +71,12 @@ impl ListenerSpec {
             ListenerSpec::Udp(_) => "UDP",
             ListenerSpec::Tcp(_) => "TCP",
             ListenerSpec::UnixDomainSocket(_) => "UnixDomainSocket",
+            ListenerSpec::UnixDgram(_) => "UnixDgram",
         }
     }
     pub fn stream_kind(&self) -> StreamKind {
         match self {
-            ListenerSpec::Udp(_) => StreamKind::Datagram,
+            ListenerSpec::Udp(_) | ListenerSpec::UnixDgram(_) => StreamKind::Datagram,
             ListenerSpec::Tcp(_) | ListenerSpec::UnixDomainSocket(_) => StreamKind::ByteStream,
         }
     }
@@ -114,6 +117,13 @@ pub struct UnixListenerSpec {
     pub filename: String,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnixDgramListenerSpec {
+    pub filename: String,
+    /// A session with no traffic for this long ends. `None`: never.
+    pub idle_timeout: Option<Duration>,
+}
+
 /// A cluster: the client side of a protocol (with endpoints) or a built-in transform.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -144,6 +154,8 @@ pub enum ClusterSpec {
         bind: Option<Bind>,
     },
     UnixDomainSocket,
+    /// UNIX datagram socket; the endpoint address is the server's socket path.
+    UnixDgram,
     Echo,
     Discard,
     Logger {
@@ -170,6 +182,7 @@ impl ClusterSpec {
             ClusterSpec::Udp { .. } => "UDP",
             ClusterSpec::Tcp { .. } => "TCP",
             ClusterSpec::UnixDomainSocket => "UnixDomainSocket",
+            ClusterSpec::UnixDgram => "UnixDgram",
             ClusterSpec::Echo => "Echo",
             ClusterSpec::Discard => "Discard",
             ClusterSpec::Logger { .. } => "Logger",
@@ -185,7 +198,7 @@ impl ClusterSpec {
     pub fn takes_endpoints(&self) -> bool {
         matches!(
             self,
-            ClusterSpec::Udp { .. } | ClusterSpec::Tcp { .. } | ClusterSpec::UnixDomainSocket
+            ClusterSpec::Udp { .. } | ClusterSpec::Tcp { .. } | ClusterSpec::UnixDomainSocket | ClusterSpec::UnixDgram
         )
     }
 
@@ -193,7 +206,7 @@ impl ClusterSpec {
     /// are given.
     pub fn stream_kind(&self) -> Option<StreamKind> {
         match self {
-            ClusterSpec::Udp { .. } | ClusterSpec::Sync { .. } => Some(StreamKind::Datagram),
+            ClusterSpec::Udp { .. } | ClusterSpec::Sync { .. } | ClusterSpec::UnixDgram => Some(StreamKind::Datagram),
             ClusterSpec::Tcp { .. }
             | ClusterSpec::UnixDomainSocket
             | ClusterSpec::Stdio
