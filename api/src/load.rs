@@ -357,16 +357,8 @@ impl Builder {
             }
             _ => {
                 let o = self.d.object(v, path, &["protocol", "filename"])?;
-                let f = self
-                    .d
-                    .required(o, "filename")
-                    .and_then(|f| self.d.string(f, &o.at("filename")))?;
-                if f.is_empty() {
-                    self.d
-                        .error(&o.at("filename"), "expected a socket file path, got an empty string");
-                    return None;
-                }
-                Some(ListenerSpec::UnixDomainSocket(UnixListenerSpec { filename: f }))
+                let filename = self.socket_file(o)?;
+                Some(ListenerSpec::UnixDomainSocket(UnixListenerSpec { filename }))
             }
         }
     }

@@ -9,7 +9,7 @@ use l7mp_api::{Listener, UnixListenerSpec};
 use serde_json::json;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
@@ -21,24 +21,10 @@ pub struct UnixBound {
 }
 
 impl UnixBound {
-    /// Binds the socket file. A stale socket file (nobody accepting on it) is replaced; a live one is an error.
+    /// Binds the socket file. A stale socket file (nobody listening on it) is replaced; a live one is an error.
     pub fn bind(spec: &UnixListenerSpec) -> io::Result<UnixBound> {
         let path = PathBuf::from(&spec.filename);
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            if !meta.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "the path exists and is not a socket",
-                ));
-            }
-            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process is listening on this socket",
-                ));
-            }
-            std::fs::remove_file(&path)?;
-        }
+        clear_stale_socket(&path, false)?;
         Ok(UnixBound {
             listener: UnixListener::bind(&path)?,
             path,
@@ -82,6 +68,34 @@ impl UnixBound {
             tracing::warn!(listener = %listener.name, path = %filename, "cannot remove socket file: {e}");
         }
     }
+}
+
+/// Makes room for a new socket file at `path`: a stale socket file (nobody bound to it) is removed; anything else
+/// there, or a socket in use, is an error.
+pub fn clear_stale_socket(path: &Path, dgram: bool) -> io::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket",
+        ));
+    }
+    let live = if dgram {
+        std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.connect(path))
+            .is_ok()
+    } else {
+        std::os::unix::net::UnixStream::connect(path).is_ok()
+    };
+    if live {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is listening on this socket",
+        ));
+    }
+    std::fs::remove_file(path)
 }
 
 /// Connects to the socket file at `path`.

@@ -16,7 +16,6 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::SocketAddr as UnixAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,15 +45,7 @@ fn peer_key(addr: &UnixAddr) -> Option<String> {
 impl UnixDgramBound {
     pub fn bind(spec: &UnixDgramListenerSpec) -> io::Result<UnixDgramBound> {
         let path = PathBuf::from(&spec.filename);
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            if !meta.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "the path exists and is not a socket",
-                ));
-            }
-            std::fs::remove_file(&path)?;
-        }
+        super::unix::clear_stale_socket(&path, true)?;
         Ok(UnixDgramBound {
             socket: Arc::new(UnixDatagram::bind(&path)?),
             path,
