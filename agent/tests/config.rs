@@ -112,3 +112,35 @@ fn help_teaches_with_an_example() {
         assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
     }
 }
+
+#[test]
+fn a_udp_port_in_use_exits_1_even_though_listeners_share_addresses_internally() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let (code, stderr) = run_to_exit(
+        &format!(
+            "listeners:\n  - {{name: busy, spec: {{protocol: UDP, port: {port}, address: 127.0.0.1}}, rules: [{{action: {{route: {{destination: {{spec: {{protocol: Echo}}}}}}}}}}]}}\n"
+        ),
+        "busy-udp.yaml",
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!("listeners \"busy\": cannot listen on UDP 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn two_agents_cannot_share_a_udp_port() {
+    let port = free_port();
+    let cfg = format!(
+        "listeners:\n  - {{name: first, spec: {{protocol: UDP, port: {port}, address: 127.0.0.1}}, rules: [{{action: {{route: {{destination: {{spec: {{protocol: Echo}}}}}}}}}}]}}\n"
+    );
+    let _first = Agent::start(&cfg);
+    let (code, stderr) = run_to_exit(&cfg, "second.yaml");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Address already in use") || stderr.contains("in use"),
+        "{stderr}"
+    );
+}

@@ -54,7 +54,13 @@ fn udp_socket(local: SocketAddr, reuse: bool) -> io::Result<Socket> {
 
 impl UdpBound {
     pub fn bind(spec: &UdpListenerSpec) -> io::Result<UdpBound> {
-        let sock = udp_socket(SocketAddr::new(spec.address, spec.port), true)?;
+        let addr = SocketAddr::new(spec.address, spec.port);
+        if spec.port != 0 {
+            // The listening socket needs SO_REUSEADDR (its sessions bind the same address), and with it a second
+            // process could silently bind the same port too. Probe without it first: a port in use is an error.
+            drop(udp_socket(addr, false)?);
+        }
+        let sock = udp_socket(addr, true)?;
         // Best effort: the kernel caps it at net.core.rmem_max.
         let _ = sock.set_recv_buffer_size(LISTENER_RCVBUF);
         let socket = UdpSocket::from_std(sock.into())?;

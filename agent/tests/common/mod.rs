@@ -118,6 +118,12 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "---- agent log ----\n{}\n---- end of agent log ----",
+                self.log_lines().join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -160,12 +166,16 @@ pub fn run_file_to_exit(cfg: &Path) -> (Option<i32>, String) {
     }
 }
 
-/// A port free for both TCP and UDP on 127.0.0.1 (a tiny race with other processes is accepted).
+/// A port free for both TCP and UDP on 127.0.0.1, never handed out twice in this process (tests run in parallel
+/// threads; a tiny race with other processes is accepted).
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     loop {
         let t = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = t.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
