@@ -38,7 +38,12 @@ impl Agent {
         let mut child = Command::new(BIN)
             .arg("-c")
             .arg(cfg)
-            .args(["-l", "info", "--threads", "2", "--drain-timeout", "1"])
+            .args(["--threads", "2", "--drain-timeout", "1"])
+            .args(if extra.iter().any(|a| *a == "--log-level") {
+                &[][..]
+            } else {
+                &["-l", "info"][..]
+            })
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
