@@ -191,7 +191,11 @@ impl UdpBound {
                 // arrived before the session socket existed), then those the session socket caught between its
                 // bind and connect. Both must be queued before the session starts reading its socket. Other
                 // peers' datagrams found on the way go back through dispatch.
-                while let Ok((n, from)) = self.socket.try_recv_from(&mut st.scratch) {
+                // A raw non-blocking recv: tokio's try_recv_from would answer from its readiness cache without
+                // asking the kernel.
+                let raw = socket2::SockRef::from(&*self.socket);
+                while let Ok((n, from)) = raw.recv_from(as_uninit(&mut st.scratch)) {
+                    let Some(from) = from.as_socket() else { continue };
                     let m = Bytes::copy_from_slice(&st.scratch[..n]);
                     if from == peer {
                         let _ = tx.try_send(m);
@@ -241,6 +245,12 @@ struct ServerState {
     gone_tx: mpsc::UnboundedSender<SocketAddr>,
     warned_reject: bool,
     scratch: Vec<u8>,
+}
+
+/// A byte buffer seen as the uninitialised-byte slice socket2 reads into.
+fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
+    // SAFETY: u8 and MaybeUninit<u8> have the same layout; initialised bytes stay valid MaybeUninit.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast(), buf.len()) }
 }
 
 /// A socket bound to the listener's address and connected to one peer, with the datagrams it caught before the

@@ -39,7 +39,7 @@ impl Agent {
             .arg("-c")
             .arg(cfg)
             .args(["--threads", "2", "--drain-timeout", "1"])
-            .args(if extra.iter().any(|a| *a == "--log-level") {
+            .args(if extra.contains(&"--log-level") {
                 &[][..]
             } else {
                 &["-l", "info"][..]
