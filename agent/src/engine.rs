@@ -221,5 +221,6 @@ fn describe(l: &Listener) -> String {
         Tcp(s) => format!("TCP {}", std::net::SocketAddr::new(s.address, s.port)),
         UnixDomainSocket(s) => format!("UNIX socket {:?}", s.filename),
         UnixDgram(s) => format!("UNIX datagram socket {:?}", s.filename),
+        WebSocket(s) => format!("WebSocket (TCP) {}", std::net::SocketAddr::new(s.address, s.port)),
     }
 }

@@ -306,7 +306,13 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &C
             r = set.join_next() => match r {
                 None => break EndReason::Finished,
                 Some(Ok(PumpEnd::Eof(mut writer))) => {
-                    if set.is_empty() || !writer.shutdown().await {
+                    if set.is_empty() {
+                        if writer.needs_graceful_close() {
+                            writer.shutdown().await;
+                        }
+                        break EndReason::Finished;
+                    }
+                    if !writer.shutdown().await {
                         break EndReason::Finished;
                     }
                     // The writer must stay open until the session ends (dropping it would close the socket).

@@ -9,6 +9,7 @@ pub mod transform;
 pub mod udp;
 pub mod unix;
 pub mod unix_dgram;
+pub mod websocket;
 
 use crate::engine::Engine;
 use crate::lb;
@@ -121,7 +122,9 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
     let ep = lb::pick(&c.cfg.loadbalancer, &c.cfg.endpoints, metadata, session)
         .ok_or_else(|| ConnectError::NoEndpoint(c.cfg.name.clone()))?;
     let address = match spec {
-        ClusterSpec::Udp { port, .. } | ClusterSpec::Tcp { port, .. } => format_host_port(&ep.address, *port),
+        ClusterSpec::Udp { port, .. } | ClusterSpec::Tcp { port, .. } | ClusterSpec::WebSocket { port } => {
+            format_host_port(&ep.address, *port)
+        }
         _ => ep.address.clone(),
     };
     let attempt = async {
@@ -129,6 +132,7 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
             ClusterSpec::Udp { bind, .. } => udp::connect(&address, bind.as_ref()).await,
             ClusterSpec::Tcp { bind, .. } => tcp::connect(&address, bind.as_ref()).await,
             ClusterSpec::UnixDgram => unix_dgram::connect(&address).await,
+            ClusterSpec::WebSocket { .. } => websocket::connect(&address, metadata).await,
             _ => unix::connect(&address).await,
         }
     };
@@ -188,6 +192,7 @@ pub enum Bound {
     Tcp(tcp::TcpBound),
     Unix(unix::UnixBound),
     UnixDgram(unix_dgram::UnixDgramBound),
+    WebSocket(websocket::WsBound),
 }
 
 impl Bound {
@@ -198,6 +203,7 @@ impl Bound {
             ListenerSpec::Tcp(s) => Bound::Tcp(tcp::TcpBound::bind(s)?),
             ListenerSpec::UnixDomainSocket(s) => Bound::Unix(unix::UnixBound::bind(s)?),
             ListenerSpec::UnixDgram(s) => Bound::UnixDgram(unix_dgram::UnixDgramBound::bind(s)?),
+            ListenerSpec::WebSocket(s) => Bound::WebSocket(websocket::WsBound(tcp::TcpBound::bind(s)?)),
         })
     }
 
@@ -208,6 +214,7 @@ impl Bound {
             Bound::Tcp(b) => b.run(engine, listener, cancel).await,
             Bound::Unix(b) => b.run(engine, listener, cancel).await,
             Bound::UnixDgram(b) => b.run(engine, listener, cancel).await,
+            Bound::WebSocket(b) => b.run(engine, listener, cancel).await,
         }
     }
 }

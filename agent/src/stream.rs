@@ -7,6 +7,7 @@
 
 use crate::protocol::process::ProcessReader;
 use crate::protocol::sync::SyncPort;
+use crate::protocol::websocket::{WsReader, WsWriter};
 use crate::sys;
 use bytes::{Bytes, BytesMut};
 use l7mp_api::StreamKind;
@@ -44,6 +45,8 @@ pub enum Reader {
     Process(Box<ProcessReader>),
     /// A connected UNIX datagram socket.
     UnixDgram(Arc<UnixDatagram>),
+    /// A WebSocket: one message per datagram.
+    Ws(Box<WsReader>),
 }
 
 /// The write half of a stream.
@@ -62,13 +65,15 @@ pub enum Writer {
     UnixDgram(Arc<UnixDatagram>),
     /// A UNIX datagram listener's socket, answering one peer.
     UnixDgramTo(Arc<UnixDatagram>, std::os::unix::net::SocketAddr),
+    /// A WebSocket: one message per datagram.
+    Ws(Box<WsWriter>),
 }
 
 impl Reader {
     pub fn kind(&self) -> StreamKind {
         match self {
             Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) | Reader::Process(_) => StreamKind::ByteStream,
-            Reader::Udp(_) | Reader::Chan(_) | Reader::UnixDgram(_) => StreamKind::Datagram,
+            Reader::Udp(_) | Reader::Chan(_) | Reader::UnixDgram(_) | Reader::Ws(_) => StreamKind::Datagram,
         }
     }
 
@@ -79,6 +84,7 @@ impl Reader {
             Reader::Tcp(r) => read_bytes(r, arena, out).await,
             Reader::Unix(r) => read_bytes(r, arena, out).await,
             Reader::Stdin(r) => read_bytes(r, arena, out).await,
+            Reader::Ws(ws) => ws.read(out).await,
             Reader::UnixDgram(sock) => loop {
                 sock.readable().await?;
                 let fd = sock.as_raw_fd();
@@ -166,9 +172,12 @@ impl Writer {
     pub fn kind(&self) -> StreamKind {
         match self {
             Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) | Writer::Process(_) => StreamKind::ByteStream,
-            Writer::Udp(_) | Writer::Chan(_) | Writer::Sync(_) | Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => {
-                StreamKind::Datagram
-            }
+            Writer::Udp(_)
+            | Writer::Chan(_)
+            | Writer::Sync(_)
+            | Writer::UnixDgram(_)
+            | Writer::UnixDgramTo(..)
+            | Writer::Ws(_) => StreamKind::Datagram,
         }
     }
 
@@ -181,6 +190,7 @@ impl Writer {
                 write_bytes(w, batch).await?;
                 w.flush().await
             }
+            Writer::Ws(ws) => ws.write(batch).await,
             Writer::UnixDgram(sock) => {
                 let fd = sock.as_raw_fd();
                 let mut off = 0;
@@ -254,6 +264,12 @@ impl Writer {
         }
     }
 
+    /// Whether ending this stream takes a protocol exchange that a plain close would skip (a WebSocket close
+    /// handshake).
+    pub fn needs_graceful_close(&self) -> bool {
+        matches!(self, Writer::Ws(_))
+    }
+
     /// Signals end of stream to the peer. Returns whether the peer can see it: a datagram socket has no way to say
     /// "no more data", so a session whose other direction ended is then over.
     pub async fn shutdown(&mut self) -> bool {
@@ -274,6 +290,7 @@ impl Writer {
                 false
             }
             Writer::Udp(_) | Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => false,
+            Writer::Ws(ws) => ws.shutdown().await,
         }
     }
 }

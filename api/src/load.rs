@@ -301,15 +301,7 @@ impl Builder {
         if known.contains(&p.as_str()) {
             return Some(p);
         }
-        const LATER: &[&str] = &[
-            "HTTP",
-            "WebSocket",
-            "JSONSocket",
-            "L7mpController",
-            "Prometheus",
-            "Metric",
-            "Test",
-        ];
+        const LATER: &[&str] = &["HTTP", "JSONSocket", "L7mpController", "Prometheus", "Metric", "Test"];
         if LATER.contains(&p.as_str()) {
             self.d.error(
                 &ppath,
@@ -328,7 +320,15 @@ impl Builder {
         let proto = self.protocol(
             v,
             path,
-            &["UDP", "TCP", "UnixDomainSocket", "UnixDgram", "UNIX/dgram"],
+            &[
+                "UDP",
+                "TCP",
+                "UnixDomainSocket",
+                "UnixDgram",
+                "UNIX/dgram",
+                "WebSocket",
+                "WS",
+            ],
             "listener",
         )?;
         match proto.as_str() {
@@ -340,11 +340,16 @@ impl Builder {
                 )?;
                 self.udp_listener(o).map(ListenerSpec::Udp)
             }
-            "TCP" => {
+            "TCP" | "WebSocket" | "WS" => {
                 let o = self.d.object(v, path, &["protocol", "port", "address"])?;
                 let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
                 let address = self.address_or_any(o)?;
-                Some(ListenerSpec::Tcp(TcpListenerSpec { address, port: port? }))
+                let spec = TcpListenerSpec { address, port: port? };
+                Some(if proto == "TCP" {
+                    ListenerSpec::Tcp(spec)
+                } else {
+                    ListenerSpec::WebSocket(spec)
+                })
             }
             "UnixDgram" | "UNIX/dgram" => {
                 let o = self.d.object(v, path, &["protocol", "filename", "idle_timeout"])?;
@@ -531,6 +536,8 @@ impl Builder {
             "Sync",
             "UnixDgram",
             "UNIX/dgram",
+            "WebSocket",
+            "WS",
         ];
         let proto = self.protocol(v, path, KNOWN, "cluster")?;
         match proto.as_str() {
@@ -544,6 +551,11 @@ impl Builder {
                 } else {
                     ClusterSpec::Tcp { port, bind }
                 })
+            }
+            "WebSocket" | "WS" => {
+                let o = self.d.object(v, path, &["protocol", "port"])?;
+                let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")))?;
+                Some(ClusterSpec::WebSocket { port })
             }
             "Logger" => {
                 let o = self.d.object(v, path, &["protocol", "log_file", "log_prefix"])?;

@@ -63,6 +63,8 @@ pub enum ListenerSpec {
     UnixDomainSocket(UnixListenerSpec),
     /// UNIX datagram socket (SOCK_DGRAM): a session per peer address.
     UnixDgram(UnixDgramListenerSpec),
+    /// WebSocket server: a session per connection, one message per datagram.
+    WebSocket(TcpListenerSpec),
 }
 
 impl ListenerSpec {
@@ -72,11 +74,12 @@ impl ListenerSpec {
             ListenerSpec::Tcp(_) => "TCP",
             ListenerSpec::UnixDomainSocket(_) => "UnixDomainSocket",
             ListenerSpec::UnixDgram(_) => "UnixDgram",
+            ListenerSpec::WebSocket(_) => "WebSocket",
         }
     }
     pub fn stream_kind(&self) -> StreamKind {
         match self {
-            ListenerSpec::Udp(_) | ListenerSpec::UnixDgram(_) => StreamKind::Datagram,
+            ListenerSpec::Udp(_) | ListenerSpec::UnixDgram(_) | ListenerSpec::WebSocket(_) => StreamKind::Datagram,
             ListenerSpec::Tcp(_) | ListenerSpec::UnixDomainSocket(_) => StreamKind::ByteStream,
         }
     }
@@ -156,6 +159,10 @@ pub enum ClusterSpec {
     UnixDomainSocket,
     /// UNIX datagram socket; the endpoint address is the server's socket path.
     UnixDgram,
+    /// WebSocket client: a connection per session to `ws://<endpoint>:<port><path>`.
+    WebSocket {
+        port: u16,
+    },
     Echo,
     Discard,
     Logger {
@@ -183,6 +190,7 @@ impl ClusterSpec {
             ClusterSpec::Tcp { .. } => "TCP",
             ClusterSpec::UnixDomainSocket => "UnixDomainSocket",
             ClusterSpec::UnixDgram => "UnixDgram",
+            ClusterSpec::WebSocket { .. } => "WebSocket",
             ClusterSpec::Echo => "Echo",
             ClusterSpec::Discard => "Discard",
             ClusterSpec::Logger { .. } => "Logger",
@@ -198,7 +206,11 @@ impl ClusterSpec {
     pub fn takes_endpoints(&self) -> bool {
         matches!(
             self,
-            ClusterSpec::Udp { .. } | ClusterSpec::Tcp { .. } | ClusterSpec::UnixDomainSocket | ClusterSpec::UnixDgram
+            ClusterSpec::Udp { .. }
+                | ClusterSpec::Tcp { .. }
+                | ClusterSpec::UnixDomainSocket
+                | ClusterSpec::UnixDgram
+                | ClusterSpec::WebSocket { .. }
         )
     }
 
@@ -206,7 +218,10 @@ impl ClusterSpec {
     /// are given.
     pub fn stream_kind(&self) -> Option<StreamKind> {
         match self {
-            ClusterSpec::Udp { .. } | ClusterSpec::Sync { .. } | ClusterSpec::UnixDgram => Some(StreamKind::Datagram),
+            ClusterSpec::Udp { .. }
+            | ClusterSpec::Sync { .. }
+            | ClusterSpec::UnixDgram
+            | ClusterSpec::WebSocket { .. } => Some(StreamKind::Datagram),
             ClusterSpec::Tcp { .. }
             | ClusterSpec::UnixDomainSocket
             | ClusterSpec::Stdio

@@ -38,9 +38,9 @@ pub fn session_name(proto: &str, peer: SocketAddr, local: SocketAddr, id: u64) -
 }
 
 pub struct TcpBound {
-    listener: TcpListener,
+    pub(crate) listener: TcpListener,
     /// The bound address when it is a specific one (then no `getsockname` per connection is needed).
-    local: Option<SocketAddr>,
+    pub(crate) local: Option<SocketAddr>,
 }
 
 impl TcpBound {
