@@ -38,10 +38,16 @@ pub struct UdpBound {
     spec: UdpListenerSpec,
 }
 
-fn udp_socket(local: SocketAddr, reuse: bool) -> io::Result<Socket> {
+/// A non-blocking UDP socket bound to `local`; `rcvbuf` is asked for before the bind, so the socket has it from
+/// the first datagram the kernel hands it.
+fn udp_socket(local: SocketAddr, reuse: bool, rcvbuf: Option<usize>) -> io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(local), Type::DGRAM, None)?;
     if reuse {
         sock.set_reuse_address(true)?;
+    }
+    if let Some(size) = rcvbuf {
+        // Best effort: the kernel caps it at net.core.rmem_max.
+        let _ = sock.set_recv_buffer_size(size);
     }
     if local.is_ipv6() {
         // Accept IPv4-mapped peers on a wildcard IPv6 socket, as a dual-stack listener should.
@@ -58,11 +64,9 @@ impl UdpBound {
         if spec.port != 0 {
             // The listening socket needs SO_REUSEADDR (its sessions bind the same address), and with it a second
             // process could silently bind the same port too. Probe without it first: a port in use is an error.
-            drop(udp_socket(addr, false)?);
+            drop(udp_socket(addr, false, None)?);
         }
-        let sock = udp_socket(addr, true)?;
-        // Best effort: the kernel caps it at net.core.rmem_max.
-        let _ = sock.set_recv_buffer_size(LISTENER_RCVBUF);
+        let sock = udp_socket(addr, true, Some(LISTENER_RCVBUF))?;
         let socket = UdpSocket::from_std(sock.into())?;
         let local = socket.local_addr()?;
         if spec.mode == UdpMode::Singleton
@@ -256,8 +260,11 @@ fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
 /// A socket bound to the listener's address and connected to one peer, with the datagrams it caught before the
 /// connect took effect (from any peer: the kernel may deliver to it while it is bound but not yet connected).
 fn session_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<(UdpSocket, Vec<(Bytes, SocketAddr)>)> {
-    let sock = udp_socket(local, true)?;
-    let _ = sock.set_recv_buffer_size(SESSION_RCVBUF);
+    // Between its bind and its connect the new socket is the kernel's first choice for *every* new peer's
+    // datagrams on this port (the newest of equal sockets wins). If this thread is descheduled right then, a burst
+    // of new peers lands here, so the socket starts with the listener's large buffer; everything it catches is
+    // handed back below, and the buffer shrinks to the session size afterwards.
+    let sock = udp_socket(local, true, Some(LISTENER_RCVBUF))?;
     sock.connect(&peer.into())?;
     let mut caught = Vec::new();
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); crate::sys::MAX_DATAGRAM];
@@ -268,6 +275,7 @@ fn session_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<(UdpSocket,
             caught.push((Bytes::copy_from_slice(bytes), from));
         }
     }
+    let _ = sock.set_recv_buffer_size(SESSION_RCVBUF);
     Ok((UdpSocket::from_std(sock.into())?, caught))
 }
 
@@ -285,7 +293,7 @@ pub async fn connect(address: &str, bind: Option<&Bind>) -> Result<(Reader, Writ
         Ipv6Addr::UNSPECIFIED.into()
     };
     let local = SocketAddr::new(bind.and_then(|b| b.address).unwrap_or(any), bind.map_or(0, |b| b.port));
-    let sock = udp_socket(local, local.port() != 0).map_err(UpstreamError::Io)?;
+    let sock = udp_socket(local, local.port() != 0, None).map_err(UpstreamError::Io)?;
     sock.connect(&addr.into()).map_err(UpstreamError::Io)?;
     let socket = Arc::new(UdpSocket::from_std(sock.into()).map_err(UpstreamError::Io)?);
     Ok((
