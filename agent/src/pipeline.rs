@@ -15,6 +15,8 @@ use crate::splice::{Pipe, Sock};
 use crate::stream::{Batch, CHANNEL_DEPTH, Reader, Writer};
 use crate::sys::BATCH;
 use bytes::BytesMut;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use l7mp_api::StreamKind;
 use serde_json::Value;
 use std::io;
@@ -22,7 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Per-direction message and byte counters of a session, as seen at its source.
@@ -273,10 +274,8 @@ pub struct Timeouts {
 
 /// Runs the pumps until the session is over, then closes every stream.
 pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &CancellationToken) -> EndReason {
-    let mut set = JoinSet::new();
-    for p in pumps {
-        set.spawn(p.run());
-    }
+    // The pumps run inside the session's task (no task per pump): only the pump that was woken is polled.
+    let mut set: FuturesUnordered<_> = pumps.into_iter().map(|p| Box::pin(p.run())).collect();
     let ticker_for = |d: Duration| tokio::time::interval((d / 4).max(Duration::from_millis(10)));
     let mut limit = timeouts.idle;
     let mut ticker = limit.map(ticker_for);
@@ -303,9 +302,9 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &C
                     break EndReason::Idle(limit);
                 }
             }
-            r = set.join_next() => match r {
+            r = set.next() => match r {
                 None => break EndReason::Finished,
-                Some(Ok(PumpEnd::Eof(mut writer))) => {
+                Some(PumpEnd::Eof(mut writer)) => {
                     if set.is_empty() {
                         if writer.needs_graceful_close() {
                             writer.shutdown().await;
@@ -324,12 +323,11 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &C
                         last_change = Instant::now();
                     }
                 }
-                Some(Ok(PumpEnd::Failed(e))) => break EndReason::Failed(e),
-                Some(Err(e)) => break EndReason::Failed(io::Error::other(format!("pump task failed: {e}"))),
+                Some(PumpEnd::Failed(e)) => break EndReason::Failed(e),
             },
         }
     };
-    set.abort_all();
-    while set.join_next().await.is_some() {}
+    // Dropping the pumps closes every stream.
+    drop(set);
     reason
 }
