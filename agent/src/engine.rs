@@ -215,8 +215,13 @@ fn bind(l: &Arc<Listener>) -> Result<Bound, ApplyError> {
 }
 
 fn describe(l: &Listener) -> String {
+    describe_spec(&l.spec)
+}
+
+fn describe_spec(spec: &l7mp_api::ListenerSpec) -> String {
     use l7mp_api::ListenerSpec::*;
-    match &l.spec {
+    match spec {
+        JsonSocket(transport) => format!("JSONSocket over {}", describe_spec(transport)),
         Udp(s) => format!("UDP {}", std::net::SocketAddr::new(s.address, s.port)),
         Tcp(s) => format!("TCP {}", std::net::SocketAddr::new(s.address, s.port)),
         UnixDomainSocket(s) => format!("UNIX socket {:?}", s.filename),

@@ -2,6 +2,7 @@
 //! built-in protocol, one module per protocol. Adding a protocol means one module here, one arm in [`Bound`] and
 //! [`connect`], a stream arm in `stream.rs`, a docs page and tests.
 
+pub mod jsonsocket;
 pub mod process;
 pub mod sync;
 pub mod tcp;
@@ -198,7 +199,13 @@ pub enum Bound {
 impl Bound {
     /// Binds the listener's sockets. Must run inside the runtime.
     pub fn bind(l: &Listener) -> io::Result<Bound> {
-        Ok(match &l.spec {
+        Self::bind_spec(&l.spec)
+    }
+
+    fn bind_spec(spec: &ListenerSpec) -> io::Result<Bound> {
+        Ok(match spec {
+            // The transport listener emits the sessions; the session runs the JSONSocket handshake first.
+            ListenerSpec::JsonSocket(transport) => Self::bind_spec(transport)?,
             ListenerSpec::Udp(s) => Bound::Udp(udp::UdpBound::bind(s)?),
             ListenerSpec::Tcp(s) => Bound::Tcp(tcp::TcpBound::bind(s)?),
             ListenerSpec::UnixDomainSocket(s) => Bound::Unix(unix::UnixBound::bind(s)?),

@@ -7,11 +7,11 @@
 
 use crate::engine::Engine;
 use crate::pipeline::{self, EndReason, Stages, Stats};
-use crate::protocol::{self, ConnectError, Stage};
+use crate::protocol::{self, ConnectError, Stage, jsonsocket};
 use crate::router::{self, RouteError};
 use crate::snapshot::Snapshot;
 use crate::stream::{Reader, Writer};
-use l7mp_api::{Listener, Retry, RetryOn};
+use l7mp_api::{Listener, ListenerSpec, Retry, RetryOn};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -105,6 +105,8 @@ impl SessionInfo {
 pub enum SessionError {
     #[error("cannot route: {0}")]
     Route(#[from] RouteError),
+    #[error(transparent)]
+    JsonSocket(#[from] jsonsocket::HeaderError),
     #[error("cluster {0:?} is not defined")]
     UnknownCluster(String),
     #[error("cannot connect cluster {cluster:?} after {attempts} attempt(s): {source}")]
@@ -150,7 +152,7 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
     engine.unregister(&info.name);
 }
 
-async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, s: NewSession) -> Result<EndReason, SessionError> {
+async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession) -> Result<EndReason, SessionError> {
     let snap = engine.snapshot();
     // The listener's current rulelist (it may have been changed since the listener started).
     let rulelist = snap
@@ -158,7 +160,34 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, s: NewSession) -> 
         .get(&s.listener.name)
         .map_or(s.listener.rules.as_str(), |l| l.rules.as_str());
     let mut metadata = s.metadata;
-    let route = router::lookup(&snap, rulelist, &mut metadata)?;
+    let jsonsocket = matches!(s.listener.spec, ListenerSpec::JsonSocket(_));
+    if jsonsocket {
+        let header = match jsonsocket::read_header(&mut s.reader).await {
+            Ok((h, rest)) => jsonsocket::parse_header(&h).map(|v| (v, rest)),
+            Err(e) => Err(e),
+        };
+        match header {
+            Ok((v, rest)) => {
+                metadata["JSONSocket"] = v;
+                if !rest.is_empty() {
+                    s.reader = Reader::Prefixed(Box::new((rest, s.reader)));
+                }
+            }
+            Err(e) => {
+                let _ = jsonsocket::answer(&mut s.writer, e.status, &e.message).await;
+                return Err(e.into());
+            }
+        }
+    }
+    let route = match router::lookup(&snap, rulelist, &mut metadata) {
+        Ok(r) => r,
+        Err(e) => {
+            if jsonsocket {
+                let _ = jsonsocket::answer(&mut s.writer, 404, &format!("Not Found: {e}")).await;
+            }
+            return Err(e.into());
+        }
+    };
     let metadata = Arc::new(metadata);
     let retry = route.cfg.retry.clone();
     info.set(|st| {
@@ -167,14 +196,29 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, s: NewSession) -> 
     });
     info.event("LOOKUP SUCCESS", format!("route {:?}", route.cfg.name));
 
-    let destination = open(&snap, &route.cfg.destination, &metadata, &info.name, &retry).await?;
-    let mut ingress = Vec::with_capacity(route.cfg.ingress.len());
-    for c in &route.cfg.ingress {
-        ingress.push(open(&snap, c, &metadata, &info.name, &retry).await?);
-    }
-    let mut egress = Vec::with_capacity(route.cfg.egress.len());
-    for c in &route.cfg.egress {
-        egress.push(open(&snap, c, &metadata, &info.name, &retry).await?);
+    let opened = async {
+        let destination = open(&snap, &route.cfg.destination, &metadata, &info.name, &retry).await?;
+        let mut ingress = Vec::with_capacity(route.cfg.ingress.len());
+        for c in &route.cfg.ingress {
+            ingress.push(open(&snap, c, &metadata, &info.name, &retry).await?);
+        }
+        let mut egress = Vec::with_capacity(route.cfg.egress.len());
+        for c in &route.cfg.egress {
+            egress.push(open(&snap, c, &metadata, &info.name, &retry).await?);
+        }
+        Ok::<_, SessionError>((destination, ingress, egress))
+    };
+    let (destination, ingress, egress) = match opened.await {
+        Ok(x) => x,
+        Err(e) => {
+            if jsonsocket {
+                let _ = jsonsocket::answer(&mut s.writer, 404, &format!("Not Found: {e}")).await;
+            }
+            return Err(e);
+        }
+    };
+    if jsonsocket && let Err(e) = jsonsocket::answer(&mut s.writer, 200, "OK").await {
+        tracing::debug!(session = %info.name, "cannot answer the JSONSocket header: {e}");
     }
     let stages = Stages {
         source: (s.reader, s.writer),

@@ -47,6 +47,8 @@ pub enum Reader {
     UnixDgram(Arc<UnixDatagram>),
     /// A WebSocket: one message per datagram.
     Ws(Box<WsReader>),
+    /// Messages to hand out before reading from the inner reader (data that arrived with a JSONSocket header).
+    Prefixed(Box<(Batch, Reader)>),
 }
 
 /// The write half of a stream.
@@ -72,6 +74,7 @@ pub enum Writer {
 impl Reader {
     pub fn kind(&self) -> StreamKind {
         match self {
+            Reader::Prefixed(p) => p.1.kind(),
             Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) | Reader::Process(_) => StreamKind::ByteStream,
             Reader::Udp(_) | Reader::Chan(_) | Reader::UnixDgram(_) | Reader::Ws(_) => StreamKind::Datagram,
         }
@@ -85,6 +88,13 @@ impl Reader {
             Reader::Unix(r) => read_bytes(r, arena, out).await,
             Reader::Stdin(r) => read_bytes(r, arena, out).await,
             Reader::Ws(ws) => ws.read(out).await,
+            Reader::Prefixed(p) => {
+                if p.0.is_empty() {
+                    return Box::pin(p.1.read(arena, out)).await;
+                }
+                out.append(&mut p.0);
+                Ok(true)
+            }
             Reader::UnixDgram(sock) => loop {
                 sock.readable().await?;
                 let fd = sock.as_raw_fd();

@@ -328,10 +328,35 @@ impl Builder {
                 "UNIX/dgram",
                 "WebSocket",
                 "WS",
+                "JSONSocket",
             ],
             "listener",
         )?;
         match proto.as_str() {
+            "JSONSocket" => {
+                let o = self.d.object(v, path, &["protocol", "transport", "transport_spec"])?;
+                let key = if o.get("transport").is_some() {
+                    "transport"
+                } else {
+                    "transport_spec"
+                };
+                let tp = o.at(key);
+                let Some(t) = o.get(key) else {
+                    self.d.error(
+                        &o.at("transport"),
+                        "missing required field (a UDP, TCP, UnixDomainSocket, UnixDgram or WebSocket listener spec)",
+                    );
+                    return None;
+                };
+                if t.get("protocol").and_then(Value::as_str) == Some("JSONSocket") {
+                    self.d.error(
+                        &tp.key("protocol"),
+                        "a JSONSocket cannot be the transport of a JSONSocket",
+                    );
+                    return None;
+                }
+                Some(ListenerSpec::JsonSocket(Box::new(self.listener_spec(t, &tp)?)))
+            }
             "UDP" => {
                 let o = self.d.object(
                     v,

@@ -65,6 +65,8 @@ pub enum ListenerSpec {
     UnixDgram(UnixDgramListenerSpec),
     /// WebSocket server: a session per connection, one message per datagram.
     WebSocket(TcpListenerSpec),
+    /// JSONSocket over a transport listener: each session starts with a JSON header handshake.
+    JsonSocket(Box<ListenerSpec>),
 }
 
 impl ListenerSpec {
@@ -75,12 +77,14 @@ impl ListenerSpec {
             ListenerSpec::UnixDomainSocket(_) => "UnixDomainSocket",
             ListenerSpec::UnixDgram(_) => "UnixDgram",
             ListenerSpec::WebSocket(_) => "WebSocket",
+            ListenerSpec::JsonSocket(_) => "JSONSocket",
         }
     }
     pub fn stream_kind(&self) -> StreamKind {
         match self {
             ListenerSpec::Udp(_) | ListenerSpec::UnixDgram(_) | ListenerSpec::WebSocket(_) => StreamKind::Datagram,
             ListenerSpec::Tcp(_) | ListenerSpec::UnixDomainSocket(_) => StreamKind::ByteStream,
+            ListenerSpec::JsonSocket(transport) => transport.stream_kind(),
         }
     }
 }

@@ -116,6 +116,11 @@ impl Agent {
         }
     }
 
+    /// Whether the agent process still runs (without needing `&mut`).
+    pub fn is_running_now(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.child.id())).exists()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()
     }
