@@ -41,6 +41,12 @@ pub enum ConnectError {
     NoEndpoint(String),
     #[error("no value at {query} in the session metadata to pick a Sync group by")]
     EmptyLabel { query: String },
+    #[error("JSONSocket handshake with {endpoint} ({address}) failed: {message}")]
+    Handshake {
+        endpoint: String,
+        address: String,
+        message: String,
+    },
     #[error("cannot start {program:?}: {source}")]
     Spawn { program: String, source: io::Error },
     #[error("cannot resolve {address}: {source}")]
@@ -122,14 +128,19 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
     }
     let ep = lb::pick(&c.cfg.loadbalancer, &c.cfg.endpoints, metadata, session)
         .ok_or_else(|| ConnectError::NoEndpoint(c.cfg.name.clone()))?;
-    let address = match spec {
+    // A JSONSocket cluster connects its transport, then runs the header handshake.
+    let net = match spec {
+        ClusterSpec::JsonSocket { transport, .. } => transport.as_ref(),
+        other => other,
+    };
+    let address = match net {
         ClusterSpec::Udp { port, .. } | ClusterSpec::Tcp { port, .. } | ClusterSpec::WebSocket { port } => {
             format_host_port(&ep.address, *port)
         }
         _ => ep.address.clone(),
     };
     let attempt = async {
-        match spec {
+        match net {
             ClusterSpec::Udp { bind, .. } => udp::connect(&address, bind.as_ref()).await,
             ClusterSpec::Tcp { bind, .. } => tcp::connect(&address, bind.as_ref()).await,
             ClusterSpec::UnixDgram => unix_dgram::connect(&address).await,
@@ -156,6 +167,19 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
                 timeout,
             });
         }
+    };
+    let (reader, writer) = match spec {
+        ClusterSpec::JsonSocket { header, .. } => {
+            let (reader, writer) = jsonsocket::client_handshake(reader, writer, header, metadata, timeout)
+                .await
+                .map_err(|message| ConnectError::Handshake {
+                    endpoint: ep.name.clone(),
+                    address: address.clone(),
+                    message,
+                })?;
+            (reader, writer)
+        }
+        _ => (reader, writer),
     };
     Ok(Stage::Stream {
         reader,

@@ -98,3 +98,65 @@ fn tcp_jsonsocket_handshake_then_byte_stream() {
     let data = pattern(100_000, 9);
     assert_eq!(round_trip(c, data.clone()), data);
 }
+
+#[test]
+fn jsonsocket_cluster_to_the_agents_own_jsonsocket_listener() {
+    // UDP in -> JSONSocket cluster (header: a constant and a copied metadata field) -> JSONSocket listener on the
+    // same agent, whose rule matches the header -> Echo.
+    let (p1, p2) = (free_port(), free_port());
+    let _agent = Agent::start(&format!(
+        r#"
+listeners:
+  - name: udp-in
+    spec: {{ protocol: UDP, port: {p1}, address: 127.0.0.1 }}
+    rules:
+      - action:
+          route:
+            destination:
+              spec:
+                protocol: JSONSocket
+                transport: {{ protocol: UDP, port: {p2} }}
+                header:
+                  - set: {{ key: /room, value: lobby }}
+                  - path: {{ from: /IP/src_addr, to: /client }}
+              endpoints: [ {{ spec: {{ address: 127.0.0.1 }} }} ]
+  - name: js-in
+    spec: {{ protocol: JSONSocket, transport: {{ protocol: UDP, port: {p2}, address: 127.0.0.1 }} }}
+    rules:
+      - match: {{ op: and, apply: [ {{ op: test, path: /JSONSocket/room, value: lobby }}, {{ op: test, path: /JSONSocket/client, value: 127.0.0.1 }} ] }}
+        action: {{ route: {{ destination: {{ spec: {{ protocol: Echo }} }} }} }}
+"#
+    ));
+    let c = udp_client(p1);
+    for i in 0..20usize {
+        let m = pattern(1 + i * 90, i as u64);
+        c.send(&m).unwrap();
+        assert_eq!(recv(&c), m, "datagram {i} through two JSONSocket hops");
+    }
+}
+
+#[test]
+fn jsonsocket_cluster_refused_by_upstream_fails_the_session() {
+    let refuser = udp_server(|_, _| {
+        json!({"JSONSocketVersion": 1, "JSONSocketStatus": 403, "JSONSocketMessage": "Forbidden"})
+            .to_string()
+            .into_bytes()
+    });
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        r#"
+listeners:
+  - name: udp-in
+    spec: {{ protocol: UDP, port: {port}, address: 127.0.0.1 }}
+    rules:
+      - action:
+          route:
+            destination:
+              spec: {{ protocol: JSONSocket, transport: {{ protocol: UDP, port: {refuser} }} }}
+              endpoints: [ {{ spec: {{ address: 127.0.0.1 }} }} ]
+"#
+    ));
+    udp_client(port).send(b"x").unwrap();
+    let line = agent.wait_log("JSONSocket handshake");
+    assert!(line.contains("upstream answered 403 Forbidden"), "{line}");
+}

@@ -301,7 +301,7 @@ impl Builder {
         if known.contains(&p.as_str()) {
             return Some(p);
         }
-        const LATER: &[&str] = &["HTTP", "JSONSocket", "L7mpController", "Prometheus", "Metric", "Test"];
+        const LATER: &[&str] = &["HTTP", "L7mpController", "Prometheus", "Metric", "Test"];
         if LATER.contains(&p.as_str()) {
             self.d.error(
                 &ppath,
@@ -504,7 +504,12 @@ impl Builder {
                     self.d.error(&ep_path, msg);
                 }
                 _ => {
-                    let unix = matches!(spec, Some(ClusterSpec::UnixDomainSocket | ClusterSpec::UnixDgram));
+                    let unix = match &spec {
+                        Some(ClusterSpec::JsonSocket { transport, .. }) => {
+                            matches!(**transport, ClusterSpec::UnixDomainSocket | ClusterSpec::UnixDgram)
+                        }
+                        other => matches!(other, Some(ClusterSpec::UnixDomainSocket | ClusterSpec::UnixDgram)),
+                    };
                     if let Some(list) = self.d.array(eps, &ep_path, |_, v, p| Some((v.clone(), p.clone()))) {
                         for (v, p) in list {
                             if let Some(ep) = self.endpoint(&v, &p, &name, unix) {
@@ -563,6 +568,7 @@ impl Builder {
             "UNIX/dgram",
             "WebSocket",
             "WS",
+            "JSONSocket",
         ];
         let proto = self.protocol(v, path, KNOWN, "cluster")?;
         match proto.as_str() {
@@ -575,6 +581,38 @@ impl Builder {
                     ClusterSpec::Udp { port, bind }
                 } else {
                     ClusterSpec::Tcp { port, bind }
+                })
+            }
+            "JSONSocket" => {
+                let o = self
+                    .d
+                    .object(v, path, &["protocol", "transport", "transport_spec", "header"])?;
+                let key = if o.get("transport").is_some() {
+                    "transport"
+                } else {
+                    "transport_spec"
+                };
+                let tp = o.at(key);
+                let Some(t) = o.get(key) else {
+                    self.d.error(
+                        &o.at("transport"),
+                        "missing required field (a UDP, TCP, UnixDomainSocket, UnixDgram or WebSocket cluster spec)",
+                    );
+                    return None;
+                };
+                let transport = self.cluster_spec(t, &tp)?;
+                if !transport.takes_endpoints() || matches!(transport, ClusterSpec::JsonSocket { .. }) {
+                    let msg = format!("a JSONSocket needs a network transport, got {}", transport.protocol());
+                    self.d.error(&tp.key("protocol"), msg);
+                    return None;
+                }
+                let header = match o.get("header") {
+                    Some(h) => self.d.array(h, &o.at("header"), header_item)?,
+                    None => Vec::new(),
+                };
+                Some(ClusterSpec::JsonSocket {
+                    transport: Box::new(transport),
+                    header,
                 })
             }
             "WebSocket" | "WS" => {
@@ -958,6 +996,37 @@ impl Builder {
             r.timeout = Duration::from_millis(self.d.int_in(t, &o.at("timeout"), 1, 3_600_000)? as u64);
         }
         Some(r)
+    }
+}
+
+/// One JSONSocket `header` item: `{path: ptr}`, `{path: {from, to}}` or `{set: {key, value}}`.
+fn header_item(d: &mut Decoder, v: &Value, path: &FieldPath) -> Option<HeaderItem> {
+    let o = d.object(v, path, &["path", "set"])?;
+    let ptr = |d: &mut Decoder, v: &Value, p: &FieldPath| -> Option<Pointer> {
+        let s = d.string(v, p)?;
+        Pointer::parse(&s).map_err(|e| d.error(p, e)).ok()
+    };
+    match (o.get("path"), o.get("set")) {
+        (Some(Value::Object(_)), None) => {
+            let po = o.at("path");
+            let pv = o.get("path")?;
+            let inner = d.object(pv, &po, &["from", "to"])?;
+            let from = d.required(inner, "from").and_then(|f| ptr(d, f, &inner.at("from")))?;
+            let to = d.required(inner, "to").and_then(|t| ptr(d, t, &inner.at("to")))?;
+            Some(HeaderItem::Move { from, to })
+        }
+        (Some(p), None) => Some(HeaderItem::Copy(ptr(d, p, &o.at("path"))?)),
+        (None, Some(set)) => {
+            let so = o.at("set");
+            let inner = d.object(set, &so, &["key", "value"])?;
+            let key = d.required(inner, "key").and_then(|k| ptr(d, k, &inner.at("key")))?;
+            let value = d.required(inner, "value")?.clone();
+            Some(HeaderItem::Set { key, value })
+        }
+        _ => {
+            d.error(path, "expected exactly one of `path` or `set`");
+            None
+        }
     }
 }
 

@@ -167,6 +167,11 @@ pub enum ClusterSpec {
     WebSocket {
         port: u16,
     },
+    /// JSONSocket client over a transport cluster: sends a JSON header and waits for a 2xx answer.
+    JsonSocket {
+        transport: Box<ClusterSpec>,
+        header: Vec<HeaderItem>,
+    },
     Echo,
     Discard,
     Logger {
@@ -195,6 +200,7 @@ impl ClusterSpec {
             ClusterSpec::UnixDomainSocket => "UnixDomainSocket",
             ClusterSpec::UnixDgram => "UnixDgram",
             ClusterSpec::WebSocket { .. } => "WebSocket",
+            ClusterSpec::JsonSocket { .. } => "JSONSocket",
             ClusterSpec::Echo => "Echo",
             ClusterSpec::Discard => "Discard",
             ClusterSpec::Logger { .. } => "Logger",
@@ -215,6 +221,7 @@ impl ClusterSpec {
                 | ClusterSpec::UnixDomainSocket
                 | ClusterSpec::UnixDgram
                 | ClusterSpec::WebSocket { .. }
+                | ClusterSpec::JsonSocket { .. }
         )
     }
 
@@ -222,6 +229,7 @@ impl ClusterSpec {
     /// are given.
     pub fn stream_kind(&self) -> Option<StreamKind> {
         match self {
+            ClusterSpec::JsonSocket { transport, .. } => transport.stream_kind(),
             ClusterSpec::Udp { .. }
             | ClusterSpec::Sync { .. }
             | ClusterSpec::UnixDgram
@@ -233,6 +241,17 @@ impl ClusterSpec {
             _ => None,
         }
     }
+}
+
+/// One item of a JSONSocket cluster's `header`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderItem {
+    /// `{path: <ptr>}`: the metadata value at the pointer, at the same place in the header.
+    Copy(Pointer),
+    /// `{path: {from, to}}`: the metadata value at `from`, at `to` in the header.
+    Move { from: Pointer, to: Pointer },
+    /// `{set: {key, value}}`: a constant.
+    Set { key: Pointer, value: Value },
 }
 
 /// One upstream address of a cluster.
