@@ -335,19 +335,7 @@ impl Builder {
         match proto.as_str() {
             "JSONSocket" => {
                 let o = self.d.object(v, path, &["protocol", "transport", "transport_spec"])?;
-                let key = if o.get("transport").is_some() {
-                    "transport"
-                } else {
-                    "transport_spec"
-                };
-                let tp = o.at(key);
-                let Some(t) = o.get(key) else {
-                    self.d.error(
-                        &o.at("transport"),
-                        "missing required field (a UDP, TCP, UnixDomainSocket, UnixDgram or WebSocket listener spec)",
-                    );
-                    return None;
-                };
+                let (t, tp) = self.transport(o, "listener")?;
                 if t.get("protocol").and_then(Value::as_str) == Some("JSONSocket") {
                     self.d.error(
                         &tp.key("protocol"),
@@ -389,6 +377,25 @@ impl Builder {
                 let o = self.d.object(v, path, &["protocol", "filename"])?;
                 let filename = self.socket_file(o)?;
                 Some(ListenerSpec::UnixDomainSocket(UnixListenerSpec { filename }))
+            }
+        }
+    }
+
+    /// A JSONSocket's `transport` (or `transport_spec`) and its path.
+    fn transport<'a>(&mut self, o: Obj<'a>, side: &str) -> Option<(&'a Value, FieldPath)> {
+        let key = if o.get("transport").is_some() {
+            "transport"
+        } else {
+            "transport_spec"
+        };
+        match o.get(key) {
+            Some(t) => Some((t, o.at(key))),
+            None => {
+                let msg = format!(
+                    "missing required field (a UDP, TCP, UnixDomainSocket, UnixDgram or WebSocket {side} spec)"
+                );
+                self.d.error(&o.at("transport"), msg);
+                None
             }
         }
     }
@@ -587,19 +594,7 @@ impl Builder {
                 let o = self
                     .d
                     .object(v, path, &["protocol", "transport", "transport_spec", "header"])?;
-                let key = if o.get("transport").is_some() {
-                    "transport"
-                } else {
-                    "transport_spec"
-                };
-                let tp = o.at(key);
-                let Some(t) = o.get(key) else {
-                    self.d.error(
-                        &o.at("transport"),
-                        "missing required field (a UDP, TCP, UnixDomainSocket, UnixDgram or WebSocket cluster spec)",
-                    );
-                    return None;
-                };
+                let (t, tp) = self.transport(o, "cluster")?;
                 let transport = self.cluster_spec(t, &tp)?;
                 if !transport.takes_endpoints() || matches!(transport, ClusterSpec::JsonSocket { .. }) {
                     let msg = format!("a JSONSocket needs a network transport, got {}", transport.protocol());
