@@ -10,17 +10,18 @@ use std::sync::mpsc;
 use tungstenite::handshake::server::{Request, Response};
 use tungstenite::{Message, WebSocket, stream::MaybeTlsStream};
 
-fn ws_client(url: &str) -> WebSocket<MaybeTlsStream<TcpStream>> {
+/// Connects (retrying while the agent starts) with a URL or a prepared request.
+fn ws_client(req: impl tungstenite::client::IntoClientRequest + Clone) -> WebSocket<MaybeTlsStream<TcpStream>> {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        match tungstenite::connect(url) {
+        match tungstenite::connect(req.clone()) {
             Ok((ws, _)) => {
                 if let MaybeTlsStream::Plain(s) = ws.get_ref() {
                     s.set_read_timeout(Some(TIMEOUT)).unwrap();
                 }
                 return ws;
             }
-            Err(e) if std::time::Instant::now() > deadline => panic!("cannot connect to {url}: {e}"),
+            Err(e) if std::time::Instant::now() > deadline => panic!("cannot connect: {e}"),
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
         }
     }
@@ -65,7 +66,7 @@ fn websocket_listener_to_echo_keeps_messages_and_frame_types() {
     let _agent = Agent::start(&format!(
         "listeners:\n  - name: ws\n    spec: {{protocol: WebSocket, port: {port}, address: 127.0.0.1}}\n    rules: [{{action: {{route: {{destination: {{spec: {{protocol: Echo}}}}}}}}}}]\n"
     ));
-    let mut ws = ws_client(&format!("ws://127.0.0.1:{port}/echo"));
+    let mut ws = ws_client(format!("ws://127.0.0.1:{port}/echo"));
     for i in 0..20 {
         ws.send(Message::text(format!("text message {i}"))).unwrap();
         assert_eq!(ws.read().unwrap(), Message::text(format!("text message {i}")));
@@ -105,10 +106,10 @@ listeners:
       - action: {{ route: {{ destination: {{ spec: {{ protocol: Echo }} }} }} }}
 "#
     ));
-    let mut plain = ws_client(&format!("ws://127.0.0.1:{port}/chat"));
+    let mut plain = ws_client(format!("ws://127.0.0.1:{port}/chat"));
     plain.send(Message::binary(b"hi".to_vec())).unwrap();
     assert_eq!(plain.read().unwrap(), Message::binary(b"hi".to_vec()));
-    let mut admin = ws_client(&format!("ws://127.0.0.1:{port}/admin/panel?x=1"));
+    let mut admin = ws_client(format!("ws://127.0.0.1:{port}/admin/panel?x=1"));
     admin.send(Message::binary(b"hi".to_vec())).unwrap();
     let env: serde_json::Value = serde_json::from_slice(&admin.read().unwrap().into_data()).unwrap();
     let http = &env["metadata"]["HTTP"];
@@ -174,14 +175,7 @@ clusters:
         .unwrap();
     req.headers_mut()
         .insert("sec-websocket-protocol", "chat.v1".parse().unwrap());
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let mut ws = loop {
-        match tungstenite::connect(req.clone()) {
-            Ok((ws, _)) => break ws,
-            Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-        }
-    };
+    let mut ws = ws_client(req);
     ws.send(Message::text("hello through two hops")).unwrap();
     let (path, proto) = rx.recv().unwrap();
     assert_eq!(

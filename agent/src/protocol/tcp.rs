@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// Session metadata of an IP transport: `IP{src_addr,dst_addr}` and `<PROTO>{src_port,dst_port}`.
@@ -62,25 +62,33 @@ impl TcpBound {
         })
     }
 
-    pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
+    /// The next connection with its peer and local addresses, or `None` once `cancel` fires. Accept errors (out of
+    /// descriptors, a connection reset before accept) are logged and the listener keeps serving.
+    pub async fn accept(
+        &self,
+        listener: &str,
+        cancel: &CancellationToken,
+    ) -> Option<(TcpStream, SocketAddr, SocketAddr)> {
         loop {
             let accepted = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return None,
                 r = self.listener.accept() => r,
             };
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors or a connection reset before accept: keep serving.
-                    tracing::warn!(listener = %listener.name, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
+            match accepted {
+                Ok((stream, peer)) => {
+                    let local = self.local.or_else(|| stream.local_addr().ok()).unwrap_or(peer);
+                    return Some((stream, peer, local));
                 }
-            };
-            let local = match self.local {
-                Some(l) => l,
-                None => stream.local_addr().unwrap_or(peer),
-            };
+                Err(e) => {
+                    tracing::warn!(listener, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
+        while let Some((stream, peer, local)) = self.accept(&listener.name, &cancel).await {
             let name = session_name("TCP", peer, local, engine.next_id());
             let metadata = ip_metadata(&listener.name, &name, "TCP", peer, local);
             let (r, w) = stream.into_split();

@@ -166,20 +166,7 @@ impl WsBound {
     // The handshake callback's error type is tungstenite's (an HTTP error response); it is never built here.
     #[allow(clippy::result_large_err)]
     pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
-        loop {
-            let accepted = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = self.0.listener.accept() => r,
-            };
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(listener = %listener.name, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let local = self.0.local.or_else(|| stream.local_addr().ok()).unwrap_or(peer);
+        while let Some((stream, peer, local)) = self.0.accept(&listener.name, &cancel).await {
             let (engine, listener) = (engine.clone(), listener.clone());
             // The handshake runs in its own task so a slow client cannot hold up the accept loop.
             tokio::spawn(async move {
