@@ -227,5 +227,6 @@ fn describe_spec(spec: &l7mp_api::ListenerSpec) -> String {
         UnixDomainSocket(s) => format!("UNIX socket {:?}", s.filename),
         UnixDgram(s) => format!("UNIX datagram socket {:?}", s.filename),
         WebSocket(s) => format!("WebSocket (TCP) {}", std::net::SocketAddr::new(s.address, s.port)),
+        Http(s) => format!("HTTP (TCP) {}", std::net::SocketAddr::new(s.address, s.port)),
     }
 }

@@ -2,6 +2,7 @@
 //! built-in protocol, one module per protocol. Adding a protocol means one module here, one arm in [`Bound`] and
 //! [`connect`], a stream arm in `stream.rs`, a docs page and tests.
 
+pub mod http;
 pub mod jsonsocket;
 pub mod process;
 pub mod sync;
@@ -65,8 +66,15 @@ pub enum ConnectError {
     },
 }
 
-/// Opens one stage of cluster `c` for a session, bounded by `timeout`.
-pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Duration) -> Result<Stage, ConnectError> {
+/// Opens one stage of cluster `c` for a session, bounded by `timeout`. `exchange` is given for the destination of an
+/// HTTP listener's session.
+pub async fn connect(
+    c: &ClusterRt,
+    metadata: &Value,
+    session: &str,
+    timeout: Duration,
+    exchange: Option<&Arc<http::Exchange>>,
+) -> Result<Stage, ConnectError> {
     let spec = &c.cfg.spec;
     let transform = match spec {
         ClusterSpec::Echo => Some(Transform::Echo),
@@ -134,7 +142,10 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
         other => other,
     };
     let address = match net {
-        ClusterSpec::Udp { port, .. } | ClusterSpec::Tcp { port, .. } | ClusterSpec::WebSocket { port } => {
+        ClusterSpec::Udp { port, .. }
+        | ClusterSpec::Tcp { port, .. }
+        | ClusterSpec::WebSocket { port }
+        | ClusterSpec::Http { port, .. } => {
             format_host_port(&ep.address, *port)
         }
         _ => ep.address.clone(),
@@ -145,6 +156,10 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
             ClusterSpec::Tcp { bind, .. } => tcp::connect(&address, bind.as_ref()).await,
             ClusterSpec::UnixDgram => unix_dgram::connect(&address).await,
             ClusterSpec::WebSocket { .. } => websocket::connect(&address, metadata).await,
+            ClusterSpec::Http { .. } => match &c.http {
+                Some(pool) => http::client::connect(pool, &address, metadata, exchange).await,
+                None => Err(UpstreamError::Io(io::Error::other("HTTP cluster without a connection pool"))),
+            },
             _ => unix::connect(&address).await,
         }
     };
@@ -218,6 +233,7 @@ pub enum Bound {
     Unix(unix::UnixBound),
     UnixDgram(unix_dgram::UnixDgramBound),
     WebSocket(websocket::WsBound),
+    Http(http::server::HttpBound),
 }
 
 impl Bound {
@@ -235,6 +251,7 @@ impl Bound {
             ListenerSpec::UnixDomainSocket(s) => Bound::Unix(unix::UnixBound::bind(s)?),
             ListenerSpec::UnixDgram(s) => Bound::UnixDgram(unix_dgram::UnixDgramBound::bind(s)?),
             ListenerSpec::WebSocket(s) => Bound::WebSocket(websocket::WsBound(tcp::TcpBound::bind(s)?)),
+            ListenerSpec::Http(s) => Bound::Http(http::server::HttpBound(tcp::TcpBound::bind(s)?)),
         })
     }
 
@@ -246,6 +263,7 @@ impl Bound {
             Bound::Unix(b) => b.run(engine, listener, cancel).await,
             Bound::UnixDgram(b) => b.run(engine, listener, cancel).await,
             Bound::WebSocket(b) => b.run(engine, listener, cancel).await,
+            Bound::Http(b) => b.run(engine, listener, cancel).await,
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::protocol::{self, ConnectError, Stage, jsonsocket};
 use crate::router::{self, RouteError};
 use crate::snapshot::Snapshot;
 use crate::stream::{Reader, Writer};
-use l7mp_api::{Listener, ListenerSpec, Retry, RetryOn};
+use l7mp_api::{Listener, ListenerSpec, Retry, RetryOn, StreamKind};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -182,10 +182,9 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     let route = match router::lookup(&snap, rulelist, &mut metadata) {
         Ok(r) => r,
         Err(e) => {
-            if jsonsocket {
-                let _ = jsonsocket::answer(&mut s.writer, 404, &format!("Not Found: {e}")).await;
-            }
-            return Err(e.into());
+            let e = SessionError::from(e);
+            refuse(&mut s.writer, jsonsocket, &e).await;
+            return Err(e);
         }
     };
     let metadata = Arc::new(metadata);
@@ -196,24 +195,32 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     });
     info.event("LOOKUP SUCCESS", format!("route {:?}", route.cfg.name));
 
+    // An HTTP request learns how its body travels: unchanged or not, as a stream or as one message.
+    let exchange = s.writer.http_exchange().cloned();
+    if let Some(x) = &exchange {
+        let to_datagrams = snap
+            .clusters
+            .get(&route.cfg.destination)
+            .and_then(|c| c.cfg.spec.stream_kind())
+            == Some(StreamKind::Datagram);
+        x.configure(route.cfg.ingress.is_empty(), route.cfg.egress.is_empty(), to_datagrams);
+    }
     let opened = async {
-        let destination = open(&snap, &route.cfg.destination, &metadata, &info.name, &retry).await?;
+        let destination = open(&snap, &route.cfg.destination, &metadata, &info.name, &retry, exchange.as_ref()).await?;
         let mut ingress = Vec::with_capacity(route.cfg.ingress.len());
         for c in &route.cfg.ingress {
-            ingress.push(open(&snap, c, &metadata, &info.name, &retry).await?);
+            ingress.push(open(&snap, c, &metadata, &info.name, &retry, None).await?);
         }
         let mut egress = Vec::with_capacity(route.cfg.egress.len());
         for c in &route.cfg.egress {
-            egress.push(open(&snap, c, &metadata, &info.name, &retry).await?);
+            egress.push(open(&snap, c, &metadata, &info.name, &retry, None).await?);
         }
         Ok::<_, SessionError>((destination, ingress, egress))
     };
     let (destination, ingress, egress) = match opened.await {
         Ok(x) => x,
         Err(e) => {
-            if jsonsocket {
-                let _ = jsonsocket::answer(&mut s.writer, 404, &format!("Not Found: {e}")).await;
-            }
+            refuse(&mut s.writer, jsonsocket, &e).await;
             return Err(e);
         }
     };
@@ -249,6 +256,33 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     Ok(reason)
 }
 
+/// Tells the client that its session cannot go on, where its protocol has a way to say so: a JSONSocket error
+/// header, an HTTP error response.
+async fn refuse(writer: &mut Writer, jsonsocket: bool, e: &SessionError) {
+    if jsonsocket {
+        let _ = jsonsocket::answer(writer, 404, &format!("Not Found: {e}")).await;
+    } else if let Some(x) = writer.http_exchange() {
+        x.refuse(e.http_status(), &e.to_string());
+    }
+}
+
+impl SessionError {
+    /// The HTTP status that tells a client about this failure.
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            SessionError::Route(_) => StatusCode::NOT_FOUND,
+            SessionError::JsonSocket(_) => StatusCode::BAD_REQUEST,
+            SessionError::UnknownCluster(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SessionError::Connect {
+                source: ConnectError::Timeout { .. },
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
+            SessionError::Connect { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
 /// Opens a stage of cluster `name`, retrying connect failures as the route's retry policy says: with
 /// `connect-failure` or `always`, up to `num_retries` more attempts, `timeout` apart.
 async fn open(
@@ -257,6 +291,7 @@ async fn open(
     metadata: &Value,
     session: &str,
     retry: &Retry,
+    exchange: Option<&Arc<crate::protocol::http::Exchange>>,
 ) -> Result<Stage, SessionError> {
     let cluster = snap
         .clusters
@@ -269,7 +304,7 @@ async fn open(
     let mut n = 0;
     loop {
         n += 1;
-        match protocol::connect(cluster, metadata, session, retry.timeout).await {
+        match protocol::connect(cluster, metadata, session, retry.timeout, exchange).await {
             Ok(stage) => return Ok(stage),
             Err(e) if n < attempts => {
                 tracing::debug!(session, cluster = name, attempt = n, "connect failed, retrying: {e}");

@@ -2,6 +2,7 @@
 //! files, per-route flags). Built once per configuration change and swapped in atomically; sessions hold the
 //! snapshot (and so the route) they were routed with.
 
+use crate::protocol::http::client::Pool as HttpPool;
 use crate::protocol::sync::SyncHub;
 use crate::protocol::transform::LogSink;
 use l7mp_api::{Cluster, ClusterSpec, Config, Listener, Route, Rule, RuleList};
@@ -16,6 +17,8 @@ pub struct ClusterRt {
     pub sink: Option<Arc<LogSink>>,
     /// The groups of a Sync cluster.
     pub sync: Option<Arc<SyncHub>>,
+    /// The keep-alive connections of an HTTP cluster.
+    pub http: Option<Arc<HttpPool>>,
 }
 
 /// A route ready for use.
@@ -72,12 +75,17 @@ impl Snapshot {
                 _ => None,
             };
             let sync = matches!(c.spec, ClusterSpec::Sync { .. }).then(|| Arc::new(SyncHub::default()));
+            let http = match &c.spec {
+                ClusterSpec::Http { version, .. } => Some(Arc::new(HttpPool::new(*version))),
+                _ => None,
+            };
             clusters.insert(
                 c.name.clone(),
                 Arc::new(ClusterRt {
                     cfg: c.clone(),
                     sink,
                     sync,
+                    http,
                 }),
             );
         }

@@ -5,6 +5,7 @@
 //! (TCP, UNIX stream, stdio). One enum arm per transport gives static dispatch on the hot path; adding a protocol
 //! adds an arm here.
 
+use crate::protocol::http::{HttpReader, HttpWriter};
 use crate::protocol::process::ProcessReader;
 use crate::protocol::sync::SyncPort;
 use crate::protocol::websocket::{WsReader, WsWriter};
@@ -47,6 +48,8 @@ pub enum Reader {
     UnixDgram(Arc<UnixDatagram>),
     /// A WebSocket: one message per datagram.
     Ws(Box<WsReader>),
+    /// An HTTP request body (listener) or response (cluster).
+    Http(Box<HttpReader>),
     /// Messages to hand out before reading from the inner reader (data that arrived with a JSONSocket header).
     Prefixed(Box<(Batch, Reader)>),
 }
@@ -69,13 +72,17 @@ pub enum Writer {
     UnixDgramTo(Arc<UnixDatagram>, std::os::unix::net::SocketAddr),
     /// A WebSocket: one message per datagram.
     Ws(Box<WsWriter>),
+    /// An HTTP response (listener) or request body (cluster).
+    Http(Box<HttpWriter>),
 }
 
 impl Reader {
     pub fn kind(&self) -> StreamKind {
         match self {
             Reader::Prefixed(p) => p.1.kind(),
-            Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) | Reader::Process(_) => StreamKind::ByteStream,
+            Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) | Reader::Process(_) | Reader::Http(_) => {
+                StreamKind::ByteStream
+            }
             Reader::Udp(_) | Reader::Chan(_) | Reader::UnixDgram(_) | Reader::Ws(_) => StreamKind::Datagram,
         }
     }
@@ -88,6 +95,7 @@ impl Reader {
             Reader::Unix(r) => read_bytes(r, arena, out).await,
             Reader::Stdin(r) => read_bytes(r, arena, out).await,
             Reader::Ws(ws) => ws.read(out).await,
+            Reader::Http(h) => h.read(out).await,
             Reader::Prefixed(p) => {
                 if p.0.is_empty() {
                     return Box::pin(p.1.read(arena, out)).await;
@@ -181,7 +189,9 @@ async fn read_bytes<R: AsyncReadExt + Unpin>(r: &mut R, arena: &mut BytesMut, ou
 impl Writer {
     pub fn kind(&self) -> StreamKind {
         match self {
-            Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) | Writer::Process(_) => StreamKind::ByteStream,
+            Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) | Writer::Process(_) | Writer::Http(_) => {
+                StreamKind::ByteStream
+            }
             Writer::Udp(_)
             | Writer::Chan(_)
             | Writer::Sync(_)
@@ -201,6 +211,7 @@ impl Writer {
                 w.flush().await
             }
             Writer::Ws(ws) => ws.write(batch).await,
+            Writer::Http(h) => h.write(batch).await,
             Writer::UnixDgram(sock) => {
                 let fd = sock.as_raw_fd();
                 let mut off = 0;
@@ -275,9 +286,17 @@ impl Writer {
     }
 
     /// Whether ending this stream takes a protocol exchange that a plain close would skip (a WebSocket close
-    /// handshake).
+    /// handshake, the end of an HTTP body: a body dropped unfinished is aborted).
     pub fn needs_graceful_close(&self) -> bool {
-        matches!(self, Writer::Ws(_))
+        matches!(self, Writer::Ws(_) | Writer::Http(_))
+    }
+
+    /// The HTTP exchange of an HTTP listener's session.
+    pub fn http_exchange(&self) -> Option<&Arc<crate::protocol::http::Exchange>> {
+        match self {
+            Writer::Http(h) => h.exchange(),
+            _ => None,
+        }
     }
 
     /// Signals end of stream to the peer. Returns whether the peer can see it: a datagram socket has no way to say
@@ -301,6 +320,7 @@ impl Writer {
             }
             Writer::Udp(_) | Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => false,
             Writer::Ws(ws) => ws.shutdown().await,
+            Writer::Http(h) => h.shutdown(),
         }
     }
 }

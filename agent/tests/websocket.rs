@@ -191,25 +191,6 @@ clusters:
     assert_eq!(back.into_text().unwrap().as_str(), "hello through two hops");
 }
 
-/// The interpreter with the independent clients (`e2e/clients/requirements.txt`), or `None` (test skipped) where
-/// they are not installed, unless `L7MP_REQUIRE_CLIENTS` is set (CI), where that is a failure.
-fn python_with(module: &str) -> Option<String> {
-    let py = std::env::var("L7MP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = std::process::Command::new(&py)
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    assert!(
-        std::env::var_os("L7MP_REQUIRE_CLIENTS").is_none(),
-        "{py} cannot import {module}: install e2e/clients/requirements.txt (bash .ci/run does)"
-    );
-    eprintln!("{py} has no {module} module; skipping (bash .ci/run installs it)");
-    None
-}
-
 #[test]
 fn independent_python_websockets_client_through_the_agent() {
     let Some(py) = python_with("websockets") else { return };

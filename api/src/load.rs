@@ -301,7 +301,7 @@ impl Builder {
         if known.contains(&p.as_str()) {
             return Some(p);
         }
-        const LATER: &[&str] = &["HTTP", "L7mpController", "Prometheus", "Metric", "Test"];
+        const LATER: &[&str] = &["L7mpController", "Prometheus", "Metric", "Test"];
         if LATER.contains(&p.as_str()) {
             self.d.error(
                 &ppath,
@@ -329,6 +329,7 @@ impl Builder {
                 "WebSocket",
                 "WS",
                 "JSONSocket",
+                "HTTP",
             ],
             "listener",
         )?;
@@ -336,11 +337,9 @@ impl Builder {
             "JSONSocket" => {
                 let o = self.d.object(v, path, &["protocol", "transport", "transport_spec"])?;
                 let (t, tp) = self.transport(o, "listener")?;
-                if t.get("protocol").and_then(Value::as_str) == Some("JSONSocket") {
-                    self.d.error(
-                        &tp.key("protocol"),
-                        "a JSONSocket cannot be the transport of a JSONSocket",
-                    );
+                if let Some(p @ ("JSONSocket" | "HTTP")) = t.get("protocol").and_then(Value::as_str) {
+                    self.d
+                        .error(&tp.key("protocol"), format!("{p} cannot be the transport of a JSONSocket"));
                     return None;
                 }
                 Some(ListenerSpec::JsonSocket(Box::new(self.listener_spec(t, &tp)?)))
@@ -353,15 +352,21 @@ impl Builder {
                 )?;
                 self.udp_listener(o).map(ListenerSpec::Udp)
             }
-            "TCP" | "WebSocket" | "WS" => {
-                let o = self.d.object(v, path, &["protocol", "port", "address"])?;
+            "TCP" | "WebSocket" | "WS" | "HTTP" => {
+                // `path` is in the original's HTTP schema but was never used; accepted and ignored.
+                let allowed: &[&str] = if proto == "HTTP" {
+                    &["protocol", "port", "address", "path"]
+                } else {
+                    &["protocol", "port", "address"]
+                };
+                let o = self.d.object(v, path, allowed)?;
                 let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
                 let address = self.address_or_any(o)?;
                 let spec = TcpListenerSpec { address, port: port? };
-                Some(if proto == "TCP" {
-                    ListenerSpec::Tcp(spec)
-                } else {
-                    ListenerSpec::WebSocket(spec)
+                Some(match proto.as_str() {
+                    "TCP" => ListenerSpec::Tcp(spec),
+                    "HTTP" => ListenerSpec::Http(spec),
+                    _ => ListenerSpec::WebSocket(spec),
                 })
             }
             "UnixDgram" | "UNIX/dgram" => {
@@ -576,6 +581,7 @@ impl Builder {
             "WebSocket",
             "WS",
             "JSONSocket",
+            "HTTP",
         ];
         let proto = self.protocol(v, path, KNOWN, "cluster")?;
         match proto.as_str() {
@@ -596,7 +602,7 @@ impl Builder {
                     .object(v, path, &["protocol", "transport", "transport_spec", "header"])?;
                 let (t, tp) = self.transport(o, "cluster")?;
                 let transport = self.cluster_spec(t, &tp)?;
-                if !transport.takes_endpoints() || matches!(transport, ClusterSpec::JsonSocket { .. }) {
+                if !transport.takes_endpoints() || matches!(transport, ClusterSpec::JsonSocket { .. } | ClusterSpec::Http { .. }) {
                     let msg = format!("a JSONSocket needs a network transport, got {}", transport.protocol());
                     self.d.error(&tp.key("protocol"), msg);
                     return None;
@@ -609,6 +615,25 @@ impl Builder {
                     transport: Box::new(transport),
                     header,
                 })
+            }
+            "HTTP" => {
+                let o = self.d.object(v, path, &["protocol", "port", "version"])?;
+                let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
+                let version = match o.get("version") {
+                    None => HttpVersion::Http1,
+                    Some(v) => match v {
+                        Value::String(s) if s == "1.1" || s == "HTTP/1.1" => HttpVersion::Http1,
+                        Value::String(s) if s == "2" || s == "2.0" || s == "HTTP/2" => HttpVersion::Http2,
+                        Value::Number(n) if n.as_f64() == Some(1.1) => HttpVersion::Http1,
+                        Value::Number(n) if n.as_f64() == Some(2.0) => HttpVersion::Http2,
+                        other => {
+                            let msg = format!("expected \"1.1\" or \"2\", got {}", describe(other));
+                            self.d.error(&o.at("version"), msg);
+                            return None;
+                        }
+                    },
+                };
+                Some(ClusterSpec::Http { port: port?, version })
             }
             "WebSocket" | "WS" => {
                 let o = self.d.object(v, path, &["protocol", "port"])?;

@@ -67,6 +67,8 @@ pub enum ListenerSpec {
     WebSocket(TcpListenerSpec),
     /// JSONSocket over a transport listener: each session starts with a JSON header handshake.
     JsonSocket(Box<ListenerSpec>),
+    /// HTTP/1.1 and HTTP/2 (cleartext) server: a session per request; request body in, response body out.
+    Http(TcpListenerSpec),
 }
 
 impl ListenerSpec {
@@ -78,12 +80,13 @@ impl ListenerSpec {
             ListenerSpec::UnixDgram(_) => "UnixDgram",
             ListenerSpec::WebSocket(_) => "WebSocket",
             ListenerSpec::JsonSocket(_) => "JSONSocket",
+            ListenerSpec::Http(_) => "HTTP",
         }
     }
     pub fn stream_kind(&self) -> StreamKind {
         match self {
             ListenerSpec::Udp(_) | ListenerSpec::UnixDgram(_) | ListenerSpec::WebSocket(_) => StreamKind::Datagram,
-            ListenerSpec::Tcp(_) | ListenerSpec::UnixDomainSocket(_) => StreamKind::ByteStream,
+            ListenerSpec::Tcp(_) | ListenerSpec::UnixDomainSocket(_) | ListenerSpec::Http(_) => StreamKind::ByteStream,
             ListenerSpec::JsonSocket(transport) => transport.stream_kind(),
         }
     }
@@ -131,6 +134,15 @@ pub struct UnixDgramListenerSpec {
     pub idle_timeout: Option<Duration>,
 }
 
+/// The HTTP version an HTTP cluster speaks to its upstreams (cleartext).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/1.1: a pool of keep-alive connections per endpoint, one request at a time on each.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c): one multiplexed connection per endpoint.
+    Http2,
+}
+
 /// A cluster: the client side of a protocol (with endpoints) or a built-in transform.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -167,6 +179,11 @@ pub enum ClusterSpec {
     WebSocket {
         port: u16,
     },
+    /// HTTP client: a request per session to `http://<endpoint>:<port>`, over pooled keep-alive connections.
+    Http {
+        port: u16,
+        version: HttpVersion,
+    },
     /// JSONSocket client over a transport cluster: sends a JSON header and waits for a 2xx answer.
     JsonSocket {
         transport: Box<ClusterSpec>,
@@ -201,6 +218,7 @@ impl ClusterSpec {
             ClusterSpec::UnixDgram => "UnixDgram",
             ClusterSpec::WebSocket { .. } => "WebSocket",
             ClusterSpec::JsonSocket { .. } => "JSONSocket",
+            ClusterSpec::Http { .. } => "HTTP",
             ClusterSpec::Echo => "Echo",
             ClusterSpec::Discard => "Discard",
             ClusterSpec::Logger { .. } => "Logger",
@@ -222,6 +240,7 @@ impl ClusterSpec {
                 | ClusterSpec::UnixDgram
                 | ClusterSpec::WebSocket { .. }
                 | ClusterSpec::JsonSocket { .. }
+                | ClusterSpec::Http { .. }
         )
     }
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use l7mp_api::Listener;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,41 +117,9 @@ impl WsWriter {
     }
 }
 
-/// `HTTP` session metadata from the upgrade request, as the original l7mp: `{version, method, url{...}, headers}`.
+/// `HTTP` session metadata from the upgrade request, as the original l7mp.
 fn http_metadata(req: &Request, local: SocketAddr) -> Value {
-    let headers: Map<String, Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_ascii_lowercase(),
-                Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
-            )
-        })
-        .collect();
-    let host_header = headers.get("host").and_then(Value::as_str).unwrap_or("");
-    let (host, port) = match host_header.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), p.to_owned()),
-        _ => (host_header.to_owned(), local.port().to_string()),
-    };
-    let uri = req.uri();
-    let path = uri.path().to_owned();
-    let query = uri.query().unwrap_or("").to_owned();
-    let url = uri.path_and_query().map_or("/".to_owned(), |pq| pq.as_str().to_owned());
-    json!({
-        "version": format!("{:?}", req.version()).trim_start_matches("HTTP/").to_owned(),
-        "method": req.method().as_str(),
-        "url": {
-            "url": url,
-            "href": format!("ws://{host_header}{url}"),
-            "protocol": "ws:",
-            "host": host,
-            "port": port,
-            "path": path,
-            "query": query,
-        },
-        "headers": headers,
-    })
+    super::http::request_metadata(req.method(), req.uri(), req.version(), req.headers(), local, "ws")
 }
 
 /// The first subprotocol a client asked for, from `HTTP` metadata.

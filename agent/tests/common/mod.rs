@@ -56,7 +56,7 @@ impl Agent {
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let (m, cv) = &*log2;
-                m.lock().unwrap().push(line);
+                m.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 cv.notify_all();
             }
         });
@@ -84,14 +84,16 @@ impl Agent {
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!("no log line with {needle:?}; log:\n{}", lines.join("\n"));
+                let all = lines.join("\n");
+                drop(lines); // do not poison the log for the panic report
+                panic!("no log line with {needle:?}; log:\n{all}");
             }
             lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
         }
     }
 
     pub fn log_lines(&self) -> Vec<String> {
-        self.log.0.lock().unwrap().clone()
+        self.log.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn count_log(&self, needle: &str) -> usize {
@@ -324,4 +326,23 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("root")
         .to_path_buf()
+}
+
+/// The interpreter with the independent clients (`e2e/clients/requirements.txt`), or `None` (test skipped) where
+/// they are not installed, unless `L7MP_REQUIRE_CLIENTS` is set (CI), where that is a failure.
+pub fn python_with(module: &str) -> Option<String> {
+    let py = std::env::var("L7MP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    assert!(
+        std::env::var_os("L7MP_REQUIRE_CLIENTS").is_none(),
+        "{py} cannot import {module}: install e2e/clients/requirements.txt (bash .ci/run does)"
+    );
+    eprintln!("{py} has no {module} module; skipping (bash .ci/run installs it)");
+    None
 }

@@ -1,0 +1,90 @@
+//! The HTTP listener: accepts TCP connections, serves HTTP/1.1 (keep-alive) and cleartext HTTP/2 (prior knowledge)
+//! on them with hyper, and emits one session per request.
+
+use super::body::ChanBody;
+use super::{Exchange, HttpReader, HttpWriter, RequestReader, ResponseWriter, request_metadata};
+use crate::engine::Engine;
+use crate::protocol::tcp::{TcpBound, ip_metadata, session_name};
+use crate::session::NewSession;
+use crate::stream::{Reader, Writer};
+use ::http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use l7mp_api::Listener;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// How long a client may take to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct HttpBound(pub TcpBound);
+
+impl HttpBound {
+    pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        let builder = Arc::new(builder);
+        while let Some((stream, peer, local)) = self.0.accept(&listener.name, &cancel).await {
+            let (engine, listener, cancel, builder) = (engine.clone(), listener.clone(), cancel.clone(), builder.clone());
+            tokio::spawn(async move {
+                let name = listener.name.clone();
+                let svc = service_fn(move |req| serve(engine.clone(), listener.clone(), peer, local, req));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                let done = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = cancel.cancelled() => {
+                        // Finish the request in flight, then close.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = done {
+                    tracing::debug!(listener = %name, %peer, "HTTP connection ended: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Emits the session of one request and waits for its response.
+async fn serve(
+    engine: Arc<Engine>,
+    listener: Arc<Listener>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ChanBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let name = session_name("HTTP", peer, local, engine.next_id());
+    let mut metadata = ip_metadata(&listener.name, &name, "TCP", peer, local);
+    metadata["HTTP"] = request_metadata(&parts.method, &parts.uri, parts.version, &parts.headers, local, "http");
+    let (tx, rx) = oneshot::channel();
+    let exchange = Arc::new(Exchange::new(
+        tx,
+        parts.method == Method::HEAD,
+        engine.options().half_close_timeout,
+    ));
+    engine.spawn_session(NewSession {
+        name,
+        listener,
+        metadata,
+        reader: Reader::Http(Box::new(HttpReader::Request(RequestReader::new(body, exchange.clone())))),
+        writer: Writer::Http(Box::new(HttpWriter::Response(ResponseWriter::new(exchange)))),
+        idle_timeout: None,
+        on_end: None,
+    });
+    Ok(rx.await.unwrap_or_else(|_| {
+        super::error_response(StatusCode::BAD_GATEWAY, "the session ended without a response")
+    }))
+}
