@@ -145,9 +145,7 @@ pub async fn connect(
         ClusterSpec::Udp { port, .. }
         | ClusterSpec::Tcp { port, .. }
         | ClusterSpec::WebSocket { port }
-        | ClusterSpec::Http { port, .. } => {
-            format_host_port(&ep.address, *port)
-        }
+        | ClusterSpec::Http { port, .. } => format_host_port(&ep.address, *port),
         _ => ep.address.clone(),
     };
     let attempt = async {
@@ -158,7 +156,9 @@ pub async fn connect(
             ClusterSpec::WebSocket { .. } => websocket::connect(&address, metadata).await,
             ClusterSpec::Http { .. } => match &c.http {
                 Some(pool) => http::client::connect(pool, &address, metadata, exchange).await,
-                None => Err(UpstreamError::Io(io::Error::other("HTTP cluster without a connection pool"))),
+                None => Err(UpstreamError::Io(io::Error::other(
+                    "HTTP cluster without a connection pool",
+                ))),
             },
             _ => unix::connect(&address).await,
         }

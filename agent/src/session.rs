@@ -198,15 +198,26 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     // An HTTP request learns how its body travels: unchanged or not, as a stream or as one message.
     let exchange = s.writer.http_exchange().cloned();
     if let Some(x) = &exchange {
-        let to_datagrams = snap
-            .clusters
-            .get(&route.cfg.destination)
-            .and_then(|c| c.cfg.spec.stream_kind())
-            == Some(StreamKind::Datagram);
-        x.configure(route.cfg.ingress.is_empty(), route.cfg.egress.is_empty(), to_datagrams);
+        let dest = snap.clusters.get(&route.cfg.destination).map(|c| &c.cfg.spec);
+        let to_datagrams = dest.and_then(|d| d.stream_kind()) == Some(StreamKind::Datagram);
+        let to_http = matches!(dest, Some(l7mp_api::ClusterSpec::Http { .. }));
+        x.configure(
+            route.cfg.ingress.is_empty(),
+            route.cfg.egress.is_empty(),
+            to_datagrams,
+            to_http,
+        );
     }
     let opened = async {
-        let destination = open(&snap, &route.cfg.destination, &metadata, &info.name, &retry, exchange.as_ref()).await?;
+        let destination = open(
+            &snap,
+            &route.cfg.destination,
+            &metadata,
+            &info.name,
+            &retry,
+            exchange.as_ref(),
+        )
+        .await?;
         let mut ingress = Vec::with_capacity(route.cfg.ingress.len());
         for c in &route.cfg.ingress {
             ingress.push(open(&snap, c, &metadata, &info.name, &retry, None).await?);

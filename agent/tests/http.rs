@@ -44,7 +44,10 @@ async fn upstream_handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>
     let mut b = Response::builder()
         .status(status)
         .header("x-upstream-method", parts.method.as_str())
-        .header("x-upstream-path", parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            "x-upstream-path",
+            parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        )
         .header("x-upstream-version", format!("{:?}", parts.version))
         .header("x-upstream-host", host)
         .header("set-cookie", "a=1")
@@ -71,7 +74,10 @@ fn upstream() -> Upstream {
     let conns = Arc::new(AtomicUsize::new(0));
     let c2 = conns.clone();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(l).unwrap();
             loop {
@@ -101,7 +107,11 @@ impl Resp {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
     fn all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
@@ -217,13 +227,21 @@ fn reverse_proxy_keeps_status_headers_bodies_and_reuses_upstream_connections() {
     assert_eq!(r.header("x-upstream-host"), Some("test.local"));
     assert_eq!(r.header("x-saw-x-test"), Some("one"));
     assert_eq!(r.header("x-saw-x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(r.header("x-saw-transfer-encoding"), None, "a GET must not get a chunked body upstream");
+    assert_eq!(
+        r.header("x-saw-transfer-encoding"),
+        None,
+        "a GET must not get a chunked body upstream"
+    );
     assert_eq!(r.all("set-cookie"), vec!["a=1", "b=2"]);
     // A POST with a body and a non-2xx status, on the same client connection (keep-alive).
     let r = exchange(&mut c, &post("/submit", b"hello body", "x-status: 201\r\n"), false);
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(r.text(), "upstream:hello body");
-    assert_eq!(r.header("x-saw-content-length"), Some("10"), "the request length is kept: {r:?}");
+    assert_eq!(
+        r.header("x-saw-content-length"),
+        Some("10"),
+        "the request length is kept: {r:?}"
+    );
     assert_eq!(r.header("content-length"), Some("19"));
     // A 1 MiB response streams through whole.
     let r = exchange(&mut c, &get("/big", ""), false);
@@ -242,7 +260,11 @@ fn reverse_proxy_keeps_status_headers_bodies_and_reuses_upstream_connections() {
         let r = exchange(&mut c, &post("/n", format!("{i}").as_bytes(), ""), false);
         assert_eq!(r.text(), format!("upstream:{i}"));
     }
-    assert_eq!(up.conns.load(Ordering::SeqCst), 1, "the keep-alive pool should reuse one connection");
+    assert_eq!(
+        up.conns.load(Ordering::SeqCst),
+        1,
+        "the keep-alive pool should reuse one connection"
+    );
 }
 
 #[test]
@@ -251,9 +273,7 @@ fn errors_are_json_with_the_right_status() {
     let dead = free_port();
     let _a = agent(
         port,
-        &format!(
-            "      - match: {{op: starts, path: /HTTP/url/path, value: /dead}}\n        action: {{route: {{destination: dead}}}}\n      - match: {{op: test, path: /HTTP/method, value: PUT}}\n        action: {{route: {{destination: dead}}}}"
-        ),
+        "      - match: {op: starts, path: /HTTP/url/path, value: /dead}\n        action: {route: {destination: dead}}\n      - match: {op: test, path: /HTTP/method, value: PUT}\n        action: {route: {destination: dead}}",
         &http_cluster("dead", dead, "1.1"),
     );
     let mut c = client(port);
@@ -285,7 +305,11 @@ fn rules_match_http_metadata_and_rewrites_reach_the_upstream() {
     assert_eq!(r.header("x-saw-x-routed"), Some("blue-pool"));
     assert_eq!(r.header("x-upstream-path"), Some("/rewritten"));
     // Another tenant goes to Echo: the request body comes back as a 200 body.
-    let r = exchange(&mut client(port), &post("/orig", b"echo me", "x-tenant: red\r\n"), false);
+    let r = exchange(
+        &mut client(port),
+        &post("/orig", b"echo me", "x-tenant: red\r\n"),
+        false,
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "echo me");
     assert_eq!(up.conns.load(Ordering::SeqCst), 1);
@@ -365,7 +389,11 @@ fn independent_httpx_client_over_http1_and_http2_to_http1_and_http2_upstreams() 
     let _a = agent(
         port,
         "      - match: {op: starts, path: /HTTP/url/path, value: /h2up}\n        action: {route: {destination: up2}}\n      - action: {route: {destination: up1}}",
-        &format!("{}{}", http_cluster("up1", up.port, "1.1"), http_cluster("up2", up.port, "2")),
+        &format!(
+            "{}{}",
+            http_cluster("up1", up.port, "1.1"),
+            http_cluster("up2", up.port, "2")
+        ),
     );
     for http2 in [false, true] {
         let base = format!("http://127.0.0.1:{port}");
@@ -389,7 +417,11 @@ fn independent_httpx_client_over_http1_and_http2_to_http1_and_http2_upstreams() 
         assert_eq!(out[1]["body"], "upstream:payload-two");
         let h = headers_of(&out[2]);
         assert_eq!(out[2]["body"], "upstream:payload-three");
-        assert_eq!(h["x-upstream-version"], vec!["HTTP/2.0"], "the up2 cluster speaks HTTP/2 upstream");
+        assert_eq!(
+            h["x-upstream-version"],
+            vec!["HTTP/2.0"],
+            "the up2 cluster speaks HTTP/2 upstream"
+        );
         assert_eq!(h["x-upstream-host"], vec![format!("127.0.0.1:{port}")]);
     }
 }

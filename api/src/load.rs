@@ -338,8 +338,10 @@ impl Builder {
                 let o = self.d.object(v, path, &["protocol", "transport", "transport_spec"])?;
                 let (t, tp) = self.transport(o, "listener")?;
                 if let Some(p @ ("JSONSocket" | "HTTP")) = t.get("protocol").and_then(Value::as_str) {
-                    self.d
-                        .error(&tp.key("protocol"), format!("{p} cannot be the transport of a JSONSocket"));
+                    self.d.error(
+                        &tp.key("protocol"),
+                        format!("{p} cannot be the transport of a JSONSocket"),
+                    );
                     return None;
                 }
                 Some(ListenerSpec::JsonSocket(Box::new(self.listener_spec(t, &tp)?)))
@@ -602,7 +604,9 @@ impl Builder {
                     .object(v, path, &["protocol", "transport", "transport_spec", "header"])?;
                 let (t, tp) = self.transport(o, "cluster")?;
                 let transport = self.cluster_spec(t, &tp)?;
-                if !transport.takes_endpoints() || matches!(transport, ClusterSpec::JsonSocket { .. } | ClusterSpec::Http { .. }) {
+                if !transport.takes_endpoints()
+                    || matches!(transport, ClusterSpec::JsonSocket { .. } | ClusterSpec::Http { .. })
+                {
                     let msg = format!("a JSONSocket needs a network transport, got {}", transport.protocol());
                     self.d.error(&tp.key("protocol"), msg);
                     return None;

@@ -16,7 +16,7 @@ pub mod server;
 use crate::stream::Batch;
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ::http::{Method, Response, StatusCode, Uri, Version};
-use body::{BodyTx, ChanBody};
+use body::{BodyTx, ProxyBody};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -34,7 +34,7 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 /// What an HTTP listener's session shares with its stages: the way to answer the client, and the upstream's
 /// response head when the destination is an HTTP cluster.
 pub struct Exchange {
-    responder: Mutex<Option<oneshot::Sender<Response<ChanBody>>>>,
+    responder: Mutex<Option<oneshot::Sender<Response<ProxyBody>>>>,
     upstream_head: Mutex<Option<::http::response::Parts>>,
     /// The request body reaches the destination unchanged (no ingress transforms): its length can be kept.
     request_intact: AtomicBool,
@@ -42,6 +42,11 @@ pub struct Exchange {
     response_intact: AtomicBool,
     /// The destination keeps message boundaries: request and response are one message each.
     message_mode: AtomicBool,
+    /// The destination is an HTTP cluster and nothing transforms the bodies: the cluster relays the client's request
+    /// body upstream and the upstream's response (head and body) to the client as they are.
+    direct: AtomicBool,
+    /// The client's request body until a reader (the session's source, or a relaying cluster) takes it.
+    request_body: Mutex<Option<Incoming>>,
     answered: AtomicBool,
     answered_notify: Notify,
     head_request: bool,
@@ -50,8 +55,15 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(responder: oneshot::Sender<Response<ChanBody>>, head_request: bool, answer_timeout: Duration) -> Self {
+    pub fn new(
+        responder: oneshot::Sender<Response<ProxyBody>>,
+        body: Incoming,
+        head_request: bool,
+        answer_timeout: Duration,
+    ) -> Self {
         Exchange {
+            direct: AtomicBool::new(false),
+            request_body: Mutex::new(Some(body)),
             responder: Mutex::new(Some(responder)),
             upstream_head: Mutex::new(None),
             request_intact: AtomicBool::new(true),
@@ -65,10 +77,22 @@ impl Exchange {
     }
 
     /// Set by the session once it knows its route.
-    pub fn configure(&self, request_intact: bool, response_intact: bool, message_mode: bool) {
+    pub fn configure(&self, request_intact: bool, response_intact: bool, message_mode: bool, to_http: bool) {
         self.request_intact.store(request_intact, Ordering::Relaxed);
         self.response_intact.store(response_intact, Ordering::Relaxed);
         self.message_mode.store(message_mode, Ordering::Relaxed);
+        self.direct
+            .store(to_http && request_intact && response_intact, Ordering::Relaxed);
+    }
+
+    /// Whether the HTTP cluster relays the bodies itself.
+    pub fn direct(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    /// The client's request body, once.
+    pub fn take_request_body(&self) -> Option<Incoming> {
+        self.request_body.lock().ok().and_then(|mut b| b.take())
     }
 
     pub fn request_intact(&self) -> bool {
@@ -87,7 +111,7 @@ impl Exchange {
     }
 
     /// Sends `resp` to the client unless a response already went.
-    fn respond(&self, resp: Response<ChanBody>) -> bool {
+    pub fn respond(&self, resp: Response<ProxyBody>) -> bool {
         let tx = self.responder.lock().ok().and_then(|mut r| r.take());
         let sent = tx.is_some_and(|tx| tx.send(resp).is_ok());
         self.answered.store(true, Ordering::Release);
@@ -138,20 +162,22 @@ impl Exchange {
         };
         builder = builder.version(Version::HTTP_11);
         let (tx, body) = body::channel(len);
-        let resp = builder.body(body).unwrap_or_else(|_| error_response(StatusCode::BAD_GATEWAY, "bad head"));
+        let resp = builder
+            .body(body)
+            .unwrap_or_else(|_| error_response(StatusCode::BAD_GATEWAY, "bad head"));
         self.respond(resp).then_some(tx)
     }
 }
 
 /// The JSON error response of the original l7mp (body indented by four spaces, reason phrase = message).
-pub fn error_response(status: StatusCode, content: &str) -> Response<ChanBody> {
+pub fn error_response(status: StatusCode, content: &str) -> Response<ProxyBody> {
     let message = status.canonical_reason().unwrap_or("Error");
     let v = json!({ "status": status.as_u16(), "message": message, "content": content });
     let mut out = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
     let _ = serde::Serialize::serialize(&v, &mut ser); // writing to a Vec cannot fail
-    let mut resp = Response::new(ChanBody::full(Bytes::from(out)));
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(out)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -265,6 +291,8 @@ pub enum HttpWriter {
     Response(ResponseWriter),
     /// A cluster's request body.
     Body(BodyTx),
+    /// A cluster that relays the client's request body itself: the session has nothing to write.
+    Relayed,
 }
 
 impl HttpReader {
@@ -286,6 +314,7 @@ impl HttpWriter {
                 }
                 Ok(())
             }
+            HttpWriter::Relayed => Err(io::Error::other("the request body is relayed by the HTTP cluster")),
         }
     }
 
@@ -293,6 +322,7 @@ impl HttpWriter {
         match self {
             HttpWriter::Response(w) => w.finish(),
             HttpWriter::Body(tx) => tx.finish(),
+            HttpWriter::Relayed => {}
         }
         true
     }
@@ -301,34 +331,41 @@ impl HttpWriter {
     pub fn exchange(&self) -> Option<&Arc<Exchange>> {
         match self {
             HttpWriter::Response(w) => Some(&w.exchange),
-            HttpWriter::Body(_) => None,
+            HttpWriter::Body(_) | HttpWriter::Relayed => None,
         }
     }
 }
 
 /// A listener's request body as the session's source stream.
 pub struct RequestReader {
-    body: Incoming,
+    /// Taken from the exchange at the first read (unless an HTTP cluster took it to relay it).
+    body: Option<Incoming>,
     exchange: Arc<Exchange>,
     /// The one message of a request/response exchange went out.
     sent_message: bool,
 }
 
 impl RequestReader {
-    pub fn new(body: Incoming, exchange: Arc<Exchange>) -> Self {
+    pub fn new(exchange: Arc<Exchange>) -> Self {
         RequestReader {
-            body,
+            body: None,
             exchange,
             sent_message: false,
         }
     }
 
     async fn read(&mut self, out: &mut Batch) -> io::Result<bool> {
+        if self.body.is_none() && !self.sent_message {
+            self.body = self.exchange.take_request_body();
+        }
         if self.exchange.message_mode() {
             return self.read_message(out).await;
         }
+        let Some(body) = &mut self.body else {
+            return Ok(false);
+        };
         loop {
-            match self.body.frame().await {
+            match body.frame().await {
                 None => return Ok(false),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data()
@@ -348,12 +385,15 @@ impl RequestReader {
         if self.sent_message {
             let _ = tokio::time::timeout(self.exchange.answer_timeout, self.exchange.answered()).await;
             if !self.exchange.answered.load(Ordering::Acquire) {
-                self.exchange.refuse(StatusCode::GATEWAY_TIMEOUT, "no answer from the destination");
+                self.exchange
+                    .refuse(StatusCode::GATEWAY_TIMEOUT, "no answer from the destination");
             }
             return Ok(false);
         }
         let mut msg = Vec::new();
-        while let Some(frame) = self.body.frame().await {
+        while let Some(body) = &mut self.body
+            && let Some(frame) = body.frame().await
+        {
             let frame = frame.map_err(|e| io::Error::other(format!("reading the request body: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 if msg.len() + data.len() > MAX_MESSAGE {
@@ -392,7 +432,7 @@ impl ResponseWriter {
             if !self.started {
                 self.started = true;
                 let first = batch.first().cloned().unwrap_or_default();
-                let mut resp = Response::new(ChanBody::full(first));
+                let mut resp = Response::new(ProxyBody::full(first));
                 *resp.version_mut() = Version::HTTP_11;
                 self.exchange.respond(resp);
             }

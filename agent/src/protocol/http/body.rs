@@ -1,20 +1,139 @@
-//! The body the agent hands hyper in both directions (listener responses, cluster requests): a channel of chunks fed
-//! by a session's pump. It carries an exact length when one is known, and it ends with an error, not a silent
-//! truncation, when the feeding side goes away without finishing.
+//! The body the agent hands hyper in both directions (listener responses, cluster requests): either a channel of
+//! chunks fed by a session's pump, or, when an HTTP listener's session goes to an HTTP cluster unchanged, the peer's
+//! own body relayed as it is (no copy through the session, trailers and flow control kept). A channel body carries
+//! an exact length when one is known, and ends with an error, not a silent truncation, when the feeding side goes
+//! away without finishing.
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Chunks in flight between a pump and hyper.
 const DEPTH: usize = 16;
 
 /// A body hyper reads from.
+pub enum ProxyBody {
+    Chan(ChanBody),
+    Relay(Relay),
+}
+
+/// A peer's body passed on as it is; reports its end (`true`: complete; dropped or failed: `false`).
+pub struct Relay {
+    inner: Incoming,
+    done: Option<oneshot::Sender<u64>>,
+    /// Runs once the whole body was read (e.g. to give the upstream connection back to its pool before the client
+    /// has the last bytes and sends its next request).
+    on_end: Option<Box<dyn FnOnce() + Send>>,
+    bytes: u64,
+}
+
+impl Relay {
+    fn ended(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f();
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.send(self.bytes);
+        }
+    }
+}
+
+/// Resolves with the relayed byte count once a relayed body was read to its end; an error if it was abandoned.
+pub type RelayDone = oneshot::Receiver<u64>;
+
+impl ProxyBody {
+    /// Relays `inner` as it is.
+    pub fn relay(inner: Incoming) -> (ProxyBody, RelayDone) {
+        Self::relay_then(inner, None)
+    }
+
+    /// Relays `inner` as it is and runs `on_end` once it was read whole.
+    pub fn relay_then(inner: Incoming, on_end: Option<Box<dyn FnOnce() + Send>>) -> (ProxyBody, RelayDone) {
+        let (tx, rx) = oneshot::channel();
+        (
+            ProxyBody::Relay(Relay {
+                inner,
+                done: Some(tx),
+                on_end,
+                bytes: 0,
+            }),
+            rx,
+        )
+    }
+
+    pub fn full(b: Bytes) -> ProxyBody {
+        ProxyBody::Chan(ChanBody::full(b))
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Chan(ChanBody::empty())
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Chan(c) => Pin::new(c).poll_frame(cx),
+            ProxyBody::Relay(r) => {
+                let polled = Pin::new(&mut r.inner).poll_frame(cx);
+                match polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            r.bytes += d.len() as u64;
+                        }
+                        if r.inner.is_end_stream() {
+                            r.ended();
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(None) => {
+                        r.ended();
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        r.done = None;
+                        r.on_end = None;
+                        Poll::Ready(Some(Err(io::Error::other(e))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Chan(c) => c.is_end_stream(),
+            ProxyBody::Relay(r) => r.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Chan(c) => c.size_hint(),
+            ProxyBody::Relay(r) => r.inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended, so its end may not have been seen yet.
+        if self.inner.is_end_stream() {
+            self.ended();
+        }
+    }
+}
+
+/// A body fed by a session's pump.
 pub struct ChanBody {
     first: Option<Bytes>,
     rx: Option<mpsc::Receiver<Bytes>>,
@@ -29,7 +148,7 @@ pub struct BodyTx {
 }
 
 /// A body fed through the returned sender; `len` is its exact length when known.
-pub fn channel(len: Option<u64>) -> (BodyTx, ChanBody) {
+pub fn channel(len: Option<u64>) -> (BodyTx, ProxyBody) {
     let (tx, rx) = mpsc::channel(DEPTH);
     let done = Arc::new(AtomicBool::new(false));
     (
@@ -37,12 +156,12 @@ pub fn channel(len: Option<u64>) -> (BodyTx, ChanBody) {
             tx: Some(tx),
             done: done.clone(),
         },
-        ChanBody {
+        ProxyBody::Chan(ChanBody {
             first: None,
             rx: Some(rx),
             done,
             len,
-        },
+        }),
     )
 }
 

@@ -6,13 +6,12 @@
 //! byte is taken and the route's retry policy applies to them. The request head comes from the session metadata when
 //! the source is an HTTP listener, else it is `POST /` with the session's bytes as the body.
 
-use super::body::{self, ChanBody};
+use super::body::{self, ProxyBody};
 use super::{Exchange, HttpReader, HttpWriter, strip_hop_by_hop};
 use crate::protocol::{UpstreamError, resolve};
 use crate::stream::{Batch, Reader, Writer};
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ::http::{Method, Request, Response, Uri, Version};
-use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -31,9 +30,11 @@ use tokio::net::TcpStream;
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// An idle connection older than this is closed instead of reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a checkout waits for a just-returned connection to become ready.
+const RETURN_GRACE: Duration = Duration::from_millis(50);
 
-type H1 = http1::SendRequest<ChanBody>;
-type H2 = http2::SendRequest<ChanBody>;
+type H1 = http1::SendRequest<ProxyBody>;
+type H2 = http2::SendRequest<ProxyBody>;
 type Pending = Pin<Box<dyn Future<Output = hyper::Result<Response<Incoming>>> + Send>>;
 
 /// The connections of one HTTP cluster.
@@ -52,14 +53,22 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self, address: &str) -> Option<H1> {
+    fn pop_idle(&self, address: &str) -> Option<H1> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(address)?;
-        while let Some((mut c, since)) = list.pop() {
-            if since.elapsed() > IDLE_TIMEOUT || c.is_closed() {
-                continue;
+        while let Some((c, since)) = list.pop() {
+            if since.elapsed() <= IDLE_TIMEOUT && !c.is_closed() {
+                return Some(c);
             }
-            if let Some(Ok(())) = c.ready().now_or_never() {
+        }
+        None
+    }
+
+    /// A pooled connection that is ready for a request. A connection comes back to the pool as soon as its response
+    /// was delivered, which can be an instant before hyper marks it idle: wait that instant rather than open another.
+    async fn take_idle(&self, address: &str) -> Option<H1> {
+        while let Some(mut c) = self.pop_idle(address) {
+            if let Ok(Ok(())) = tokio::time::timeout(RETURN_GRACE, c.ready()).await {
                 return Some(c);
             }
         }
@@ -84,7 +93,7 @@ impl Pool {
     async fn checkout(&self, address: &str) -> Result<Conn, UpstreamError> {
         match self.version {
             HttpVersion::Http1 => {
-                if let Some(c) = self.take_idle(address) {
+                if let Some(c) = self.take_idle(address).await {
                     return Ok(Conn::H1(c));
                 }
                 let io = TokioIo::new(open(address).await?);
@@ -149,8 +158,19 @@ pub async fn connect(
     let conn = pool.checkout(address).await?;
     let h2 = matches!(conn, Conn::H2(_));
     let (mut req, len) = request_head(address, metadata, exchange, h2).map_err(UpstreamError::Io)?;
-    let (tx, body) = body::channel(len);
-    *req.body_mut() = body;
+    // Relaying: the client's body goes upstream as it is; otherwise the session's pump feeds it.
+    let relayed = exchange.filter(|x| x.direct()).and_then(|x| x.take_request_body());
+    let writer = match relayed {
+        Some(incoming) => {
+            *req.body_mut() = ProxyBody::relay(incoming).0;
+            HttpWriter::Relayed
+        }
+        None => {
+            let (tx, body) = body::channel(len);
+            *req.body_mut() = body;
+            HttpWriter::Body(tx)
+        }
+    };
     let (pending, reuse): (Pending, _) = match conn {
         Conn::H1(mut c) => (Box::pin(c.send_request(req)), Some(c)),
         Conn::H2(mut c) => (Box::pin(c.send_request(req)), None),
@@ -163,7 +183,7 @@ pub async fn connect(
     };
     Ok((
         Reader::Http(Box::new(HttpReader::Response(reader))),
-        Writer::Http(Box::new(HttpWriter::Body(tx))),
+        Writer::Http(Box::new(writer)),
     ))
 }
 
@@ -173,11 +193,13 @@ fn request_head(
     metadata: &Value,
     exchange: Option<&Arc<Exchange>>,
     h2: bool,
-) -> io::Result<(Request<ChanBody>, Option<u64>)> {
+) -> io::Result<(Request<ProxyBody>, Option<u64>)> {
     let bad = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
     let http = metadata.get("HTTP").filter(|_| exchange.is_some());
     let method = match http.and_then(|h| h.get("method")).and_then(Value::as_str) {
-        Some(m) => Method::from_bytes(m.as_bytes()).map_err(|_| bad(format!("invalid method {m:?} at /HTTP/method")))?,
+        Some(m) => {
+            Method::from_bytes(m.as_bytes()).map_err(|_| bad(format!("invalid method {m:?} at /HTTP/method")))?
+        }
         None => Method::POST,
     };
     let path = http
@@ -245,7 +267,7 @@ fn request_head(
         path.parse()
     }
     .map_err(|e| bad(format!("invalid request target {path:?}: {e}")))?;
-    let mut req = Request::new(ChanBody::empty());
+    let mut req = Request::new(ProxyBody::empty());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
@@ -268,8 +290,20 @@ impl ResponseReader {
             let resp = pending
                 .await
                 .map_err(|e| io::Error::other(format!("HTTP upstream: {e}")))?;
-            let (parts, body) = resp.into_parts();
+            let (mut parts, body) = resp.into_parts();
             match &self.exchange {
+                Some(x) if x.direct() => {
+                    // Relay the response as it is and wait until the client has read it.
+                    strip_hop_by_hop(&mut parts.headers);
+                    parts.version = Version::HTTP_11;
+                    let on_end = self.reuse.take().map(|(pool, address, c)| {
+                        Box::new(move || give_back(pool, address, c)) as Box<dyn FnOnce() + Send>
+                    });
+                    let (body, done) = ProxyBody::relay_then(body, on_end);
+                    x.respond(Response::from_parts(parts, body));
+                    let _ = done.await;
+                    return Ok(false);
+                }
                 Some(x) => x.set_upstream_head(parts),
                 None if !parts.status.is_success() => {
                     tracing::debug!(status = %parts.status, "HTTP upstream answered with an error status");
@@ -304,18 +338,9 @@ impl ResponseReader {
     }
 }
 
-/// Returns an HTTP/1.1 connection to the pool once it is ready for the next request.
-fn give_back(pool: Arc<Pool>, address: String, mut c: H1) {
-    match c.ready().now_or_never() {
-        Some(Ok(())) => pool.put_idle(address, c),
-        Some(Err(_)) => {}
-        // The request body may still be in flight: wait for it, briefly.
-        None => {
-            tokio::spawn(async move {
-                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), c.ready()).await {
-                    pool.put_idle(address, c);
-                }
-            });
-        }
+/// Returns an HTTP/1.1 connection to the pool (its response was delivered whole).
+fn give_back(pool: Arc<Pool>, address: String, c: H1) {
+    if !c.is_closed() {
+        pool.put_idle(address, c);
     }
 }

@@ -1,7 +1,7 @@
 //! The HTTP listener: accepts TCP connections, serves HTTP/1.1 (keep-alive) and cleartext HTTP/2 (prior knowledge)
 //! on them with hyper, and emits one session per request.
 
-use super::body::ChanBody;
+use super::body::ProxyBody;
 use super::{Exchange, HttpReader, HttpWriter, RequestReader, ResponseWriter, request_metadata};
 use crate::engine::Engine;
 use crate::protocol::tcp::{TcpBound, ip_metadata, session_name};
@@ -35,7 +35,8 @@ impl HttpBound {
             .header_read_timeout(HEADER_TIMEOUT);
         let builder = Arc::new(builder);
         while let Some((stream, peer, local)) = self.0.accept(&listener.name, &cancel).await {
-            let (engine, listener, cancel, builder) = (engine.clone(), listener.clone(), cancel.clone(), builder.clone());
+            let (engine, listener, cancel, builder) =
+                (engine.clone(), listener.clone(), cancel.clone(), builder.clone());
             tokio::spawn(async move {
                 let name = listener.name.clone();
                 let svc = service_fn(move |req| serve(engine.clone(), listener.clone(), peer, local, req));
@@ -64,7 +65,7 @@ async fn serve(
     peer: SocketAddr,
     local: SocketAddr,
     req: Request<Incoming>,
-) -> Result<Response<ChanBody>, Infallible> {
+) -> Result<Response<ProxyBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let name = session_name("HTTP", peer, local, engine.next_id());
     let mut metadata = ip_metadata(&listener.name, &name, "TCP", peer, local);
@@ -72,6 +73,7 @@ async fn serve(
     let (tx, rx) = oneshot::channel();
     let exchange = Arc::new(Exchange::new(
         tx,
+        body,
         parts.method == Method::HEAD,
         engine.options().half_close_timeout,
     ));
@@ -79,12 +81,12 @@ async fn serve(
         name,
         listener,
         metadata,
-        reader: Reader::Http(Box::new(HttpReader::Request(RequestReader::new(body, exchange.clone())))),
+        reader: Reader::Http(Box::new(HttpReader::Request(RequestReader::new(exchange.clone())))),
         writer: Writer::Http(Box::new(HttpWriter::Response(ResponseWriter::new(exchange)))),
         idle_timeout: None,
         on_end: None,
     });
-    Ok(rx.await.unwrap_or_else(|_| {
-        super::error_response(StatusCode::BAD_GATEWAY, "the session ended without a response")
-    }))
+    Ok(rx
+        .await
+        .unwrap_or_else(|_| super::error_response(StatusCode::BAD_GATEWAY, "the session ended without a response")))
 }
