@@ -23,11 +23,13 @@ use tokio_util::sync::CancellationToken;
 pub enum ApplyError {
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("listeners {listener:?}: cannot listen on {what}: {source}")]
+    /// The OS error is part of the message and not a separate `source`, so that error chains (`{:#}`) do not print
+    /// it twice.
+    #[error("listeners {listener:?}: cannot listen on {what}: {error}")]
     Bind {
         listener: String,
         what: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -207,10 +209,10 @@ impl Engine {
 }
 
 fn bind(l: &Arc<Listener>) -> Result<Bound, ApplyError> {
-    Bound::bind(l).map_err(|source| ApplyError::Bind {
+    Bound::bind(l).map_err(|error| ApplyError::Bind {
         listener: l.name.clone(),
         what: describe(l),
-        source,
+        error,
     })
 }
 

@@ -84,7 +84,10 @@ impl Agent {
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!("no log line with {needle:?}; log:\n{}", lines.join("\n"));
+                let log = lines.join("\n");
+                // Unlocked before the panic, so the lock is not poisoned for Drop's log dump.
+                drop(lines);
+                panic!("no log line with {needle:?}; log:\n{log}");
             }
             lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
         }
