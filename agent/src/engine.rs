@@ -105,6 +105,7 @@ impl Engine {
     /// Puts a configuration in force, or changes nothing and says why.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
         let snap = Arc::new(Snapshot::build(config)?);
+        warn_unsupported(&snap);
         let mut running = self.listeners.lock().await;
         let wanted: HashMap<&str, &Arc<Listener>> = snap.listeners.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let unchanged = |name: &str, r: &RunningListener| {
@@ -208,6 +209,25 @@ impl Engine {
     }
 }
 
+/// Warns about clusters this host cannot open (their sessions will fail, each with the same reason).
+fn warn_unsupported(snap: &Snapshot) {
+    use l7mp_api::ClusterSpec;
+    for (name, c) in &snap.clusters {
+        let sctp = match &c.cfg.spec {
+            ClusterSpec::Sctp { .. } => true,
+            ClusterSpec::JsonSocket { transport, .. } => matches!(**transport, ClusterSpec::Sctp { .. }),
+            _ => false,
+        };
+        if sctp && !crate::protocol::sctp::supported() {
+            tracing::warn!(
+                cluster = %name,
+                "{}: sessions routed to this cluster will fail",
+                crate::protocol::sctp::UNSUPPORTED
+            );
+        }
+    }
+}
+
 fn bind(l: &Arc<Listener>) -> Result<Bound, ApplyError> {
     Bound::bind(l).map_err(|error| ApplyError::Bind {
         listener: l.name.clone(),
@@ -229,5 +249,8 @@ fn describe_spec(spec: &l7mp_api::ListenerSpec) -> String {
         UnixDomainSocket(s) => format!("UNIX socket {:?}", s.filename),
         UnixDgram(s) => format!("UNIX datagram socket {:?}", s.filename),
         WebSocket(s) => format!("WebSocket (TCP) {}", std::net::SocketAddr::new(s.address, s.port)),
+        Pipe(s) => format!("FIFO {:?}", s.filename),
+        AfPacket(s) => format!("AF_PACKET interface {:?}", s.interface),
+        Sctp(s) => format!("SCTP {}", std::net::SocketAddr::new(s.address, s.port)),
     }
 }

@@ -2,8 +2,11 @@
 //! built-in protocol, one module per protocol. Adding a protocol means one module here, one arm in [`Bound`] and
 //! [`connect`], a stream arm in `stream.rs`, a docs page and tests.
 
+pub mod af_packet;
 pub mod jsonsocket;
+pub mod pipe;
 pub mod process;
+pub mod sctp;
 pub mod sync;
 pub mod tcp;
 pub mod transform;
@@ -134,9 +137,10 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
         other => other,
     };
     let address = match net {
-        ClusterSpec::Udp { port, .. } | ClusterSpec::Tcp { port, .. } | ClusterSpec::WebSocket { port } => {
-            format_host_port(&ep.address, *port)
-        }
+        ClusterSpec::Udp { port, .. }
+        | ClusterSpec::Tcp { port, .. }
+        | ClusterSpec::Sctp { port, .. }
+        | ClusterSpec::WebSocket { port } => format_host_port(&ep.address, *port),
         _ => ep.address.clone(),
     };
     let attempt = async {
@@ -145,6 +149,10 @@ pub async fn connect(c: &ClusterRt, metadata: &Value, session: &str, timeout: Du
             ClusterSpec::Tcp { bind, .. } => tcp::connect(&address, bind.as_ref()).await,
             ClusterSpec::UnixDgram => unix_dgram::connect(&address).await,
             ClusterSpec::WebSocket { .. } => websocket::connect(&address, metadata).await,
+            ClusterSpec::Sctp { bind, .. } => sctp::connect(&address, bind.as_ref()).await,
+            // Gives up a little before the overall timeout, to say why.
+            ClusterSpec::Pipe => pipe::connect(&address, timeout * 9 / 10).await,
+            ClusterSpec::AfPacket { ethertype } => af_packet::connect(&address, *ethertype),
             _ => unix::connect(&address).await,
         }
     };
@@ -218,6 +226,9 @@ pub enum Bound {
     Unix(unix::UnixBound),
     UnixDgram(unix_dgram::UnixDgramBound),
     WebSocket(websocket::WsBound),
+    Pipe(pipe::PipeBound),
+    AfPacket(af_packet::AfPacketBound),
+    Sctp(sctp::SctpBound),
 }
 
 impl Bound {
@@ -235,6 +246,9 @@ impl Bound {
             ListenerSpec::UnixDomainSocket(s) => Bound::Unix(unix::UnixBound::bind(s)?),
             ListenerSpec::UnixDgram(s) => Bound::UnixDgram(unix_dgram::UnixDgramBound::bind(s)?),
             ListenerSpec::WebSocket(s) => Bound::WebSocket(websocket::WsBound(tcp::TcpBound::bind(s)?)),
+            ListenerSpec::Pipe(s) => Bound::Pipe(pipe::PipeBound::bind(s)?),
+            ListenerSpec::AfPacket(s) => Bound::AfPacket(af_packet::AfPacketBound::bind(s)?),
+            ListenerSpec::Sctp(s) => Bound::Sctp(sctp::SctpBound::bind(s)?),
         })
     }
 
@@ -246,6 +260,9 @@ impl Bound {
             Bound::Unix(b) => b.run(engine, listener, cancel).await,
             Bound::UnixDgram(b) => b.run(engine, listener, cancel).await,
             Bound::WebSocket(b) => b.run(engine, listener, cancel).await,
+            Bound::Pipe(b) => b.run(engine, listener, cancel).await,
+            Bound::AfPacket(b) => b.run(engine, listener, cancel).await,
+            Bound::Sctp(b) => b.run(engine, listener, cancel).await,
         }
     }
 }

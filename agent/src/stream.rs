@@ -5,7 +5,10 @@
 //! (TCP, UNIX stream, stdio). One enum arm per transport gives static dispatch on the hot path; adding a protocol
 //! adds an arm here.
 
+use crate::protocol::af_packet::PacketSocket;
+use crate::protocol::pipe::PipeWriter;
 use crate::protocol::process::ProcessReader;
+use crate::protocol::sctp::{SctpReader, SctpSocket};
 use crate::protocol::sync::SyncPort;
 use crate::protocol::websocket::{WsReader, WsWriter};
 use crate::sys;
@@ -15,6 +18,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::net::{UdpSocket, UnixDatagram, tcp, unix};
 use tokio::sync::mpsc;
 
@@ -47,8 +51,15 @@ pub enum Reader {
     UnixDgram(Arc<UnixDatagram>),
     /// A WebSocket: one message per datagram.
     Ws(Box<WsReader>),
-    /// Messages to hand out before reading from the inner reader (data that arrived with a JSONSocket header).
+    /// Messages to hand out before reading from the inner reader (data that arrived with a JSONSocket header, the
+    /// first bytes a PIPE listener read).
     Prefixed(Box<(Batch, Reader)>),
+    /// The read end of a FIFO.
+    Pipe(pipe::Receiver),
+    /// A packet socket: one Ethernet frame per datagram.
+    Packet(Arc<PacketSocket>),
+    /// An SCTP association: one message per datagram.
+    Sctp(Box<SctpReader>),
 }
 
 /// The write half of a stream.
@@ -69,14 +80,27 @@ pub enum Writer {
     UnixDgramTo(Arc<UnixDatagram>, std::os::unix::net::SocketAddr),
     /// A WebSocket: one message per datagram.
     Ws(Box<WsWriter>),
+    /// The write end of a FIFO, opened when first needed.
+    Pipe(Box<PipeWriter>),
+    /// A packet socket: one Ethernet frame per datagram.
+    Packet(Arc<PacketSocket>),
+    /// An SCTP association: one message per datagram.
+    Sctp(Arc<SctpSocket>),
 }
 
 impl Reader {
     pub fn kind(&self) -> StreamKind {
         match self {
             Reader::Prefixed(p) => p.1.kind(),
-            Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) | Reader::Process(_) => StreamKind::ByteStream,
-            Reader::Udp(_) | Reader::Chan(_) | Reader::UnixDgram(_) | Reader::Ws(_) => StreamKind::Datagram,
+            Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) | Reader::Process(_) | Reader::Pipe(_) => {
+                StreamKind::ByteStream
+            }
+            Reader::Udp(_)
+            | Reader::Chan(_)
+            | Reader::UnixDgram(_)
+            | Reader::Ws(_)
+            | Reader::Packet(_)
+            | Reader::Sctp(_) => StreamKind::Datagram,
         }
     }
 
@@ -87,6 +111,9 @@ impl Reader {
             Reader::Tcp(r) => read_bytes(r, arena, out).await,
             Reader::Unix(r) => read_bytes(r, arena, out).await,
             Reader::Stdin(r) => read_bytes(r, arena, out).await,
+            Reader::Pipe(r) => read_bytes(r, arena, out).await,
+            Reader::Packet(sock) => sock.recv_batch(arena, out).await.map(|()| true),
+            Reader::Sctp(r) => r.read(arena, out).await,
             Reader::Ws(ws) => ws.read(out).await,
             Reader::Prefixed(p) => {
                 if p.0.is_empty() {
@@ -181,13 +208,17 @@ async fn read_bytes<R: AsyncReadExt + Unpin>(r: &mut R, arena: &mut BytesMut, ou
 impl Writer {
     pub fn kind(&self) -> StreamKind {
         match self {
-            Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) | Writer::Process(_) => StreamKind::ByteStream,
+            Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) | Writer::Process(_) | Writer::Pipe(_) => {
+                StreamKind::ByteStream
+            }
             Writer::Udp(_)
             | Writer::Chan(_)
             | Writer::Sync(_)
             | Writer::UnixDgram(_)
             | Writer::UnixDgramTo(..)
-            | Writer::Ws(_) => StreamKind::Datagram,
+            | Writer::Ws(_)
+            | Writer::Packet(_)
+            | Writer::Sctp(_) => StreamKind::Datagram,
         }
     }
 
@@ -201,6 +232,9 @@ impl Writer {
                 w.flush().await
             }
             Writer::Ws(ws) => ws.write(batch).await,
+            Writer::Pipe(w) => w.write(batch).await,
+            Writer::Packet(sock) => sock.send_batch(batch).await,
+            Writer::Sctp(sock) => sock.send_batch(batch).await,
             Writer::UnixDgram(sock) => {
                 let fd = sock.as_raw_fd();
                 let mut off = 0;
@@ -274,10 +308,14 @@ impl Writer {
         }
     }
 
-    /// Whether ending this stream takes a protocol exchange that a plain close would skip (a WebSocket close
-    /// handshake).
+    /// Whether ending this stream takes more than a plain close: a WebSocket close handshake, or opening a FIFO
+    /// that was never written so that its reader sees the end.
     pub fn needs_graceful_close(&self) -> bool {
-        matches!(self, Writer::Ws(_))
+        match self {
+            Writer::Ws(_) => true,
+            Writer::Pipe(w) => w.needs_graceful_close(),
+            _ => false,
+        }
     }
 
     /// Signals end of stream to the peer. Returns whether the peer can see it: a datagram socket has no way to say
@@ -299,8 +337,12 @@ impl Writer {
                 port.take();
                 false
             }
-            Writer::Udp(_) | Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => false,
+            // SCTP has no half-close: a SHUTDOWN ends the association both ways.
+            Writer::Udp(_) | Writer::UnixDgram(_) | Writer::UnixDgramTo(..) | Writer::Packet(_) | Writer::Sctp(_) => {
+                false
+            }
             Writer::Ws(ws) => ws.shutdown().await,
+            Writer::Pipe(w) => w.shutdown().await,
         }
     }
 }
