@@ -23,11 +23,13 @@ use tokio_util::sync::CancellationToken;
 pub enum ApplyError {
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("listeners {listener:?}: cannot listen on {what}: {source}")]
+    /// The OS error is part of the message and not a separate `source`, so that error chains (`{:#}`) do not print
+    /// it twice.
+    #[error("listeners {listener:?}: cannot listen on {what}: {error}")]
     Bind {
         listener: String,
         what: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -103,6 +105,7 @@ impl Engine {
     /// Puts a configuration in force, or changes nothing and says why.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
         let snap = Arc::new(Snapshot::build(config)?);
+        warn_unsupported(&snap);
         let mut running = self.listeners.lock().await;
         let wanted: HashMap<&str, &Arc<Listener>> = snap.listeners.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let unchanged = |name: &str, r: &RunningListener| {
@@ -206,11 +209,30 @@ impl Engine {
     }
 }
 
+/// Warns about clusters this host cannot open (their sessions will fail, each with the same reason).
+fn warn_unsupported(snap: &Snapshot) {
+    use l7mp_api::ClusterSpec;
+    for (name, c) in &snap.clusters {
+        let sctp = match &c.cfg.spec {
+            ClusterSpec::Sctp { .. } => true,
+            ClusterSpec::JsonSocket { transport, .. } => matches!(**transport, ClusterSpec::Sctp { .. }),
+            _ => false,
+        };
+        if sctp && !crate::protocol::sctp::supported() {
+            tracing::warn!(
+                cluster = %name,
+                "{}: sessions routed to this cluster will fail",
+                crate::protocol::sctp::UNSUPPORTED
+            );
+        }
+    }
+}
+
 fn bind(l: &Arc<Listener>) -> Result<Bound, ApplyError> {
-    Bound::bind(l).map_err(|source| ApplyError::Bind {
+    Bound::bind(l).map_err(|error| ApplyError::Bind {
         listener: l.name.clone(),
         what: describe(l),
-        source,
+        error,
     })
 }
 
@@ -228,5 +250,8 @@ fn describe_spec(spec: &l7mp_api::ListenerSpec) -> String {
         UnixDgram(s) => format!("UNIX datagram socket {:?}", s.filename),
         WebSocket(s) => format!("WebSocket (TCP) {}", std::net::SocketAddr::new(s.address, s.port)),
         Http(s) => format!("HTTP (TCP) {}", std::net::SocketAddr::new(s.address, s.port)),
+        Pipe(s) => format!("FIFO {:?}", s.filename),
+        AfPacket(s) => format!("AF_PACKET interface {:?}", s.interface),
+        Sctp(s) => format!("SCTP {}", std::net::SocketAddr::new(s.address, s.port)),
     }
 }

@@ -87,8 +87,10 @@ fn run(args: cli::Args, config: Config) -> anyhow::Result<()> {
             .apply(config)
             .await
             .context("cannot put the configuration in force")?;
+        // Handlers first: a SIGTERM right after "running" must stop the agent gracefully, not kill it.
+        let signals = Signals::install()?;
         tracing::info!(config = %args.config.display(), threads, "l7mp-agent running");
-        wait_for_signal().await?;
+        signals.wait().await;
         let drain = Duration::from_secs_f64(args.drain_timeout.clamp(0.0, 3600.0));
         tracing::info!(sessions = engine.session_count(), ?drain, "shutting down");
         engine.shutdown(drain).await;
@@ -96,13 +98,25 @@ fn run(args: cli::Args, config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, handled from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -2,9 +2,12 @@
 //! built-in protocol, one module per protocol. Adding a protocol means one module here, one arm in [`Bound`] and
 //! [`connect`], a stream arm in `stream.rs`, a docs page and tests.
 
+pub mod af_packet;
 pub mod http;
 pub mod jsonsocket;
+pub mod pipe;
 pub mod process;
+pub mod sctp;
 pub mod sync;
 pub mod tcp;
 pub mod transform;
@@ -145,7 +148,8 @@ pub async fn connect(
         ClusterSpec::Udp { port, .. }
         | ClusterSpec::Tcp { port, .. }
         | ClusterSpec::WebSocket { port }
-        | ClusterSpec::Http { port, .. } => format_host_port(&ep.address, *port),
+        | ClusterSpec::Http { port, .. }
+        | ClusterSpec::Sctp { port, .. } => format_host_port(&ep.address, *port),
         _ => ep.address.clone(),
     };
     let attempt = async {
@@ -160,6 +164,10 @@ pub async fn connect(
                     "HTTP cluster without a connection pool",
                 ))),
             },
+            ClusterSpec::Sctp { bind, .. } => sctp::connect(&address, bind.as_ref()).await,
+            // Gives up a little before the overall timeout, to say why.
+            ClusterSpec::Pipe => pipe::connect(&address, timeout * 9 / 10).await,
+            ClusterSpec::AfPacket { ethertype } => af_packet::connect(&address, *ethertype),
             _ => unix::connect(&address).await,
         }
     };
@@ -234,6 +242,9 @@ pub enum Bound {
     UnixDgram(unix_dgram::UnixDgramBound),
     WebSocket(websocket::WsBound),
     Http(http::server::HttpBound),
+    Pipe(pipe::PipeBound),
+    AfPacket(af_packet::AfPacketBound),
+    Sctp(sctp::SctpBound),
 }
 
 impl Bound {
@@ -252,6 +263,9 @@ impl Bound {
             ListenerSpec::UnixDgram(s) => Bound::UnixDgram(unix_dgram::UnixDgramBound::bind(s)?),
             ListenerSpec::WebSocket(s) => Bound::WebSocket(websocket::WsBound(tcp::TcpBound::bind(s)?)),
             ListenerSpec::Http(s) => Bound::Http(http::server::HttpBound(tcp::TcpBound::bind(s)?)),
+            ListenerSpec::Pipe(s) => Bound::Pipe(pipe::PipeBound::bind(s)?),
+            ListenerSpec::AfPacket(s) => Bound::AfPacket(af_packet::AfPacketBound::bind(s)?),
+            ListenerSpec::Sctp(s) => Bound::Sctp(sctp::SctpBound::bind(s)?),
         })
     }
 
@@ -264,6 +278,9 @@ impl Bound {
             Bound::UnixDgram(b) => b.run(engine, listener, cancel).await,
             Bound::WebSocket(b) => b.run(engine, listener, cancel).await,
             Bound::Http(b) => b.run(engine, listener, cancel).await,
+            Bound::Pipe(b) => b.run(engine, listener, cancel).await,
+            Bound::AfPacket(b) => b.run(engine, listener, cancel).await,
+            Bound::Sctp(b) => b.run(engine, listener, cancel).await,
         }
     }
 }

@@ -5,8 +5,11 @@
 //! (TCP, UNIX stream, stdio). One enum arm per transport gives static dispatch on the hot path; adding a protocol
 //! adds an arm here.
 
+use crate::protocol::af_packet::PacketSocket;
 use crate::protocol::http::{HttpReader, HttpWriter};
+use crate::protocol::pipe::PipeWriter;
 use crate::protocol::process::ProcessReader;
+use crate::protocol::sctp::{SctpReader, SctpSocket};
 use crate::protocol::sync::SyncPort;
 use crate::protocol::websocket::{WsReader, WsWriter};
 use crate::sys;
@@ -16,6 +19,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::net::{UdpSocket, UnixDatagram, tcp, unix};
 use tokio::sync::mpsc;
 
@@ -50,8 +54,15 @@ pub enum Reader {
     Ws(Box<WsReader>),
     /// An HTTP request body (listener) or response (cluster).
     Http(Box<HttpReader>),
-    /// Messages to hand out before reading from the inner reader (data that arrived with a JSONSocket header).
+    /// Messages to hand out before reading from the inner reader (data that arrived with a JSONSocket header, the
+    /// first bytes a PIPE listener read).
     Prefixed(Box<(Batch, Reader)>),
+    /// The read end of a FIFO.
+    Pipe(pipe::Receiver),
+    /// A packet socket: one Ethernet frame per datagram.
+    Packet(Arc<PacketSocket>),
+    /// An SCTP association: one message per datagram.
+    Sctp(Box<SctpReader>),
 }
 
 /// The write half of a stream.
@@ -74,16 +85,30 @@ pub enum Writer {
     Ws(Box<WsWriter>),
     /// An HTTP response (listener) or request body (cluster).
     Http(Box<HttpWriter>),
+    /// The write end of a FIFO, opened when first needed.
+    Pipe(Box<PipeWriter>),
+    /// A packet socket: one Ethernet frame per datagram.
+    Packet(Arc<PacketSocket>),
+    /// An SCTP association: one message per datagram.
+    Sctp(Arc<SctpSocket>),
 }
 
 impl Reader {
     pub fn kind(&self) -> StreamKind {
         match self {
             Reader::Prefixed(p) => p.1.kind(),
-            Reader::Tcp(_) | Reader::Unix(_) | Reader::Stdin(_) | Reader::Process(_) | Reader::Http(_) => {
-                StreamKind::ByteStream
-            }
-            Reader::Udp(_) | Reader::Chan(_) | Reader::UnixDgram(_) | Reader::Ws(_) => StreamKind::Datagram,
+            Reader::Tcp(_)
+            | Reader::Unix(_)
+            | Reader::Stdin(_)
+            | Reader::Process(_)
+            | Reader::Pipe(_)
+            | Reader::Http(_) => StreamKind::ByteStream,
+            Reader::Udp(_)
+            | Reader::Chan(_)
+            | Reader::UnixDgram(_)
+            | Reader::Ws(_)
+            | Reader::Packet(_)
+            | Reader::Sctp(_) => StreamKind::Datagram,
         }
     }
 
@@ -94,6 +119,9 @@ impl Reader {
             Reader::Tcp(r) => read_bytes(r, arena, out).await,
             Reader::Unix(r) => read_bytes(r, arena, out).await,
             Reader::Stdin(r) => read_bytes(r, arena, out).await,
+            Reader::Pipe(r) => read_bytes(r, arena, out).await,
+            Reader::Packet(sock) => sock.recv_batch(arena, out).await.map(|()| true),
+            Reader::Sctp(r) => r.read(arena, out).await,
             Reader::Ws(ws) => ws.read(out).await,
             Reader::Http(h) => h.read(out).await,
             Reader::Prefixed(p) => {
@@ -189,15 +217,20 @@ async fn read_bytes<R: AsyncReadExt + Unpin>(r: &mut R, arena: &mut BytesMut, ou
 impl Writer {
     pub fn kind(&self) -> StreamKind {
         match self {
-            Writer::Tcp(_) | Writer::Unix(_) | Writer::Stdout(_) | Writer::Process(_) | Writer::Http(_) => {
-                StreamKind::ByteStream
-            }
+            Writer::Tcp(_)
+            | Writer::Unix(_)
+            | Writer::Stdout(_)
+            | Writer::Process(_)
+            | Writer::Pipe(_)
+            | Writer::Http(_) => StreamKind::ByteStream,
             Writer::Udp(_)
             | Writer::Chan(_)
             | Writer::Sync(_)
             | Writer::UnixDgram(_)
             | Writer::UnixDgramTo(..)
-            | Writer::Ws(_) => StreamKind::Datagram,
+            | Writer::Ws(_)
+            | Writer::Packet(_)
+            | Writer::Sctp(_) => StreamKind::Datagram,
         }
     }
 
@@ -212,6 +245,9 @@ impl Writer {
             }
             Writer::Ws(ws) => ws.write(batch).await,
             Writer::Http(h) => h.write(batch).await,
+            Writer::Pipe(w) => w.write(batch).await,
+            Writer::Packet(sock) => sock.send_batch(batch).await,
+            Writer::Sctp(sock) => sock.send_batch(batch).await,
             Writer::UnixDgram(sock) => {
                 let fd = sock.as_raw_fd();
                 let mut off = 0;
@@ -285,10 +321,15 @@ impl Writer {
         }
     }
 
-    /// Whether ending this stream takes a protocol exchange that a plain close would skip (a WebSocket close
-    /// handshake, the end of an HTTP body: a body dropped unfinished is aborted).
+    /// Whether ending this stream takes more than a plain close: a WebSocket close handshake, the end of an HTTP
+    /// body (a body dropped unfinished is aborted), or opening a FIFO that was never written so that its reader sees
+    /// the end.
     pub fn needs_graceful_close(&self) -> bool {
-        matches!(self, Writer::Ws(_) | Writer::Http(_))
+        match self {
+            Writer::Ws(_) | Writer::Http(_) => true,
+            Writer::Pipe(w) => w.needs_graceful_close(),
+            _ => false,
+        }
     }
 
     /// The HTTP exchange of an HTTP listener's session.
@@ -318,9 +359,13 @@ impl Writer {
                 port.take();
                 false
             }
-            Writer::Udp(_) | Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => false,
+            // SCTP has no half-close: a SHUTDOWN ends the association both ways.
+            Writer::Udp(_) | Writer::UnixDgram(_) | Writer::UnixDgramTo(..) | Writer::Packet(_) | Writer::Sctp(_) => {
+                false
+            }
             Writer::Ws(ws) => ws.shutdown().await,
             Writer::Http(h) => h.shutdown(),
+            Writer::Pipe(w) => w.shutdown().await,
         }
     }
 }

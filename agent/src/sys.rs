@@ -200,6 +200,13 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Registers a non-blocking socket with the runtime's reactor.
+pub fn async_socket(sock: socket2::Socket) -> io::Result<tokio::io::unix::AsyncFd<socket2::Socket>> {
+    // SAFETY: a socket2::Socket owns its descriptor: it stays open, and the same, until the Socket is dropped,
+    // which only the AsyncFd can do (or `into_inner` hands it back).
+    Ok(unsafe { tokio::io::unix::AsyncFd::register(sock) }?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -330,6 +330,9 @@ impl Builder {
                 "WS",
                 "JSONSocket",
                 "HTTP",
+                "PIPE",
+                "AF_PACKET",
+                "SCTP",
             ],
             "listener",
         )?;
@@ -354,7 +357,7 @@ impl Builder {
                 )?;
                 self.udp_listener(o).map(ListenerSpec::Udp)
             }
-            "TCP" | "WebSocket" | "WS" | "HTTP" => {
+            "TCP" | "WebSocket" | "WS" | "HTTP" | "SCTP" => {
                 // `path` is in the original's HTTP schema but was never used; accepted and ignored.
                 let allowed: &[&str] = if proto == "HTTP" {
                     &["protocol", "port", "address", "path"]
@@ -368,12 +371,34 @@ impl Builder {
                 Some(match proto.as_str() {
                     "TCP" => ListenerSpec::Tcp(spec),
                     "HTTP" => ListenerSpec::Http(spec),
+                    "SCTP" => ListenerSpec::Sctp(spec),
                     _ => ListenerSpec::WebSocket(spec),
                 })
             }
+            "PIPE" => {
+                let o = self.d.object(v, path, &["protocol", "filename"])?;
+                let filename = self.file_path(o, "FIFO")?;
+                Some(ListenerSpec::Pipe(PipeListenerSpec { filename }))
+            }
+            "AF_PACKET" => {
+                let o = self
+                    .d
+                    .object(v, path, &["protocol", "interface", "ethertype", "idle_timeout"])?;
+                let interface = self
+                    .d
+                    .required(o, "interface")
+                    .and_then(|i| self.interface(i, &o.at("interface")));
+                let ethertype = self.ethertype(o);
+                let idle_timeout = self.idle_timeout(o)?;
+                Some(ListenerSpec::AfPacket(AfPacketListenerSpec {
+                    interface: interface?,
+                    ethertype: ethertype?,
+                    idle_timeout,
+                }))
+            }
             "UnixDgram" | "UNIX/dgram" => {
                 let o = self.d.object(v, path, &["protocol", "filename", "idle_timeout"])?;
-                let filename = self.socket_file(o)?;
+                let filename = self.file_path(o, "socket file")?;
                 let idle_timeout = self.idle_timeout(o)?;
                 Some(ListenerSpec::UnixDgram(UnixDgramListenerSpec {
                     filename,
@@ -382,7 +407,7 @@ impl Builder {
             }
             _ => {
                 let o = self.d.object(v, path, &["protocol", "filename"])?;
-                let filename = self.socket_file(o)?;
+                let filename = self.file_path(o, "socket file")?;
                 Some(ListenerSpec::UnixDomainSocket(UnixListenerSpec { filename }))
             }
         }
@@ -418,18 +443,55 @@ impl Builder {
         })
     }
 
-    /// A required, non-empty `filename`.
-    fn socket_file(&mut self, o: Obj<'_>) -> Option<String> {
+    /// A required, non-empty `filename`; `what` names the file in the error (`socket file`, `FIFO`).
+    fn file_path(&mut self, o: Obj<'_>, what: &str) -> Option<String> {
         let f = self
             .d
             .required(o, "filename")
             .and_then(|f| self.d.string(f, &o.at("filename")))?;
         if f.is_empty() {
-            self.d
-                .error(&o.at("filename"), "expected a socket file path, got an empty string");
+            self.d.error(
+                &o.at("filename"),
+                format!("expected a {what} path, got an empty string"),
+            );
             return None;
         }
         Some(f)
+    }
+
+    /// A network interface name as Linux accepts it: 1..15 bytes, not `.` or `..`, without `/`, `:` or white space.
+    fn interface(&mut self, v: &Value, path: &FieldPath) -> Option<String> {
+        let name = self.d.string(v, path)?;
+        match interface_problem(&name) {
+            None => Some(name),
+            Some(why) => {
+                self.d
+                    .error(path, format!("expected a network interface name, got {name:?} ({why})"));
+                None
+            }
+        }
+    }
+
+    /// The optional `ethertype`: `None` when absent (every EtherType).
+    fn ethertype(&mut self, o: Obj<'_>) -> Option<Option<u16>> {
+        let Some(v) = o.get("ethertype") else {
+            return Some(None);
+        };
+        match parse_ethertype(v) {
+            Some(t) => Some(Some(t)),
+            None => {
+                // YAML reads `0x12` as 18: show a number in hex too.
+                let got = match v.as_u64() {
+                    Some(n) => format!("{n} (0x{n:04x})"),
+                    None => describe(v),
+                };
+                self.d.error(
+                    &o.at("ethertype"),
+                    format!("expected an EtherType 0x0600..0xffff (a number or a \"0x...\" hex string), got {got}"),
+                );
+                None
+            }
+        }
     }
 
     fn address_or_any(&mut self, o: Obj<'_>) -> Option<IpAddr> {
@@ -518,15 +580,18 @@ impl Builder {
                     self.d.error(&ep_path, msg);
                 }
                 _ => {
-                    let unix = match &spec {
-                        Some(ClusterSpec::JsonSocket { transport, .. }) => {
-                            matches!(**transport, ClusterSpec::UnixDomainSocket | ClusterSpec::UnixDgram)
-                        }
-                        other => matches!(other, Some(ClusterSpec::UnixDomainSocket | ClusterSpec::UnixDgram)),
+                    let net = match &spec {
+                        Some(ClusterSpec::JsonSocket { transport, .. }) => Some(&**transport),
+                        other => other.as_ref(),
                     };
+                    let unix = matches!(
+                        net,
+                        Some(ClusterSpec::UnixDomainSocket | ClusterSpec::UnixDgram | ClusterSpec::Pipe)
+                    );
+                    let interface = matches!(net, Some(ClusterSpec::AfPacket { .. }));
                     if let Some(list) = self.d.array(eps, &ep_path, |_, v, p| Some((v.clone(), p.clone()))) {
                         for (v, p) in list {
-                            if let Some(ep) = self.endpoint(&v, &p, &name, unix) {
+                            if let Some(ep) = self.endpoint(&v, &p, &name, unix, interface) {
                                 endpoints.push(ep);
                             }
                         }
@@ -584,19 +649,27 @@ impl Builder {
             "WS",
             "JSONSocket",
             "HTTP",
+            "PIPE",
+            "AF_PACKET",
+            "SCTP",
         ];
         let proto = self.protocol(v, path, KNOWN, "cluster")?;
         match proto.as_str() {
-            "UDP" | "TCP" => {
+            "UDP" | "TCP" | "SCTP" => {
                 let o = self.d.object(v, path, &["protocol", "port", "bind"])?;
                 let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
                 let bind = self.bind(o)?;
                 let port = port?;
-                Some(if proto == "UDP" {
-                    ClusterSpec::Udp { port, bind }
-                } else {
-                    ClusterSpec::Tcp { port, bind }
+                Some(match proto.as_str() {
+                    "UDP" => ClusterSpec::Udp { port, bind },
+                    "SCTP" => ClusterSpec::Sctp { port, bind },
+                    _ => ClusterSpec::Tcp { port, bind },
                 })
+            }
+            "AF_PACKET" => {
+                let o = self.d.object(v, path, &["protocol", "ethertype"])?;
+                let ethertype = self.ethertype(o)?;
+                Some(ClusterSpec::AfPacket { ethertype })
             }
             "JSONSocket" => {
                 let o = self
@@ -703,6 +776,7 @@ impl Builder {
                 Some(match other {
                     "UnixDomainSocket" => ClusterSpec::UnixDomainSocket,
                     "UnixDgram" | "UNIX/dgram" => ClusterSpec::UnixDgram,
+                    "PIPE" => ClusterSpec::Pipe,
                     "Echo" => ClusterSpec::Echo,
                     "Discard" => ClusterSpec::Discard,
                     "Stdio" => ClusterSpec::Stdio,
@@ -713,7 +787,16 @@ impl Builder {
         }
     }
 
-    fn endpoint(&mut self, v: &Value, path: &FieldPath, cluster: &str, unix: bool) -> Option<Endpoint> {
+    /// An endpoint; `unix`: the address is a file path (`spec.filename` accepted too); `interface`: the address is
+    /// a network interface name.
+    fn endpoint(
+        &mut self,
+        v: &Value,
+        path: &FieldPath,
+        cluster: &str,
+        unix: bool,
+        interface: bool,
+    ) -> Option<Endpoint> {
         let o = self.d.object(v, path, &["name", "spec", "weight"])?;
         let generated = if o.get("name").is_none() {
             Some(self.generate(Kind::Endpoint, cluster, "EndPoint"))
@@ -738,6 +821,11 @@ impl Builder {
         };
         if address.is_empty() {
             self.d.error(&so.at(key), "expected an address, got an empty string");
+            return None;
+        }
+        if interface && let Some(why) = interface_problem(&address) {
+            let msg = format!("expected a network interface name, got {address:?} ({why})");
+            self.d.error(&so.at(key), msg);
             return None;
         }
         let weight = match o
@@ -1023,6 +1111,37 @@ impl Builder {
     }
 }
 
+/// Why `name` cannot be a Linux network interface name (the kernel's `dev_valid_name`), or `None` if it can.
+fn interface_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_INTERFACE_NAME {
+        Some("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("not a name")
+    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        Some("contains '/', ':' or white space")
+    } else {
+        None
+    }
+}
+
+/// An EtherType: an integer, or a `"0x..."` hex string, in 0x0600..=0xffff (smaller values are 802.3 lengths).
+fn parse_ethertype(v: &Value) -> Option<u16> {
+    let n = match v {
+        Value::Number(n) => n.as_u64()?,
+        Value::String(s) => {
+            let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;
+            if hex.is_empty() || hex.len() > 4 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            u64::from_str_radix(hex, 16).ok()?
+        }
+        _ => return None,
+    };
+    u16::try_from(n).ok().filter(|&t| t >= 0x0600)
+}
+
 /// One JSONSocket `header` item: `{path: ptr}`, `{path: {from, to}}` or `{set: {key, value}}`.
 fn header_item(d: &mut Decoder, v: &Value, path: &FieldPath) -> Option<HeaderItem> {
     let o = d.object(v, path, &["path", "set"])?;
@@ -1150,6 +1269,115 @@ clusters:
                 retry_on: RetryOn::Always,
                 ..Retry::default()
             }
+        );
+    }
+
+    #[test]
+    fn pipe_af_packet_and_sctp_specs() {
+        let cfg = load(
+            r#"
+listeners:
+  - name: p
+    spec: { protocol: PIPE, filename: /tmp/l7mp.fifo }
+    rules: r
+  - name: a
+    spec: { protocol: AF_PACKET, interface: veth0, ethertype: 0x88b5 }
+    rules: r
+  - name: a2
+    spec: { protocol: AF_PACKET, interface: eth1, ethertype: "0x88B6", idle_timeout: 0 }
+    rules: r
+  - name: s
+    spec: { protocol: SCTP, port: 9000 }
+    rules: r
+clusters:
+  - name: pc
+    spec: { protocol: PIPE }
+    endpoints: [{ spec: { filename: /tmp/up.fifo } }]
+  - name: ac
+    spec: { protocol: AF_PACKET }
+    endpoints: [{ spec: { address: veth1 } }]
+  - name: sc
+    spec: { protocol: SCTP, port: 9001 }
+    endpoints: [{ spec: { address: 127.0.0.1 } }]
+rulelists: [{ name: r, rules: [] }]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            cfg.listeners[0].spec,
+            ListenerSpec::Pipe(PipeListenerSpec {
+                filename: "/tmp/l7mp.fifo".into()
+            })
+        );
+        assert_eq!(
+            cfg.listeners[1].spec,
+            ListenerSpec::AfPacket(AfPacketListenerSpec {
+                interface: "veth0".into(),
+                ethertype: Some(0x88b5),
+                idle_timeout: Some(DEFAULT_UDP_IDLE_TIMEOUT),
+            })
+        );
+        assert!(matches!(
+            &cfg.listeners[2].spec,
+            ListenerSpec::AfPacket(AfPacketListenerSpec {
+                ethertype: Some(0x88b6),
+                idle_timeout: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            cfg.listeners[3].spec,
+            ListenerSpec::Sctp(TcpListenerSpec { port: 9000, .. })
+        ));
+        assert_eq!(cfg.clusters[0].spec, ClusterSpec::Pipe);
+        assert_eq!(cfg.clusters[0].endpoints[0].address, "/tmp/up.fifo");
+        assert_eq!(cfg.clusters[1].spec, ClusterSpec::AfPacket { ethertype: None });
+        assert_eq!(cfg.clusters[2].spec, ClusterSpec::Sctp { port: 9001, bind: None });
+        assert_eq!(pipe_reply_path("/tmp/up.fifo"), "/tmp/up.fifo.reply");
+    }
+
+    #[test]
+    fn bad_ethertypes_and_interfaces_are_field_errors() {
+        for bad in [
+            "0x12",
+            "\"0x\"",
+            "\"88b5\"",
+            "\"0x+8b5\"",
+            "70000",
+            "\"0x188b5\"",
+            "-1",
+            "1.5",
+        ] {
+            let e = errors(&format!(
+                "listeners:\n  - {{name: a, spec: {{protocol: AF_PACKET, interface: eth0, ethertype: {bad}}}, rules: []}}\n"
+            ));
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert!(
+                e[0].starts_with("listeners[0].spec.ethertype: expected an EtherType 0x0600..0xffff"),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = errors(
+            "listeners:\n  - {name: a, spec: {protocol: AF_PACKET, interface: a-very-long-interface}, rules: []}\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "listeners[0].spec.interface: expected a network interface name, got \"a-very-long-interface\" (longer than 15 bytes)"
+            ]
+        );
+        let e = errors(
+            "clusters:\n  - {name: c, spec: {protocol: AF_PACKET}, endpoints: [{spec: {address: \"eth 0\"}}]}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("clusters[0].endpoints[0].spec.address: expected a network interface name"),
+            "{e:?}"
+        );
+        let e = errors("listeners:\n  - {name: a, spec: {protocol: PIPE, filename: \"\"}, rules: []}\n");
+        assert_eq!(
+            e,
+            vec!["listeners[0].spec.filename: expected a FIFO path, got an empty string"]
         );
     }
 

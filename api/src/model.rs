@@ -69,6 +69,12 @@ pub enum ListenerSpec {
     JsonSocket(Box<ListenerSpec>),
     /// HTTP/1.1 and HTTP/2 (cleartext) server: a session per request; request body in, response body out.
     Http(TcpListenerSpec),
+    /// A pair of named FIFOs: one session at a time, per writer of the request FIFO.
+    Pipe(PipeListenerSpec),
+    /// Raw Ethernet frames on an interface: a session per source MAC address.
+    AfPacket(AfPacketListenerSpec),
+    /// SCTP, one-to-one style: a session per association, message boundaries kept.
+    Sctp(TcpListenerSpec),
 }
 
 impl ListenerSpec {
@@ -81,12 +87,22 @@ impl ListenerSpec {
             ListenerSpec::WebSocket(_) => "WebSocket",
             ListenerSpec::JsonSocket(_) => "JSONSocket",
             ListenerSpec::Http(_) => "HTTP",
+            ListenerSpec::Pipe(_) => "PIPE",
+            ListenerSpec::AfPacket(_) => "AF_PACKET",
+            ListenerSpec::Sctp(_) => "SCTP",
         }
     }
     pub fn stream_kind(&self) -> StreamKind {
         match self {
-            ListenerSpec::Udp(_) | ListenerSpec::UnixDgram(_) | ListenerSpec::WebSocket(_) => StreamKind::Datagram,
-            ListenerSpec::Tcp(_) | ListenerSpec::UnixDomainSocket(_) | ListenerSpec::Http(_) => StreamKind::ByteStream,
+            ListenerSpec::Udp(_)
+            | ListenerSpec::UnixDgram(_)
+            | ListenerSpec::WebSocket(_)
+            | ListenerSpec::AfPacket(_)
+            | ListenerSpec::Sctp(_) => StreamKind::Datagram,
+            ListenerSpec::Tcp(_)
+            | ListenerSpec::UnixDomainSocket(_)
+            | ListenerSpec::Pipe(_)
+            | ListenerSpec::Http(_) => StreamKind::ByteStream,
             ListenerSpec::JsonSocket(transport) => transport.stream_kind(),
         }
     }
@@ -142,6 +158,31 @@ pub enum HttpVersion {
     /// HTTP/2 with prior knowledge (h2c): one multiplexed connection per endpoint.
     Http2,
 }
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipeListenerSpec {
+    /// The request FIFO: peers write into it, the agent reads. The reply FIFO is [`pipe_reply_path`] of it.
+    pub filename: String,
+}
+
+/// The reply FIFO paired with the request FIFO `path`: `<path>.reply`. The side that serves (a PIPE listener) reads
+/// `path` and writes the reply FIFO; the side that asks (a PIPE cluster) does the opposite.
+pub fn pipe_reply_path(path: &str) -> String {
+    format!("{path}.reply")
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AfPacketListenerSpec {
+    /// The network interface name.
+    pub interface: String,
+    /// Only frames of this EtherType; `None`: every frame (ETH_P_ALL).
+    pub ethertype: Option<u16>,
+    /// A source MAC's session with no traffic for this long ends. `None`: never.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The longest network interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_INTERFACE_NAME: usize = 15;
 
 /// A cluster: the client side of a protocol (with endpoints) or a built-in transform.
 #[derive(Debug, Clone)]
@@ -207,6 +248,19 @@ pub enum ClusterSpec {
     Sync {
         query: Pointer,
     },
+    /// Named FIFOs: the endpoint address is the request FIFO the agent writes, the replies come from
+    /// `<address>.reply`.
+    Pipe,
+    /// Raw Ethernet frames: the endpoint address is an interface name; the stage sends the session's messages as
+    /// whole frames and hears the incoming frames of `ethertype` (every EtherType if `None`).
+    AfPacket {
+        ethertype: Option<u16>,
+    },
+    /// SCTP, one-to-one style: an association per session to `<endpoint>:<port>`, message boundaries kept.
+    Sctp {
+        port: u16,
+        bind: Option<Bind>,
+    },
 }
 
 impl ClusterSpec {
@@ -227,6 +281,9 @@ impl ClusterSpec {
             ClusterSpec::JsonDecap => "JSONDecap",
             ClusterSpec::StdioFork { .. } => "StdioFork",
             ClusterSpec::Sync { .. } => "Sync",
+            ClusterSpec::Pipe => "PIPE",
+            ClusterSpec::AfPacket { .. } => "AF_PACKET",
+            ClusterSpec::Sctp { .. } => "SCTP",
         }
     }
 
@@ -241,6 +298,9 @@ impl ClusterSpec {
                 | ClusterSpec::WebSocket { .. }
                 | ClusterSpec::JsonSocket { .. }
                 | ClusterSpec::Http { .. }
+                | ClusterSpec::Pipe
+                | ClusterSpec::AfPacket { .. }
+                | ClusterSpec::Sctp { .. }
         )
     }
 
@@ -252,9 +312,12 @@ impl ClusterSpec {
             ClusterSpec::Udp { .. }
             | ClusterSpec::Sync { .. }
             | ClusterSpec::UnixDgram
-            | ClusterSpec::WebSocket { .. } => Some(StreamKind::Datagram),
+            | ClusterSpec::WebSocket { .. }
+            | ClusterSpec::AfPacket { .. }
+            | ClusterSpec::Sctp { .. } => Some(StreamKind::Datagram),
             ClusterSpec::Tcp { .. }
             | ClusterSpec::UnixDomainSocket
+            | ClusterSpec::Pipe
             | ClusterSpec::Stdio
             | ClusterSpec::StdioFork { .. } => Some(StreamKind::ByteStream),
             _ => None,
@@ -277,7 +340,8 @@ pub enum HeaderItem {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub name: String,
-    /// IP address or DNS name; for UnixDomainSocket the socket file path.
+    /// IP address or DNS name; for UnixDomainSocket and UnixDgram the socket file path, for PIPE the request FIFO's
+    /// path, for AF_PACKET an interface name.
     pub address: String,
     pub weight: u32,
 }

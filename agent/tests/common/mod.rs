@@ -35,7 +35,29 @@ impl Agent {
     }
 
     pub fn start_file(cfg: &Path, dir: tempfile::TempDir, extra: &[&str]) -> Agent {
-        let mut child = Command::new(BIN)
+        Self::start_prefixed(&[], cfg, dir, extra)
+    }
+
+    /// Starts the agent inside the network namespace `netns` (`ip netns exec <netns> l7mp-agent ...`; `ip` execs
+    /// the agent, so the child is the agent itself).
+    pub fn start_in_netns(netns: &str, yaml: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, yaml).expect("write config");
+        Self::start_prefixed(&["ip", "netns", "exec", netns], &cfg, dir, &[])
+    }
+
+    /// Starts the agent with `prefix` (a command that runs its arguments, e.g. `ip netns exec ns`) before it.
+    pub fn start_prefixed(prefix: &[&str], cfg: &Path, dir: tempfile::TempDir, extra: &[&str]) -> Agent {
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .arg("-c")
             .arg(cfg)
             .args(["--threads", "2", "--drain-timeout", "1"])
@@ -84,9 +106,10 @@ impl Agent {
             }
             let now = Instant::now();
             if now >= deadline {
-                let all = lines.join("\n");
-                drop(lines); // do not poison the log for the panic report
-                panic!("no log line with {needle:?}; log:\n{all}");
+                let log = lines.join("\n");
+                // Unlocked before the panic, so the lock is not poisoned for Drop's log dump.
+                drop(lines);
+                panic!("no log line with {needle:?}; log:\n{log}");
             }
             lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
         }
@@ -318,6 +341,69 @@ impl TryCloneShutdown for std::os::unix::net::UnixStream {
     fn shutdown_write(&self) {
         self.shutdown(std::net::Shutdown::Write).expect("shutdown");
     }
+}
+
+/// A network namespace made for a test (`ip netns add`), deleted when dropped (with every interface in it), so
+/// it goes away even when the test fails.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates the namespace `name` with its loopback up. `Err` says why (e.g. not root).
+    pub fn create(name: &str) -> Result<Netns, String> {
+        ip(&["netns", "add", name])?;
+        let ns = Netns { name: name.to_owned() };
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it opens live in the namespace (and stay
+    /// there when used from other threads).
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+            // SAFETY: setns on an open namespace file; it changes only this thread's network namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in the namespace panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "delete", &self.name]) {
+            eprintln!("cannot delete network namespace {}: {e}", self.name);
+        }
+    }
+}
+
+/// Runs `ip <args>`; `Err` carries its stderr.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether tests that need network namespaces may be skipped (`L7MP_SKIP_NETNS=1`); otherwise a namespace that
+/// cannot be created fails the test.
+pub fn skip_netns() -> bool {
+    std::env::var("L7MP_SKIP_NETNS").is_ok_and(|v| v == "1")
 }
 
 /// The repository root (for examples/).
