@@ -87,3 +87,66 @@ listeners:
             .starts_with("UDP:127.0.0.1:")
     );
 }
+
+/// Reads one HTTP/1.1 message head (up to the blank line) from `r`.
+fn read_head(r: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+            return head;
+        }
+        head.push_str(&line);
+    }
+}
+
+#[test]
+fn example_http_proxy() {
+    use std::io::{BufReader, Read, Write};
+    // The upstream on 9041: answers each request with the x-proxied-by header it got.
+    let l = std::net::TcpListener::bind("127.0.0.1:9041").unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                loop {
+                    let head = read_head(&mut r);
+                    if head.is_empty() {
+                        return;
+                    }
+                    let via = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-proxied-by: "))
+                        .unwrap_or("none")
+                        .to_owned();
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{via}", via.len());
+                    w.write_all(resp.as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    let _agent = start_example("http-proxy.yaml");
+    let s = tcp_client(9040);
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    w.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let head = read_head(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 4];
+    r.read_exact(&mut body).unwrap();
+    assert_eq!(&body, b"l7mp", "the rewrite reached the upstream");
+    w.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .unwrap();
+    let head = read_head(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Echo's response is streamed (chunked): 5 bytes in one chunk, then the last chunk.
+    let mut rest = Vec::new();
+    while !rest.ends_with(b"0\r\n\r\n") {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).unwrap();
+        rest.push(b[0]);
+    }
+    assert_eq!(rest, b"5\r\nhello\r\n0\r\n\r\n");
+}
