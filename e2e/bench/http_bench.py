@@ -18,13 +18,13 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import accepts, log, start, stop  # noqa: E402
 
 HOST = "127.0.0.1"
 L7MP_PORT, BACKEND_PORT, NGINX_PORT = 15301, 15302, 15303
@@ -79,42 +79,6 @@ WRK_ERR = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), ti
 WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
 
-def log(msg):
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
-
-
-def accepts(port, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection((HOST, port), timeout=0.3):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def start(cmd, logpath):
-    f = open(logpath, "a")
-    try:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        f.close()
-
-
-def stop(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
 def nginx(d, name, body):
     cfg = os.path.join(d, name + ".conf")
     with open(cfg, "w") as f:
@@ -166,7 +130,7 @@ def main():
             f.write(AGENT_CONFIG)
         backend = nginx(d, "backend", BACKEND)
         try:
-            if not accepts(BACKEND_PORT):
+            if not accepts(HOST, BACKEND_PORT):
                 log("the nginx backend did not start")
                 return 1
             for r in range(args.pairs):
@@ -179,7 +143,7 @@ def main():
                     else:
                         proc = None
                     try:
-                        if not accepts(ports[p]):
+                        if not accepts(HOST, ports[p]):
                             log("[%d/%d] %s did not start" % (r + 1, args.pairs, p))
                             failed = failed or p == "l7mp"
                             continue

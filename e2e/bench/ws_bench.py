@@ -16,13 +16,13 @@ Exit status 1 if the agent did not start or echoed nothing; 0 otherwise (a crash
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import accepts, log, start, stop  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 15101
 CONFIG = """admin: {log_level: warn}
@@ -37,34 +37,6 @@ clusters:
   - name: echo
     spec: {protocol: Echo}
 """ % PORT
-
-
-def log(msg):
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
-
-
-def accepts(timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection((HOST, PORT), timeout=0.3):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def stop(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
 
 def main():
@@ -104,10 +76,9 @@ def main():
                     cmd, cwd = [args.agent, "-c", cfg, "-l", "warn", "--threads", "1"], None
                 else:
                     cmd, cwd = ["node", "l7mp-proxy.js", "-c", cfg], args.node_l7mp
-                logf = open(os.path.join(d, p + ".log"), "a")
-                proc = subprocess.Popen(cmd, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+                proc = start(cmd, os.path.join(d, p + ".log"), cwd=cwd)
                 try:
-                    if not accepts():
+                    if not accepts(HOST, PORT):
                         log("[%d/%d] %s did not start" % (r + 1, args.pairs, p))
                         if p == "l7mp":
                             return 1
@@ -126,7 +97,6 @@ def main():
                     rates[p].append(rate)
                 finally:
                     stop(proc)
-                    logf.close()
     if not rates["l7mp"] or max(rates["l7mp"]) <= 0:
         log("the agent echoed nothing")
         return 1
