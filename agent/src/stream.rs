@@ -25,6 +25,8 @@ pub type Batch = Vec<Bytes>;
 const READ_CHUNK: usize = 64 * 1024;
 /// Capacity of in-process message channels.
 pub const CHANNEL_DEPTH: usize = 256;
+/// The largest UDP payload over IPv4 (65535 minus the IP and UDP headers); IPv6 allows 20 bytes more.
+pub const MAX_UDP_PAYLOAD: usize = 65507;
 
 /// The receiving half of a connected UDP socket, plus the datagrams its listener received for it before the socket
 /// was connected (server-mode UDP sessions).
@@ -188,6 +190,17 @@ impl Writer {
             | Writer::UnixDgram(_)
             | Writer::UnixDgramTo(..)
             | Writer::Ws(_) => StreamKind::Datagram,
+        }
+    }
+
+    /// The largest message this writer can send as one datagram, where there is a limit. A byte stream routed into
+    /// such a writer is cut into pieces of at most this size.
+    pub fn max_message(&self) -> Option<usize> {
+        match self {
+            Writer::Udp(_) => Some(MAX_UDP_PAYLOAD),
+            // What the agent's own UNIX datagram sockets receive whole.
+            Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => Some(sys::MAX_DATAGRAM),
+            _ => None,
         }
     }
 
