@@ -12,6 +12,7 @@ use crate::sys;
 use bytes::{Bytes, BytesMut};
 use l7mp_api::StreamKind;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +34,10 @@ pub const MAX_UDP_PAYLOAD: usize = 65507;
 pub struct UdpReader {
     pub socket: Arc<UdpSocket>,
     pub early: Option<mpsc::Receiver<Bytes>>,
+    /// A server-mode session's peer, and where datagrams from anyone else go (back to the listener). A session
+    /// socket shares its port with the listener and, for an instant after its bind, may be handed other peers'
+    /// datagrams (see `protocol::udp`); they must never reach this session.
+    pub only_from: Option<(SocketAddr, mpsc::UnboundedSender<(Bytes, SocketAddr)>)>,
 }
 
 /// The read half of a stream.
@@ -154,9 +159,19 @@ impl Reader {
                 };
                 ready?;
                 let fd = u.socket.as_raw_fd();
-                match u.socket.try_io(tokio::io::Interest::READABLE, || {
-                    sys::recv_batch(fd, sys::BATCH, arena, out)
-                }) {
+                let mut strays = Vec::new();
+                let got = u.socket.try_io(tokio::io::Interest::READABLE, || match &u.only_from {
+                    None => sys::recv_batch(fd, sys::BATCH, arena, out),
+                    Some((peer, _)) => sys::recv_batch_from(fd, sys::BATCH, arena, out, *peer, &mut strays),
+                });
+                if let Some((peer, back)) = &u.only_from {
+                    for (m, from) in strays {
+                        tracing::debug!(%peer, %from, "datagram for another peer on a session socket, handed back");
+                        let _ = back.send((m, from));
+                    }
+                }
+                match got {
+                    Ok(0) => continue,
                     Ok(_) => return Ok(true),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     // An ICMP port-unreachable for an earlier send: UDP is unreliable, keep the session.
