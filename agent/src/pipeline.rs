@@ -247,7 +247,7 @@ impl<F: FnMut()> Assembler<F> {
         if lane.kind == StreamKind::Datagram && to.kind() == StreamKind::ByteStream {
             (self.boundary_loss)();
         }
-        // Datagrams keep their size (one too large for the writer fails the write); a byte stream is cut to fit.
+        // Datagrams keep their size (one too large for the writer is dropped there); a byte stream is cut to fit.
         let cut = match lane.kind {
             StreamKind::ByteStream => to.max_message(),
             StreamKind::Datagram => None,

@@ -15,6 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UdpSocket, UnixDatagram, tcp, unix};
 use tokio::sync::mpsc;
@@ -240,6 +241,7 @@ impl Writer {
                     }) {
                         Ok(n) => off += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if too_large(&e, batch[off].len()) => off += 1,
                         Err(e) => return Err(e),
                     }
                 }
@@ -253,6 +255,7 @@ impl Writer {
                         match sock.try_io(tokio::io::Interest::WRITABLE, || send_to_unix(sock, &m, peer)) {
                             Ok(_) => break,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) if too_large(&e, m.len()) => break,
                             Err(e) => return Err(e),
                         }
                     }
@@ -293,6 +296,7 @@ impl Writer {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         // Nobody listens upstream (yet): the datagram is lost, as UDP allows.
                         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => off += 1,
+                        Err(e) if too_large(&e, batch[off].len()) => off += 1,
                         Err(e) => return Err(e),
                     }
                 }
@@ -331,6 +335,25 @@ impl Writer {
             Writer::Ws(ws) => ws.shutdown().await,
         }
     }
+}
+
+/// Whether a send failed because the message is larger than the socket can send as one datagram (e.g. a 100 kB
+/// WebSocket message routed to UDP). Such a message is dropped, as a datagram network would; the session goes on.
+/// The first drop in the process is a warning, the others are logged at debug level.
+fn too_large(e: &io::Error, len: usize) -> bool {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if e.raw_os_error() != Some(libc::EMSGSIZE) {
+        return false;
+    }
+    if WARNED.swap(true, Ordering::Relaxed) {
+        tracing::debug!(len, "message too large for a datagram, dropped");
+    } else {
+        tracing::warn!(
+            len,
+            "message too large for a datagram (UDP takes 65507 bytes), dropped (logged once; the rest at debug level)"
+        );
+    }
+    true
 }
 
 /// One datagram to a UNIX socket address, path or abstract (tokio's `send_to` takes only paths).
