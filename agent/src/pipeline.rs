@@ -61,6 +61,8 @@ pub struct Pump {
     metadata: Arc<Value>,
     stats: Arc<Stats>,
     count: Count,
+    /// Cut read messages to at most this many bytes: a byte stream feeding a writer with a datagram size limit.
+    cut: Option<usize>,
 }
 
 /// How a pump stopped.
@@ -124,6 +126,9 @@ impl Pump {
                     .up_bytes
                     .fetch_add(batch.iter().map(|m| m.len() as u64).sum(), Relaxed);
             }
+            if let Some(max) = self.cut {
+                cut(&mut batch, max);
+            }
             for t in &self.via {
                 t.apply(&mut batch, &self.metadata);
             }
@@ -146,6 +151,22 @@ impl Pump {
             }
         }
     }
+}
+
+/// Cuts every message longer than `max` into pieces of at most `max` bytes (no copy). A byte stream's chunks are
+/// arbitrary (a read may return 64 KiB or more), while a datagram must fit the socket's limit, e.g. a UDP payload.
+fn cut(batch: &mut Batch, max: usize) {
+    if batch.iter().all(|m| m.len() <= max) {
+        return;
+    }
+    let mut pieces = Vec::with_capacity(batch.len() + 2);
+    for mut m in batch.drain(..) {
+        while m.len() > max {
+            pieces.push(m.split_to(max));
+        }
+        pieces.push(m);
+    }
+    *batch = pieces;
 }
 
 /// The stages of a connected session, in route order.
@@ -226,6 +247,11 @@ impl<F: FnMut()> Assembler<F> {
         if lane.kind == StreamKind::Datagram && to.kind() == StreamKind::ByteStream {
             (self.boundary_loss)();
         }
+        // Datagrams keep their size (one too large for the writer is dropped there); a byte stream is cut to fit.
+        let cut = match lane.kind {
+            StreamKind::ByteStream => to.max_message(),
+            StreamKind::Datagram => None,
+        };
         self.pumps.push(Pump {
             from: lane.reader,
             via: lane.via,
@@ -233,6 +259,7 @@ impl<F: FnMut()> Assembler<F> {
             metadata: self.metadata.clone(),
             stats: self.stats.clone(),
             count: lane.count,
+            cut,
         });
     }
 
@@ -330,4 +357,23 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &C
     // Dropping the pumps closes every stream.
     drop(set);
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn cut_splits_only_what_is_too_long_and_keeps_the_bytes() {
+        let long = Bytes::from((0..=255u8).cycle().take(25).collect::<Vec<u8>>());
+        let mut batch = vec![Bytes::from_static(b"short"), long.clone(), Bytes::from_static(b"tail")];
+        cut(&mut batch, 10);
+        let lens: Vec<usize> = batch.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [5, 10, 10, 5, 4]);
+        assert_eq!(batch[1..4].concat(), long.to_vec());
+        let mut fits = vec![Bytes::from_static(b"0123456789")];
+        cut(&mut fits, 10);
+        assert_eq!(fits, [Bytes::from_static(b"0123456789")]);
+    }
 }

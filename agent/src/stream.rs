@@ -16,8 +16,10 @@ use crate::sys;
 use bytes::{Bytes, BytesMut};
 use l7mp_api::StreamKind;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::net::{UdpSocket, UnixDatagram, tcp, unix};
@@ -30,12 +32,18 @@ pub type Batch = Vec<Bytes>;
 const READ_CHUNK: usize = 64 * 1024;
 /// Capacity of in-process message channels.
 pub const CHANNEL_DEPTH: usize = 256;
+/// The largest UDP payload over IPv4 (65535 minus the IP and UDP headers); IPv6 allows 20 bytes more.
+pub const MAX_UDP_PAYLOAD: usize = 65507;
 
 /// The receiving half of a connected UDP socket, plus the datagrams its listener received for it before the socket
 /// was connected (server-mode UDP sessions).
 pub struct UdpReader {
     pub socket: Arc<UdpSocket>,
     pub early: Option<mpsc::Receiver<Bytes>>,
+    /// A server-mode session's peer, and where datagrams from anyone else go (back to the listener). A session
+    /// socket shares its port with the listener and, for an instant after its bind, may be handed other peers'
+    /// datagrams (see `protocol::udp`); they must never reach this session.
+    pub only_from: Option<(SocketAddr, mpsc::UnboundedSender<(Bytes, SocketAddr)>)>,
 }
 
 /// The read half of a stream.
@@ -188,9 +196,19 @@ impl Reader {
                 };
                 ready?;
                 let fd = u.socket.as_raw_fd();
-                match u.socket.try_io(tokio::io::Interest::READABLE, || {
-                    sys::recv_batch(fd, sys::BATCH, arena, out)
-                }) {
+                let mut strays = Vec::new();
+                let got = u.socket.try_io(tokio::io::Interest::READABLE, || match &u.only_from {
+                    None => sys::recv_batch(fd, sys::BATCH, arena, out),
+                    Some((peer, _)) => sys::recv_batch_from(fd, sys::BATCH, arena, out, *peer, &mut strays),
+                });
+                if let Some((peer, back)) = &u.only_from {
+                    for (m, from) in strays {
+                        tracing::debug!(%peer, %from, "datagram for another peer on a session socket, handed back");
+                        let _ = back.send((m, from));
+                    }
+                }
+                match got {
+                    Ok(0) => continue,
                     Ok(_) => return Ok(true),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     // An ICMP port-unreachable for an earlier send: UDP is unreliable, keep the session.
@@ -234,6 +252,17 @@ impl Writer {
         }
     }
 
+    /// The largest message this writer can send as one datagram, where there is a limit. A byte stream routed into
+    /// such a writer is cut into pieces of at most this size.
+    pub fn max_message(&self) -> Option<usize> {
+        match self {
+            Writer::Udp(_) => Some(MAX_UDP_PAYLOAD),
+            // What the agent's own UNIX datagram sockets receive whole.
+            Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => Some(sys::MAX_DATAGRAM),
+            _ => None,
+        }
+    }
+
     /// Writes every message of `batch` (and empties it).
     pub async fn write(&mut self, batch: &mut Batch) -> io::Result<()> {
         match self {
@@ -259,6 +288,7 @@ impl Writer {
                     }) {
                         Ok(n) => off += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if too_large(&e, batch[off].len()) => off += 1,
                         Err(e) => return Err(e),
                     }
                 }
@@ -272,6 +302,7 @@ impl Writer {
                         match sock.try_io(tokio::io::Interest::WRITABLE, || send_to_unix(sock, &m, peer)) {
                             Ok(_) => break,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) if too_large(&e, m.len()) => break,
                             Err(e) => return Err(e),
                         }
                     }
@@ -312,6 +343,7 @@ impl Writer {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         // Nobody listens upstream (yet): the datagram is lost, as UDP allows.
                         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => off += 1,
+                        Err(e) if too_large(&e, batch[off].len()) => off += 1,
                         Err(e) => return Err(e),
                     }
                 }
@@ -368,6 +400,25 @@ impl Writer {
             Writer::Pipe(w) => w.shutdown().await,
         }
     }
+}
+
+/// Whether a send failed because the message is larger than the socket can send as one datagram (e.g. a 100 kB
+/// WebSocket message routed to UDP). Such a message is dropped, as a datagram network would; the session goes on.
+/// The first drop in the process is a warning, the others are logged at debug level.
+fn too_large(e: &io::Error, len: usize) -> bool {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if e.raw_os_error() != Some(libc::EMSGSIZE) {
+        return false;
+    }
+    if WARNED.swap(true, Ordering::Relaxed) {
+        tracing::debug!(len, "message too large for a datagram, dropped");
+    } else {
+        tracing::warn!(
+            len,
+            "message too large for a datagram (UDP takes 65507 bytes), dropped (logged once; the rest at debug level)"
+        );
+    }
+    true
 }
 
 /// One datagram to a UNIX socket address, path or abstract (tokio's `send_to` takes only paths).

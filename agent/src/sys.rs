@@ -7,6 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use std::cell::RefCell;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,6 +23,30 @@ thread_local! {
 /// Receives up to `max` datagrams from a connected datagram socket without blocking, appending each as one
 /// [`Bytes`] (cut from `arena`) to `out`. Returns how many arrived; `WouldBlock` when none was waiting.
 pub fn recv_batch(fd: RawFd, max: usize, arena: &mut BytesMut, out: &mut Vec<Bytes>) -> io::Result<usize> {
+    recv_inner(fd, max, arena, out, None)
+}
+
+/// Like [`recv_batch`], for a UDP socket connected to `peer` that may still hold datagrams from other sources (a
+/// server-mode session socket: see `protocol::udp`). Those go to `strays` with their source instead of `out`.
+/// Returns how many were appended to `out`.
+pub fn recv_batch_from(
+    fd: RawFd,
+    max: usize,
+    arena: &mut BytesMut,
+    out: &mut Vec<Bytes>,
+    peer: SocketAddr,
+    strays: &mut Vec<(Bytes, SocketAddr)>,
+) -> io::Result<usize> {
+    recv_inner(fd, max, arena, out, Some((peer, strays)))
+}
+
+fn recv_inner(
+    fd: RawFd,
+    max: usize,
+    arena: &mut BytesMut,
+    out: &mut Vec<Bytes>,
+    mut check: Option<(SocketAddr, &mut Vec<(Bytes, SocketAddr)>)>,
+) -> io::Result<usize> {
     let max = max.clamp(1, BATCH);
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
@@ -31,10 +56,13 @@ pub fn recv_batch(fd: RawFd, max: usize, arena: &mut BytesMut, out: &mut Vec<Byt
             *scratch = vec![0u8; BATCH * MAX_DATAGRAM];
         }
         let base = scratch.as_mut_ptr();
-        // SAFETY: zeroed mmsghdr/iovec are valid "empty" values; every pointer set below points into `scratch`,
-        // which outlives the syscall, and each iovec covers a disjoint MAX_DATAGRAM-sized slot.
+        // SAFETY: zeroed mmsghdr/iovec/sockaddr_storage are valid "empty" values; every pointer set below points
+        // into `scratch` or `names`, which outlive the syscall, and each iovec covers a disjoint MAX_DATAGRAM-sized
+        // slot.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        // Source addresses, only asked for when they are checked.
+        let mut names: Option<[libc::sockaddr_storage; BATCH]> = check.is_some().then(|| unsafe { std::mem::zeroed() });
         for i in 0..max {
             iovs[i] = libc::iovec {
                 iov_base: unsafe { base.add(i * MAX_DATAGRAM) }.cast(),
@@ -42,6 +70,10 @@ pub fn recv_batch(fd: RawFd, max: usize, arena: &mut BytesMut, out: &mut Vec<Byt
             };
             hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
             hdrs[i].msg_hdr.msg_iovlen = 1;
+            if let Some(names) = &mut names {
+                hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+                hdrs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            }
         }
         // SAFETY: `hdrs[..max]` are initialised as above; the kernel writes at most `iov_len` bytes per slot.
         let n = unsafe {
@@ -59,13 +91,52 @@ pub fn recv_batch(fd: RawFd, max: usize, arena: &mut BytesMut, out: &mut Vec<Byt
         let n = n as usize;
         let total: usize = hdrs[..n].iter().map(|h| h.msg_len as usize).sum();
         arena.reserve(total);
+        let mut kept = 0;
         for (i, h) in hdrs[..n].iter().enumerate() {
             let len = (h.msg_len as usize).min(MAX_DATAGRAM);
             arena.extend_from_slice(&scratch[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len]);
-            out.push(arena.split().freeze());
+            let msg = arena.split().freeze();
+            if let (Some((peer, strays)), Some(names)) = (&mut check, &names)
+                && !is_from(&names[i], *peer)
+                && let Some(from) = socket_addr(&names[i], h.msg_hdr.msg_namelen)
+                && (from.ip().to_canonical(), from.port()) != (peer.ip().to_canonical(), peer.port())
+            {
+                strays.push((msg, from));
+                continue;
+            }
+            out.push(msg);
+            kept += 1;
         }
-        Ok(n)
+        Ok(kept)
     })
+}
+
+/// Whether `name` is `peer` in the same representation (the common case, checked without conversions).
+fn is_from(name: &libc::sockaddr_storage, peer: SocketAddr) -> bool {
+    match peer {
+        SocketAddr::V4(p) if i32::from(name.ss_family) == libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            u16::from_be(sin.sin_port) == p.port() && sin.sin_addr.s_addr == u32::from(*p.ip()).to_be()
+        }
+        SocketAddr::V6(p) if i32::from(name.ss_family) == libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            u16::from_be(sin6.sin6_port) == p.port() && sin6.sin6_addr.s6_addr == p.ip().octets()
+        }
+        _ => false,
+    }
+}
+
+/// The IP socket address the kernel wrote into `name` (`None` for another family).
+fn socket_addr(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let mut storage = socket2::SockAddrStorage::zeroed();
+    // SAFETY: SockAddrStorage is a sockaddr_storage; the kernel initialised `len` bytes of `name` for its family.
+    unsafe {
+        *storage.view_as::<libc::sockaddr_storage>() = *name;
+        socket2::SockAddr::new(storage, len)
+    }
+    .as_socket()
 }
 
 /// Whether UDP GSO (`UDP_SEGMENT`) may be used; cleared the first time the kernel refuses it.
@@ -220,6 +291,31 @@ mod tests {
     #[test]
     fn gso_batches_keep_boundaries() {
         round_trip(true);
+    }
+
+    #[test]
+    fn recv_batch_from_sets_other_sources_apart() {
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = b.local_addr().expect("addr");
+        peer.send_to(b"mine 1", to).expect("send");
+        other.send_to(b"not mine", to).expect("send");
+        peer.send_to(b"mine 2", to).expect("send");
+        let (mut arena, mut out, mut strays) = (BytesMut::new(), Vec::new(), Vec::new());
+        let peer_addr = peer.local_addr().expect("addr");
+        while out.len() + strays.len() < 3 {
+            match recv_batch_from(b.as_raw_fd(), BATCH, &mut arena, &mut out, peer_addr, &mut strays) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(out, [Bytes::from_static(b"mine 1"), Bytes::from_static(b"mine 2")]);
+        assert_eq!(
+            strays,
+            [(Bytes::from_static(b"not mine"), other.local_addr().expect("addr"))]
+        );
     }
 
     fn round_trip(gso: bool) {

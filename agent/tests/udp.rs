@@ -102,6 +102,39 @@ fn a_thousand_udp_peers_get_their_own_sessions_and_replies() {
     assert_eq!(seen.lock().unwrap().len(), 1000);
 }
 
+#[test]
+fn simultaneous_new_peers_never_get_each_others_datagrams() {
+    // Bursts from many new peers at the same instant: for a moment after its bind, a new session socket is the
+    // kernel's choice for every new peer's datagrams on the port. Each datagram must still reach its own peer's
+    // session only, and none may be lost (the order of a new peer's first datagrams may differ in this race). The
+    // race depends on timing: a few waves of peers make it likely to happen at least once.
+    const WAVES: usize = 3;
+    const PEERS: usize = 400;
+    const EACH: usize = 10;
+    let port = free_port();
+    let _agent = Agent::start(&format!(
+        "listeners:\n  - name: e\n    spec: {{protocol: UDP, port: {port}, address: 127.0.0.1}}\n    rules: [{{action: {{route: {{destination: {{spec: {{protocol: Echo}}}}}}}}}}]\n"
+    ));
+    for wave in 0..WAVES {
+        let clients: Vec<UdpSocket> = (0..PEERS).map(|_| udp_client(port)).collect();
+        for m in 0..EACH {
+            for (i, c) in clients.iter().enumerate() {
+                c.send(format!("{i}:{m}").as_bytes()).expect("send");
+            }
+        }
+        for (i, c) in clients.iter().enumerate() {
+            let mut got: Vec<String> = (0..EACH).map(|_| String::from_utf8(recv(c)).expect("utf8")).collect();
+            assert!(
+                got.iter().all(|g| g.starts_with(&format!("{i}:"))),
+                "wave {wave}: peer {i} got another peer's datagram: {got:?}"
+            );
+            got.sort();
+            let want: Vec<String> = (0..EACH).map(|m| format!("{i}:{m}")).collect();
+            assert_eq!(got, want, "wave {wave}: peer {i} got each of its datagrams once");
+        }
+    }
+}
+
 /// Waits for a reply; if none comes within 1 s, sends `msg` again once and waits for that. More than 10 resends
 /// fail at once (a systematic loss must not turn into a slow crawl through 1,000 timeouts).
 fn recv_or_resend(c: &UdpSocket, msg: &[u8], resent: &mut usize) -> Vec<u8> {

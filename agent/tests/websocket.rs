@@ -153,6 +153,34 @@ clusters:
 }
 
 #[test]
+fn a_websocket_message_too_large_for_udp_is_dropped_and_the_session_goes_on() {
+    let upstream = udp_server(|m, _| m.to_vec());
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        r#"
+listeners:
+  - name: ws-in
+    spec: {{ protocol: WebSocket, port: {port}, address: 127.0.0.1 }}
+    rules: [{{ action: {{ route: {{ destination: udp-up }} }} }}]
+clusters:
+  - name: udp-up
+    spec: {{ protocol: UDP, port: {upstream} }}
+    endpoints: [{{ spec: {{ address: 127.0.0.1 }} }}]
+"#
+    ));
+    let mut ws = ws_client(format!("ws://127.0.0.1:{port}/"));
+    ws.send(Message::binary(pattern(100_000, 1))).unwrap();
+    ws.send(Message::binary(pattern(65507, 2))).unwrap();
+    assert_eq!(
+        ws.read().unwrap(),
+        Message::binary(pattern(65507, 2)),
+        "the largest UDP payload passes, the larger message before it was dropped"
+    );
+    agent.wait_log("message too large for a datagram");
+    assert_eq!(agent.count_log("session failed"), 0);
+}
+
+#[test]
 fn websocket_to_websocket_passes_path_and_subprotocol() {
     let (tx, rx) = mpsc::channel();
     let upstream = ws_echo_server(tx);

@@ -4,7 +4,10 @@
 //!
 //! Server mode: the listening socket only sees a peer's first datagrams. For a new peer it binds a second socket to
 //! the same local address (SO_REUSEADDR) and connects it to the peer; datagrams that still reach the listening socket
-//! for a known peer are handed to its session. A half-connected listener (only `connect.address` or only
+//! for a known peer are handed to its session. Between that bind and connect the new socket is the kernel's choice
+//! for every new peer's datagrams on the port, and one looked up then may still be queued on it after the connect:
+//! a session socket therefore checks the source of what it reads and hands other peers' datagrams back to the
+//! listener, so no session ever sees another peer's data. A half-connected listener (only `connect.address` or only
 //! `connect.port`, or both with `mode: server`) accepts peers matching what is given and drops the rest.
 
 use super::tcp::{ip_metadata, session_name};
@@ -108,6 +111,7 @@ impl UdpBound {
                 reader: Reader::Udp(UdpReader {
                     socket: self.socket.clone(),
                     early: None,
+                    only_from: None,
                 }),
                 writer: Writer::Udp(self.socket.clone()),
                 idle_timeout: None,
@@ -135,10 +139,12 @@ impl UdpBound {
 
     async fn run_server(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
         let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<SocketAddr>();
+        let (stray_tx, mut stray_rx) = mpsc::unbounded_channel::<(Bytes, SocketAddr)>();
         let mut st = ServerState {
             peers: HashMap::new(),
             redeliver: VecDeque::new(),
             gone_tx,
+            stray_tx,
             scratch: vec![0u8; crate::sys::MAX_DATAGRAM],
             warned_reject: false,
         };
@@ -152,6 +158,7 @@ impl UdpBound {
                         st.peers.remove(&gone);
                         continue;
                     }
+                    Some(stray) = stray_rx.recv() => stray,
                     r = self.socket.recv_from(&mut buf) => match r {
                         Ok((n, peer)) => (Bytes::copy_from_slice(&buf[..n]), peer),
                         Err(e) => {
@@ -189,24 +196,27 @@ impl UdpBound {
         }
         let (tx, rx) = mpsc::channel(EARLY_DEPTH);
         let _ = tx.try_send(msg);
+        // Keep the peer's datagrams in order: all of them must be queued before the session starts reading its
+        // socket. First those met while earlier sessions were set up (older than anything still in a socket)...
+        st.redeliver.retain(|(m, from)| {
+            let mine = *from == peer;
+            if mine {
+                let _ = tx.try_send(m.clone());
+            }
+            !mine
+        });
+        // ... then those still queued on the listening socket. Other peers' datagrams met on the way go back
+        // through dispatch.
+        let others = self.drain_listener(&mut st.scratch, peer, &tx);
+        st.redeliver.extend(others);
         let socket = match session_socket(self.local, peer) {
             Ok((s, caught)) => {
-                // Keep the peer's datagrams in order: first those still queued on the listening socket (they
-                // arrived before the session socket existed), then those the session socket caught between its
-                // bind and connect. Both must be queued before the session starts reading its socket. Other
-                // peers' datagrams found on the way go back through dispatch.
-                // A raw non-blocking recv: tokio's try_recv_from would answer from its readiness cache without
-                // asking the kernel.
-                let raw = socket2::SockRef::from(&*self.socket);
-                while let Ok((n, from)) = raw.recv_from(as_uninit(&mut st.scratch)) {
-                    let Some(from) = from.as_socket() else { continue };
-                    let m = Bytes::copy_from_slice(&st.scratch[..n]);
-                    if from == peer {
-                        let _ = tx.try_send(m);
-                    } else {
-                        st.redeliver.push_back((m, from));
-                    }
-                }
+                // Between the session socket's bind and its connect the kernel hands it every new peer's datagrams
+                // for this port; after the connect, this peer's go to it and the others' to the listening socket
+                // again. So this peer's datagrams that reached the listening socket meanwhile (just before the
+                // bind) precede those the session socket caught, while the other peers' caught ones precede what
+                // they sent to the listening socket after the connect.
+                let later = self.drain_listener(&mut st.scratch, peer, &tx);
                 for (m, from) in caught {
                     if from == peer {
                         let _ = tx.try_send(m);
@@ -214,6 +224,7 @@ impl UdpBound {
                         st.redeliver.push_back((m, from));
                     }
                 }
+                st.redeliver.extend(later);
                 Arc::new(s)
             }
             Err(e) => {
@@ -231,6 +242,7 @@ impl UdpBound {
             reader: Reader::Udp(UdpReader {
                 socket: socket.clone(),
                 early: Some(rx),
+                only_from: Some((peer, st.stray_tx.clone())),
             }),
             writer: Writer::Udp(socket),
             idle_timeout: self.spec.idle_timeout,
@@ -238,6 +250,29 @@ impl UdpBound {
                 let _ = gone.send(peer);
             })),
         });
+    }
+
+    /// Reads what waits on the listening socket: `peer`'s datagrams go to `tx`, the others are returned in order.
+    /// A raw non-blocking recv: tokio's try_recv_from would answer from its readiness cache without asking the
+    /// kernel.
+    fn drain_listener(
+        &self,
+        scratch: &mut [u8],
+        peer: SocketAddr,
+        tx: &mpsc::Sender<Bytes>,
+    ) -> Vec<(Bytes, SocketAddr)> {
+        let raw = socket2::SockRef::from(&*self.socket);
+        let mut others = Vec::new();
+        while let Ok((n, from)) = raw.recv_from(as_uninit(scratch)) {
+            let Some(from) = from.as_socket() else { continue };
+            let m = Bytes::copy_from_slice(&scratch[..n]);
+            if from == peer {
+                let _ = tx.try_send(m);
+            } else {
+                others.push((m, from));
+            }
+        }
+        others
     }
 }
 
@@ -247,6 +282,8 @@ struct ServerState {
     /// Datagrams of other peers met while a new session was set up, to dispatch next.
     redeliver: VecDeque<(Bytes, SocketAddr)>,
     gone_tx: mpsc::UnboundedSender<SocketAddr>,
+    /// Where session sockets hand back datagrams that were not their peer's.
+    stray_tx: mpsc::UnboundedSender<(Bytes, SocketAddr)>,
     warned_reject: bool,
     scratch: Vec<u8>,
 }
@@ -300,6 +337,7 @@ pub async fn connect(address: &str, bind: Option<&Bind>) -> Result<(Reader, Writ
         Reader::Udp(UdpReader {
             socket: socket.clone(),
             early: None,
+            only_from: None,
         }),
         Writer::Udp(socket),
     ))

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Agent {
     child: Child,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    /// Set when the agent's stderr reached end of file: every line it wrote is in `log`.
+    log_closed: Arc<AtomicBool>,
     pub dir: tempfile::TempDir,
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
@@ -35,7 +38,9 @@ impl Agent {
     }
 
     pub fn start_file(cfg: &Path, dir: tempfile::TempDir, extra: &[&str]) -> Agent {
-        Self::start_prefixed(&[], cfg, dir, extra)
+        let agent = Self::spawn(&[], cfg, dir, extra);
+        agent.wait_log("l7mp-agent running");
+        agent
     }
 
     /// Starts the agent inside the network namespace `netns` (`ip netns exec <netns> l7mp-agent ...`; `ip` execs
@@ -49,6 +54,45 @@ impl Agent {
 
     /// Starts the agent with `prefix` (a command that runs its arguments, e.g. `ip netns exec ns`) before it.
     pub fn start_prefixed(prefix: &[&str], cfg: &Path, dir: tempfile::TempDir, extra: &[&str]) -> Agent {
+        let agent = Self::spawn(prefix, cfg, dir, extra);
+        agent.wait_log("l7mp-agent running");
+        agent
+    }
+
+    /// Starts the agent on `yaml` like [`Agent::start`], but when it exits before it runs, returns its log instead
+    /// of panicking, so a test can retry (e.g. when another process took one of its ports in the meantime).
+    pub fn try_start(yaml: &str) -> Result<Agent, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, yaml).expect("write config");
+        let mut agent = Self::spawn(&[], &cfg, dir, &[]);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if agent.count_log("l7mp-agent running") > 0 {
+                return Ok(agent);
+            }
+            if let Some(status) = agent.child.try_wait().expect("wait") {
+                while !agent.log_closed.load(Ordering::Acquire) && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                return Err(format!(
+                    "the agent exited ({status}) before it ran; log:\n{}",
+                    agent.log_lines().join("\n")
+                ));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent neither ran nor exited within {TIMEOUT:?}; log:\n{}",
+                agent.log_lines().join("\n")
+            );
+            let (m, cv) = &*agent.log;
+            let lines = m.lock().unwrap();
+            drop(cv.wait_timeout(lines, Duration::from_millis(20)).unwrap());
+        }
+    }
+
+    /// Spawns the agent (after `prefix`, a command that runs its arguments) without waiting for it.
+    fn spawn(prefix: &[&str], cfg: &Path, dir: tempfile::TempDir, extra: &[&str]) -> Agent {
         let mut cmd = match prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -75,24 +119,26 @@ impl Agent {
         let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let stderr = child.stderr.take().expect("stderr");
         let log2 = log.clone();
+        let log_closed = Arc::new(AtomicBool::new(false));
+        let closed2 = log_closed.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let (m, cv) = &*log2;
                 m.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 cv.notify_all();
             }
+            closed2.store(true, Ordering::Release);
         });
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
-        let agent = Agent {
+        Agent {
             child,
             log,
+            log_closed,
             dir,
             stdin,
             stdout,
-        };
-        agent.wait_log("l7mp-agent running");
-        agent
+        }
     }
 
     /// Waits until a log line contains `needle`; panics with the whole log after the timeout.
@@ -214,6 +260,38 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Like [`free_port`], but below the kernel's ephemeral port range, where no process's outgoing connection is ever
+/// given a port: the port stays free until the agent binds it, however busy the machine. For tests that need many
+/// listener ports at once (each one picked early is a chance for another process to take it meanwhile).
+pub fn quiet_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10000u16, low.max(10001));
+    // Start at a point that differs between processes, so that concurrent test runs try different ports.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut x = u64::from(std::process::id()) << 32 | u64::from(nanos);
+    for _ in 0..10_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = from + (x % u64::from(to - from)) as u16;
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            given.push(port);
+            return port;
+        }
+    }
+    free_port()
 }
 
 /// A UDP client connected to the agent.
