@@ -11,6 +11,9 @@
 //! A route that carries a datagram stream into a byte stream, in either direction, must log the boundary warning
 //! exactly once however many sessions use it; every other route never. All cells run at the same time.
 //!
+//! Rows not here: AF_PACKET needs its own network namespaces (tests/af_packet.rs routes it to Echo and a UDP flow
+//! into it), and SCTP needs a kernel with SCTP (tests/sctp.rs runs it where there is one).
+//!
 //! To add a row (a listener protocol): add a [`Transport`] variant (its `name`, `kind`, listener `spec` and client
 //! `connect`) and list it in [`ROWS`], plain and/or as a JSONSocket transport. A client that is neither a datagram
 //! socket, a byte stream nor a WebSocket adds a [`Tx`]/[`Rx`] arm. To add a column (a cluster protocol): add an
@@ -23,6 +26,7 @@ mod common;
 use common::{Agent, pattern, quiet_port};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use hyper::body::Bytes;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -82,6 +86,10 @@ enum Transport {
     Unix,
     UnixDgram,
     WebSocket,
+    /// A POST per session: the messages are the request body, the response body comes back.
+    Http,
+    /// A FIFO pair: the messages go into `<path>`, the replies come out of `<path>.reply`.
+    Pipe,
 }
 
 impl Transport {
@@ -92,13 +100,15 @@ impl Transport {
             Transport::Unix => "UnixDomainSocket",
             Transport::UnixDgram => "UnixDgram",
             Transport::WebSocket => "WebSocket",
+            Transport::Http => "HTTP",
+            Transport::Pipe => "PIPE",
         }
     }
 
     fn kind(self) -> Kind {
         match self {
             Transport::Udp | Transport::UnixDgram | Transport::WebSocket => Kind::Datagram,
-            Transport::Tcp | Transport::Unix => Kind::Bytes,
+            Transport::Tcp | Transport::Unix | Transport::Http | Transport::Pipe => Kind::Bytes,
         }
     }
 
@@ -106,6 +116,7 @@ impl Transport {
     fn addr(self, dir: &Path, slug: &str) -> Addr {
         match self {
             Transport::Unix | Transport::UnixDgram => Addr::Path(dir.join(format!("{slug}.sock"))),
+            Transport::Pipe => Addr::Path(dir.join(format!("{slug}.fifo"))),
             _ => Addr::Port(quiet_port()),
         }
     }
@@ -113,10 +124,10 @@ impl Transport {
     /// The listener spec (YAML flow style).
     fn spec(self, a: &Addr) -> String {
         match self {
-            Transport::Udp | Transport::Tcp | Transport::WebSocket => {
+            Transport::Udp | Transport::Tcp | Transport::WebSocket | Transport::Http => {
                 format!("{{protocol: {}, port: {}, address: 127.0.0.1}}", self.name(), a.port())
             }
-            Transport::Unix | Transport::UnixDgram => {
+            Transport::Unix | Transport::UnixDgram | Transport::Pipe => {
                 format!("{{protocol: {}, filename: {:?}}}", self.name(), a.path())
             }
         }
@@ -151,7 +162,22 @@ impl Transport {
                 let (tx, rx) = ws.split();
                 (Tx::Ws(tx), Rx::Ws(rx))
             }
+            Transport::Http => http_post(a.port()).await?,
+            Transport::Pipe => {
+                use tokio::net::unix::pipe;
+                // The reply FIFO first (a reader may open a FIFO at any time), then the request FIFO (the agent
+                // holds its read end, so opening it to write does not block).
+                let reply = pipe::OpenOptions::new().open_receiver(format!("{}.reply", a.path().display()))?;
+                let request = pipe::OpenOptions::new().open_sender(a.path())?;
+                (Tx::Pipe(request), Rx::Pipe(reply))
+            }
         })
+    }
+
+    /// The client's end of its request must come before the answer (an HTTP request to a datagram destination is
+    /// answered once its body is complete).
+    fn ends_after_sending(self) -> bool {
+        matches!(self, Transport::Http)
     }
 }
 
@@ -173,6 +199,8 @@ const ROWS: &[Row] = &[
     Row::JsonSocket(Transport::Unix),
     Row::JsonSocket(Transport::UnixDgram),
     Row::JsonSocket(Transport::WebSocket),
+    Row::Plain(Transport::Http),
+    Row::Plain(Transport::Pipe),
 ];
 
 impl Row {
@@ -229,6 +257,8 @@ enum Up {
     UnixDgram,
     WebSocket,
     JsonSocketUdp,
+    /// An HTTP server that streams each request's body back as its response body.
+    Http,
 }
 
 const COLUMNS: &[Up] = &[
@@ -239,6 +269,7 @@ const COLUMNS: &[Up] = &[
     Up::UnixDgram,
     Up::WebSocket,
     Up::JsonSocketUdp,
+    Up::Http,
 ];
 
 impl Up {
@@ -251,6 +282,7 @@ impl Up {
             Up::UnixDgram => "UnixDgram",
             Up::WebSocket => "WebSocket",
             Up::JsonSocketUdp => "JSONSocket/UDP",
+            Up::Http => "HTTP",
         }
     }
 
@@ -259,7 +291,7 @@ impl Up {
         match self {
             Up::Echo => None,
             Up::Udp | Up::UnixDgram | Up::WebSocket | Up::JsonSocketUdp => Some(Kind::Datagram),
-            Up::Tcp | Up::Unix => Some(Kind::Bytes),
+            Up::Tcp | Up::Unix | Up::Http => Some(Kind::Bytes),
         }
     }
 
@@ -299,6 +331,7 @@ impl Up {
             }
             Up::WebSocket => Addr::Port(ws_echo().await),
             Up::JsonSocketUdp => Addr::Port(jsonsocket_udp_echo().await),
+            Up::Http => Addr::Port(http_echo().await),
         })
     }
 
@@ -307,7 +340,7 @@ impl Up {
         let name = self.cluster_name();
         let spec = match (self, a) {
             (Up::Echo, _) => return format!("  - {{name: {name}, spec: {{protocol: Echo}}}}\n"),
-            (Up::Udp | Up::Tcp | Up::WebSocket, Some(a)) => {
+            (Up::Udp | Up::Tcp | Up::WebSocket | Up::Http, Some(a)) => {
                 format!("{{protocol: {}, port: {}}}", self.name(), a.port())
             }
             (Up::Unix | Up::UnixDgram, Some(_)) => format!("{{protocol: {}}}", self.name()),
@@ -364,6 +397,8 @@ impl Cell {
     fn messages(&self, index: usize, n: usize) -> Vec<Vec<u8>> {
         let sizes: &[usize] = match self.row.kind() {
             Kind::Datagram => &[1, 100, 1400, 1400, 1400, 700, 9000, 65507, 3],
+            // An HTTP request to a datagram destination is one message: it must fit a UDP datagram.
+            Kind::Bytes if self.row.transport().ends_after_sending() => &[5, 1400, 60_000, 7],
             Kind::Bytes => &[5, 1400, 100_000, 7],
         };
         let seed = (index * SESSIONS + n) as u64 * 100;
@@ -389,9 +424,13 @@ impl Cell {
         let me = dir.join(format!("client-{}-{n}.sock", self.slug));
         let (mut tx, mut rx) = self.row.connect(&self.addr, &me, &self.name).await?;
         let msgs = self.messages(index, n);
+        let ends_after_sending = self.row.transport().ends_after_sending();
         let send = async {
             for (i, m) in msgs.iter().enumerate() {
                 tx.send(m).await.map_err(|e| format!("cannot send message {i}: {e}"))?;
+            }
+            if ends_after_sending {
+                tx.end_request();
             }
             Ok::<_, String>(())
         };
@@ -435,6 +474,16 @@ impl Cell {
         };
         tokio::try_join!(send, check)?;
         tx.close().await;
+        // A FIFO pair serves one session at a time: see this session's reply FIFO closed before the next session
+        // opens it (else the next client would join this session's writer and read its end).
+        if let Rx::Pipe(_) = rx {
+            let deadline = Instant::now() + RECV_TIMEOUT;
+            while rx.recv().await.is_ok() {
+                if Instant::now() > deadline {
+                    return Err("the reply FIFO did not end after the session".to_owned());
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -614,6 +663,9 @@ enum Tx {
     UnixDgram(Arc<UnixDatagram>),
     Bytes(WriteHalf<Box<dyn ByteStream>>),
     Ws(SplitSink<Ws, Message>),
+    /// The request body of an HTTP POST; `None` once ended.
+    Http(Option<tokio::sync::mpsc::Sender<Bytes>>),
+    Pipe(tokio::net::unix::pipe::Sender),
 }
 
 /// The receiving half of a client.
@@ -622,6 +674,40 @@ enum Rx {
     UnixDgram(Arc<UnixDatagram>),
     Bytes(ReadHalf<Box<dyn ByteStream>>),
     Ws(SplitStream<Ws>),
+    /// The response of an HTTP POST: its head (status checked) until it arrived, then its body.
+    Http(HttpResponse),
+    Pipe(tokio::net::unix::pipe::Receiver),
+}
+
+/// An HTTP response as it arrives.
+enum HttpResponse {
+    Pending(tokio::task::JoinHandle<hyper::Result<hyper::Response<hyper::body::Incoming>>>),
+    Body(hyper::body::Incoming),
+}
+
+/// A POST to `127.0.0.1:<port>` whose body is streamed from the returned [`Tx::Http`] (HTTP/1.1, chunked).
+async fn http_post(port: u16) -> io::Result<(Tx, Rx)> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let body = http_body_util::StreamBody::new(
+        tokio_stream_of(rx).map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))),
+    );
+    let req = hyper::Request::post("/matrix")
+        .header("host", "matrix.test")
+        .body(body)
+        .map_err(io::Error::other)?;
+    let pending = tokio::spawn(sender.send_request(req));
+    Ok((Tx::Http(Some(tx)), Rx::Http(HttpResponse::Pending(pending))))
+}
+
+/// A `Stream` of what an mpsc receiver yields.
+fn tokio_stream_of(rx: tokio::sync::mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = Bytes> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
 }
 
 fn bytes_halves(s: Box<dyn ByteStream>) -> (Tx, Rx) {
@@ -637,6 +723,14 @@ impl Tx {
             Tx::UnixDgram(s) => s.send(m).await.map(drop),
             Tx::Bytes(w) => w.write_all(m).await,
             Tx::Ws(w) => w.send(Message::binary(m.to_vec())).await.map_err(io::Error::other),
+            Tx::Http(tx) => match tx {
+                Some(tx) => tx
+                    .send(Bytes::copy_from_slice(m))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the request body was dropped")),
+                None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the request body has ended")),
+            },
+            Tx::Pipe(w) => w.write_all(m).await,
         }
     }
 
@@ -648,7 +742,17 @@ impl Tx {
             Tx::Ws(mut w) => {
                 let _ = w.close().await;
             }
-            Tx::Udp(_) | Tx::UnixDgram(_) => {}
+            Tx::Pipe(mut w) => {
+                let _ = w.shutdown().await;
+            }
+            Tx::Udp(_) | Tx::UnixDgram(_) | Tx::Http(_) => {}
+        }
+    }
+
+    /// Ends an HTTP request body (a no-op for the other clients).
+    fn end_request(&mut self) {
+        if let Tx::Http(tx) = self {
+            tx.take();
         }
     }
 }
@@ -666,6 +770,37 @@ impl Rx {
                     0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended")),
                     n => n,
                 },
+                Rx::Pipe(r) => match r.read(&mut buf).await? {
+                    0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the reply FIFO ended")),
+                    n => n,
+                },
+                Rx::Http(resp) => {
+                    if let HttpResponse::Pending(h) = resp {
+                        let r = h.await.map_err(io::Error::other)?.map_err(io::Error::other)?;
+                        if r.status() != 200 {
+                            let status = r.status();
+                            let body = http_body_util::BodyExt::collect(r.into_body())
+                                .await
+                                .map(|b| b.to_bytes());
+                            return Err(io::Error::other(format!("HTTP {status}: {body:?}")));
+                        }
+                        *resp = HttpResponse::Body(r.into_body());
+                    }
+                    let HttpResponse::Body(body) = resp else { unreachable!() };
+                    loop {
+                        match http_body_util::BodyExt::frame(body).await {
+                            None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the response ended")),
+                            Some(Err(e)) => return Err(io::Error::other(e)),
+                            Some(Ok(f)) => {
+                                if let Ok(d) = f.into_data()
+                                    && !d.is_empty()
+                                {
+                                    return Ok(d.to_vec());
+                                }
+                            }
+                        }
+                    }
+                }
                 Rx::Ws(r) => loop {
                     match r.next().await {
                         Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
@@ -759,6 +894,25 @@ async fn ws_echo() -> u16 {
                         break;
                     }
                 }
+            });
+        }
+    });
+    port
+}
+
+/// An HTTP/1.1 server whose response body is the request body, streamed back as it arrives.
+async fn http_echo() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(req.into_body()))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
             });
         }
     });
