@@ -235,3 +235,138 @@ fn af_packet_unknown_interface_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A WebSocket echo server (tungstenite, blocking) on `l`.
+fn ws_echo(l: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(s) else { return };
+                while let Ok(m) = ws.read() {
+                    if (m.is_binary() || m.is_text()) && ws.send(m).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// The AF_PACKET row of the cross-protocol matrix (tests/matrix.rs has the others; this one needs the namespaces):
+/// AF_PACKET listeners routed to Echo, UDP, TCP, UNIX stream, UnixDgram, WebSocket and JSONSocket/UDP clusters
+/// whose echo servers live in the agent's namespace, and back to the wire, frame for frame. Frames go one at a time,
+/// so a byte-stream hop gives each one back in one read; the boundary warning comes once per byte-stream route.
+#[test]
+fn af_packet_to_every_cluster_and_back() {
+    let Some(seg) = segment() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let unix_path = dir.path().join("echo-stream.sock");
+    let dgram_path = dir.path().join("echo-dgram.sock");
+    let (udp, tcp, ws, js) = {
+        let (unix_path, dgram_path) = (unix_path.clone(), dgram_path.clone());
+        seg.agent.enter(move || {
+            let udp = udp_server(|m, _| m.to_vec());
+            let tcp = tcp_echo_server();
+            let ws_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let ws = ws_l.local_addr().unwrap().port();
+            ws_echo(ws_l);
+            // JSONSocket over UDP: answer the header, echo the rest.
+            let js = udp_server(|m, _| match serde_json::from_slice::<serde_json::Value>(m) {
+                Ok(h) if h.get("JSONSocketVersion").is_some() => {
+                    br#"{"JSONSocketVersion":1,"JSONSocketStatus":200,"JSONSocketMessage":"OK"}"#.to_vec()
+                }
+                _ => m.to_vec(),
+            });
+            let ul = std::os::unix::net::UnixListener::bind(&unix_path).unwrap();
+            std::thread::spawn(move || {
+                for c in ul.incoming().map_while(Result::ok) {
+                    std::thread::spawn(move || echo_stream(c));
+                }
+            });
+            let ud = std::os::unix::net::UnixDatagram::bind(&dgram_path).unwrap();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 70000];
+                while let Ok((n, from)) = ud.recv_from(&mut buf) {
+                    let _ = ud.send_to_addr(&buf[..n], &from);
+                }
+            });
+            (udp, tcp, ws, js)
+        })
+    };
+    let address = |a: &str| format!("\n    endpoints: [{{spec: {{address: {a:?}}}}}]");
+    let columns: Vec<(&str, String, bool)> = vec![
+        ("echo", "{protocol: Echo}".into(), false),
+        (
+            "udp",
+            format!("{{protocol: UDP, port: {udp}}}{}", address("127.0.0.1")),
+            false,
+        ),
+        (
+            "tcp",
+            format!("{{protocol: TCP, port: {tcp}}}{}", address("127.0.0.1")),
+            true,
+        ),
+        (
+            "unix",
+            format!(
+                "{{protocol: UnixDomainSocket}}{}",
+                address(&unix_path.to_string_lossy())
+            ),
+            true,
+        ),
+        (
+            "unixdgram",
+            format!("{{protocol: UnixDgram}}{}", address(&dgram_path.to_string_lossy())),
+            false,
+        ),
+        (
+            "websocket",
+            format!("{{protocol: WebSocket, port: {ws}}}{}", address("127.0.0.1")),
+            false,
+        ),
+        (
+            "jsonsocket-udp",
+            format!(
+                "{{protocol: JSONSocket, transport: {{protocol: UDP, port: {js}}}}}{}",
+                address("127.0.0.1")
+            ),
+            false,
+        ),
+    ];
+    let mut config = String::from("listeners:\n");
+    let mut clusters = String::from("clusters:\n");
+    for (i, (name, spec, _)) in columns.iter().enumerate() {
+        let ethertype = ETHERTYPE + 0x10 + i as u16;
+        config.push_str(&format!(
+            "  - name: raw-{name}\n    spec: {{protocol: AF_PACKET, interface: pkt0, ethertype: {ethertype}}}\n    rules: [{{action: {{route: {{name: route-{name}, destination: c-{name}}}}}}}]\n"
+        ));
+        clusters.push_str(&format!("  - name: c-{name}\n    spec: {spec}\n"));
+    }
+    config.push_str(&clusters);
+    let mut agent = Agent::start_in_netns(&seg.agent.name, &config);
+    for (i, (name, _, _)) in columns.iter().enumerate() {
+        let ethertype = ETHERTYPE + 0x10 + i as u16;
+        let peer = seg.peer.enter(move || packet_socket("pkt1", ethertype));
+        for (k, len) in [46usize, 1, 333, 1500].into_iter().enumerate() {
+            let f = frame(AGENT_MAC, PEER_MAC, ethertype, &pattern(len, (i * 10 + k) as u64));
+            send_frame(&peer, &f);
+            let back = recv_frame(&peer, TIMEOUT)
+                .unwrap_or_else(|| panic!("AF_PACKET → {name}: frame {k} ({len} bytes) did not come back"));
+            assert_eq!(back, f, "AF_PACKET → {name}: frame {k} byte for byte");
+        }
+    }
+    assert_eq!(agent.terminate().code(), Some(0));
+    for (name, _, byte_stream) in &columns {
+        let warnings = agent
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("message boundaries are lost") && l.contains(&format!("route-{name}")))
+            .count();
+        assert_eq!(
+            warnings,
+            usize::from(*byte_stream),
+            "AF_PACKET → {name}: boundary warnings"
+        );
+    }
+    assert_eq!(agent.count_log("session failed"), 0, "{:?}", agent.log_lines());
+}

@@ -11,8 +11,8 @@
 //! A route that carries a datagram stream into a byte stream, in either direction, must log the boundary warning
 //! exactly once however many sessions use it; every other route never. All cells run at the same time.
 //!
-//! Rows not here: AF_PACKET needs its own network namespaces (tests/af_packet.rs routes it to Echo and a UDP flow
-//! into it), and SCTP needs a kernel with SCTP (tests/sctp.rs runs it where there is one).
+//! Rows not here: AF_PACKET needs its own network namespaces (`af_packet_to_every_cluster_and_back` in
+//! tests/af_packet.rs is its row), and SCTP needs a kernel with SCTP (tests/sctp.rs runs it where there is one).
 //!
 //! To add a row (a listener protocol): add a [`Transport`] variant (its `name`, `kind`, listener `spec` and client
 //! `connect`) and list it in [`ROWS`], plain and/or as a JSONSocket transport. A client that is neither a datagram
