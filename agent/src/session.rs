@@ -138,7 +138,13 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
     match drive(&engine, &info, s).await {
         Ok(reason) => {
             info.event("END", format!("{reason:?}"));
-            tracing::debug!(session = %info.name, ?reason, "session ended");
+            match &reason {
+                // A stream that broke (a reset, a peer that stopped reading) ends its session; say why.
+                pipeline::EndReason::Failed(e) => {
+                    tracing::info!(session = %info.name, listener = %info.listener, "session ended on a stream error: {e}");
+                }
+                _ => tracing::debug!(session = %info.name, ?reason, "session ended"),
+            }
         }
         Err(e) => {
             info.event("ERROR", e.to_string());
