@@ -321,7 +321,8 @@ async fn open(
     let mut n = 0;
     loop {
         n += 1;
-        match protocol::connect(cluster, metadata, session, retry.timeout, exchange).await {
+        // Boxed: the connect futures of all protocols are large, and the session future is moved when spawned.
+        match Box::pin(protocol::connect(cluster, metadata, session, retry.timeout, exchange)).await {
             Ok(stage) => return Ok(stage),
             Err(e) if n < attempts => {
                 tracing::debug!(session, cluster = name, attempt = n, "connect failed, retrying: {e}");
