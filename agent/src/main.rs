@@ -9,11 +9,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of the system allocator: sessions allocate and free small objects (metadata, buffers, tasks)
-/// at a high rate, where glibc malloc costs a measurable share of each request.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     let config = match load(&args) {
