@@ -135,10 +135,6 @@ impl Balancer {
         self.health.record(i, ok, Instant::now());
     }
 
-    pub fn health(&self) -> &Health {
-        &self.health
-    }
-
     fn random(&self, candidates: &[usize]) -> usize {
         let total: u64 = candidates.iter().map(|&i| u64::from(self.weights[i])).sum();
         // Multiply-shift maps the 64 random bits onto 0..total without the bias of `%`.
