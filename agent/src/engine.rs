@@ -209,10 +209,20 @@ impl Engine {
     }
 }
 
-/// Warns about clusters this host cannot open (their sessions will fail, each with the same reason).
+/// Warns about clusters this host cannot open (their sessions will fail, each with the same reason), and says where
+/// a hashing policy without a key places sessions at random.
 fn warn_unsupported(snap: &Snapshot) {
     use l7mp_api::ClusterSpec;
     for (name, c) in &snap.clusters {
+        if let l7mp_api::Policy::HashRing { key: None, .. } = c.cfg.loadbalancer.policy
+            && c.cfg.endpoints.len() > 1
+        {
+            tracing::info!(
+                cluster = %name,
+                "ConsistentHash without a key places each session on a random endpoint by weight (as the original \
+                 did); set loadbalancer.key to make the placement sticky"
+            );
+        }
         let sctp = match &c.cfg.spec {
             ClusterSpec::Sctp { .. } => true,
             ClusterSpec::JsonSocket { transport, .. } => matches!(**transport, ClusterSpec::Sctp { .. }),

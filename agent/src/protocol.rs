@@ -41,8 +41,8 @@ pub enum Stage {
 /// Why a cluster stage could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cluster {0:?} has no endpoint")]
-    NoEndpoint(String),
+    #[error(transparent)]
+    Pick(#[from] lb::PickError),
     #[error("no value at {query} in the session metadata to pick a Sync group by")]
     EmptyLabel { query: String },
     #[error("JSONSocket handshake with {endpoint} ({address}) failed: {message}")]
@@ -69,14 +69,29 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// Whether the failure says something about the endpoint (and counts for outlier detection).
+    pub fn is_endpoint_failure(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Connect { .. }
+                | ConnectError::Timeout { .. }
+                | ConnectError::Resolve { .. }
+                | ConnectError::Handshake { .. }
+        )
+    }
+}
+
 /// Opens one stage of cluster `c` for a session, bounded by `timeout`. `exchange` is given for the destination of an
-/// HTTP listener's session.
+/// HTTP listener's session. `tried` lists the endpoints (indices) this session has tried already: they are avoided
+/// while another endpoint is available, and the endpoint picked now is added. The result of the connect is reported
+/// to the cluster's outlier detection.
 pub async fn connect(
     c: &ClusterRt,
     metadata: &Value,
-    session: &str,
     timeout: Duration,
     exchange: Option<&Arc<http::Exchange>>,
+    tried: &mut Vec<usize>,
 ) -> Result<Stage, ConnectError> {
     let spec = &c.cfg.spec;
     let transform = match spec {
@@ -137,8 +152,31 @@ pub async fn connect(
         }
         _ => {}
     }
-    let ep = lb::pick(&c.cfg.loadbalancer, &c.cfg.endpoints, metadata, session)
-        .ok_or_else(|| ConnectError::NoEndpoint(c.cfg.name.clone()))?;
+    let i = c.lb.pick(metadata, tried)?;
+    tried.push(i);
+    let ep = c
+        .cfg
+        .endpoints
+        .get(i)
+        .ok_or_else(|| lb::PickError::NoEndpoint(c.cfg.name.clone()))?;
+    let result = connect_endpoint(c, ep, metadata, timeout, exchange).await;
+    match &result {
+        Ok(_) => c.lb.report(i, true),
+        Err(e) if e.is_endpoint_failure() => c.lb.report(i, false),
+        Err(_) => {}
+    }
+    result
+}
+
+/// Opens a stage to endpoint `ep` of network cluster `c`.
+async fn connect_endpoint(
+    c: &ClusterRt,
+    ep: &l7mp_api::Endpoint,
+    metadata: &Value,
+    timeout: Duration,
+    exchange: Option<&Arc<http::Exchange>>,
+) -> Result<Stage, ConnectError> {
+    let spec = &c.cfg.spec;
     // A JSONSocket cluster connects its transport, then runs the header handshake.
     let net = match spec {
         ClusterSpec::JsonSocket { transport, .. } => transport.as_ref(),

@@ -199,12 +199,20 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         st.metadata = metadata.clone();
         st.route = Some(route.cfg.name.clone());
     });
-    info.event("LOOKUP SUCCESS", format!("route {:?}", route.cfg.name));
+    // A weighted split picks the destination cluster here, once per session.
+    let destination = route.destination();
+    match &route.cfg.destination {
+        l7mp_api::Destination::Split(_) => info.event(
+            "LOOKUP SUCCESS",
+            format!("route {:?}, split to cluster {destination:?}", route.cfg.name),
+        ),
+        l7mp_api::Destination::Cluster(_) => info.event("LOOKUP SUCCESS", format!("route {:?}", route.cfg.name)),
+    }
 
     // An HTTP request learns how its body travels: unchanged or not, as a stream or as one message.
     let exchange = s.writer.http_exchange().cloned();
     if let Some(x) = &exchange {
-        let dest = snap.clusters.get(&route.cfg.destination).map(|c| &c.cfg.spec);
+        let dest = snap.clusters.get(destination).map(|c| &c.cfg.spec);
         let to_datagrams = dest.and_then(|d| d.stream_kind()) == Some(StreamKind::Datagram);
         let to_http = matches!(dest, Some(l7mp_api::ClusterSpec::Http { .. }));
         x.configure(
@@ -215,15 +223,7 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         );
     }
     let opened = async {
-        let destination = open(
-            &snap,
-            &route.cfg.destination,
-            &metadata,
-            &info.name,
-            &retry,
-            exchange.as_ref(),
-        )
-        .await?;
+        let destination = open(&snap, destination, &metadata, &info.name, &retry, exchange.as_ref()).await?;
         let mut ingress = Vec::with_capacity(route.cfg.ingress.len());
         for c in &route.cfg.ingress {
             ingress.push(open(&snap, c, &metadata, &info.name, &retry, None).await?);
@@ -295,13 +295,19 @@ impl SessionError {
                 source: ConnectError::Timeout { .. },
                 ..
             } => StatusCode::GATEWAY_TIMEOUT,
+            // The request lacks what the cluster hashes on (`on_missing_key: fail`).
+            SessionError::Connect {
+                source: ConnectError::Pick(crate::lb::PickError::MissingKey { .. }),
+                ..
+            } => StatusCode::BAD_REQUEST,
             SessionError::Connect { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 }
 
 /// Opens a stage of cluster `name`, retrying connect failures as the route's retry policy says: with
-/// `connect-failure` or `always`, up to `num_retries` more attempts, `timeout` apart.
+/// `connect-failure` or `always`, up to `num_retries` more attempts, `timeout` apart. A retry goes to another
+/// endpoint while the cluster has one that this session has not tried, and then without the pause.
 async fn open(
     snap: &Snapshot,
     name: &str,
@@ -319,14 +325,41 @@ async fn open(
         RetryOn::Never | RetryOn::Disconnect => 1,
     };
     let mut n = 0;
+    let mut tried = Vec::new();
     loop {
         n += 1;
         // Boxed: the connect futures of all protocols are large, and the session future is moved when spawned.
-        match Box::pin(protocol::connect(cluster, metadata, session, retry.timeout, exchange)).await {
+        match Box::pin(protocol::connect(
+            cluster,
+            metadata,
+            retry.timeout,
+            exchange,
+            &mut tried,
+        ))
+        .await
+        {
             Ok(stage) => return Ok(stage),
+            // Nothing another attempt could change.
+            Err(source @ ConnectError::Pick(_)) => {
+                return Err(SessionError::Connect {
+                    cluster: name.to_owned(),
+                    attempts: n,
+                    source,
+                });
+            }
             Err(e) if n < attempts => {
-                tracing::debug!(session, cluster = name, attempt = n, "connect failed, retrying: {e}");
-                tokio::time::sleep(retry.timeout).await;
+                // Another endpoint is tried at once; the same one again after the pause.
+                if cluster.lb.has_untried(&tried) {
+                    tracing::debug!(
+                        session,
+                        cluster = name,
+                        attempt = n,
+                        "connect failed, trying another endpoint: {e}"
+                    );
+                } else {
+                    tracing::debug!(session, cluster = name, attempt = n, "connect failed, retrying: {e}");
+                    tokio::time::sleep(retry.timeout).await;
+                }
             }
             Err(source) => {
                 return Err(SessionError::Connect {

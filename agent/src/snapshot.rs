@@ -2,10 +2,11 @@
 //! files, per-route flags). Built once per configuration change and swapped in atomically; sessions hold the
 //! snapshot (and so the route) they were routed with.
 
+use crate::lb::{Balancer, SmoothWrr};
 use crate::protocol::http::client::Pool as HttpPool;
 use crate::protocol::sync::SyncHub;
 use crate::protocol::transform::LogSink;
-use l7mp_api::{Cluster, ClusterSpec, Config, Listener, Route, Rule, RuleList};
+use l7mp_api::{Cluster, ClusterSpec, Config, Destination, Listener, Route, Rule, RuleList};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -19,6 +20,8 @@ pub struct ClusterRt {
     pub sync: Option<Arc<SyncHub>>,
     /// The keep-alive connections of an HTTP cluster.
     pub http: Option<Arc<HttpPool>>,
+    /// Endpoint selection and outlier detection.
+    pub lb: Balancer,
 }
 
 /// A route ready for use.
@@ -26,6 +29,38 @@ pub struct RouteRt {
     pub cfg: Route,
     /// Set once the "datagram stream routed into a byte stream" warning was logged for this route.
     pub warned_boundaries: AtomicBool,
+    /// A weighted split: its turn, and the weights and indices of its branches.
+    split: SmoothWrr,
+    split_weights: Vec<u32>,
+    split_all: Vec<usize>,
+}
+
+impl RouteRt {
+    pub fn new(cfg: Route) -> RouteRt {
+        let split_weights: Vec<u32> = match &cfg.destination {
+            Destination::Cluster(_) => Vec::new(),
+            Destination::Split(s) => s.iter().map(|w| w.weight).collect(),
+        };
+        RouteRt {
+            cfg,
+            warned_boundaries: AtomicBool::new(false),
+            split: SmoothWrr::new(split_weights.len()),
+            split_all: (0..split_weights.len()).collect(),
+            split_weights,
+        }
+    }
+
+    /// The destination cluster of a new session: the route's cluster, or the next of a weighted split.
+    pub fn destination(&self) -> &str {
+        match &self.cfg.destination {
+            Destination::Cluster(c) => c,
+            Destination::Split(split) => {
+                // The configuration guarantees a branch of weight > 0.
+                let i = self.split.next(&self.split_weights, &self.split_all).unwrap_or(0);
+                split.get(i).map_or("", |w| w.cluster.as_str())
+            }
+        }
+    }
 }
 
 /// One immutable version of the running configuration.
@@ -86,6 +121,7 @@ impl Snapshot {
                     sink,
                     sync,
                     http,
+                    lb: Balancer::new(c),
                 }),
             );
         }
@@ -108,15 +144,7 @@ impl Snapshot {
             routes: config
                 .routes
                 .iter()
-                .map(|r| {
-                    (
-                        r.name.clone(),
-                        Arc::new(RouteRt {
-                            cfg: r.clone(),
-                            warned_boundaries: AtomicBool::new(false),
-                        }),
-                    )
-                })
+                .map(|r| (r.name.clone(), Arc::new(RouteRt::new(r.clone()))))
                 .collect(),
             clusters,
             config: Arc::new(config),

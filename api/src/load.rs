@@ -568,7 +568,7 @@ impl Builder {
             .and_then(|s| self.cluster_spec(s, &o.at("spec")));
         let loadbalancer = match o.get("loadbalancer") {
             Some(lb) => self.loadbalancer(lb, &o.at("loadbalancer")),
-            None => Some(LoadBalancer::Trivial),
+            None => Some(LoadBalancer::default()),
         };
         let name = name?;
         let mut endpoints = Vec::new();
@@ -598,6 +598,13 @@ impl Builder {
                     }
                 }
             }
+        }
+        if !endpoints.is_empty() && endpoints.iter().all(|e| e.weight == 0) {
+            self.d.error(
+                &o.at("endpoints"),
+                "every endpoint has weight 0, so no session could be sent anywhere (weight 0 takes an endpoint out \
+                 of rotation)",
+            );
         }
         if !self.define(Kind::Cluster, &name, path) {
             return None;
@@ -842,36 +849,155 @@ impl Builder {
         Some(Endpoint { name, address, weight })
     }
 
+    /// `loadbalancer: {policy, key, on_missing_key, outlier_detection}`.
     fn loadbalancer(&mut self, v: &Value, path: &FieldPath) -> Option<LoadBalancer> {
-        let o = self.d.object(v, path, &["policy", "key"])?;
-        let policy = match o.get("policy") {
+        let o = self
+            .d
+            .object(v, path, &["policy", "key", "on_missing_key", "outlier_detection"])?;
+        let name = match o.get("policy") {
             Some(p) => self.d.string(p, &o.at("policy"))?,
             None => "Trivial".to_owned(),
         };
-        match policy.as_str() {
-            "Trivial" => Some(LoadBalancer::Trivial),
+        let hashing = matches!(name.as_str(), "HashRing" | "ConsistentHash");
+        let policy = match name.as_str() {
+            "Trivial" => Some(Policy::Trivial),
+            "WeightedRandom" | "Random" => Some(Policy::WeightedRandom),
+            "RoundRobin" | "WeightedRoundRobin" => Some(Policy::RoundRobin),
             "HashRing" | "ConsistentHash" => {
                 let key = match o.get("key") {
-                    Some(k) => {
-                        let s = self.d.string(k, &o.at("key"))?;
-                        match Pointer::parse(&s) {
-                            Ok(p) => Some(p),
-                            Err(e) => {
-                                self.d.error(&o.at("key"), e);
-                                return None;
-                            }
-                        }
-                    }
-                    None => None,
+                    Some(k) => self.hash_key(k, &o.at("key")),
+                    None => Some(None),
                 };
-                Some(LoadBalancer::HashRing { key })
+                let on_missing_key = match (o.get("on_missing_key"), &key) {
+                    (None, _) => Some(OnMissingKey::First),
+                    (Some(m), Some(None)) => {
+                        let msg = format!(
+                            "on_missing_key needs a key (without one, every session is placed at random), got {}",
+                            describe(m)
+                        );
+                        self.d.error(&o.at("on_missing_key"), msg);
+                        None
+                    }
+                    (Some(m), _) => match self.d.string(m, &o.at("on_missing_key")).as_deref() {
+                        Some("first") => Some(OnMissingKey::First),
+                        Some("random") => Some(OnMissingKey::Random),
+                        Some("fail") => Some(OnMissingKey::Fail),
+                        Some(other) => {
+                            let msg = format!("expected one of: first, random, fail; got {other:?}");
+                            self.d.error(&o.at("on_missing_key"), msg);
+                            None
+                        }
+                        None => None,
+                    },
+                };
+                Some(Policy::HashRing {
+                    key: key?,
+                    on_missing_key: on_missing_key?,
+                })
             }
             other => {
-                let msg = format!("unknown policy {other:?} (expected one of: Trivial, HashRing, ConsistentHash)");
+                let msg = format!(
+                    "unknown policy {other:?} (expected one of: Trivial, HashRing, ConsistentHash, WeightedRandom, \
+                     Random, RoundRobin, WeightedRoundRobin)"
+                );
                 self.d.error(&o.at("policy"), msg);
                 None
             }
+        };
+        if !hashing {
+            for field in ["key", "on_missing_key"] {
+                if o.get(field).is_some() {
+                    let msg =
+                        format!("only the HashRing and ConsistentHash policies use a {field} (policy is {name:?})");
+                    self.d.error(&o.at(field), msg);
+                }
+            }
         }
+        let outlier_detection = match o.get("outlier_detection") {
+            Some(od) => self.outlier_detection(od, &o.at("outlier_detection")),
+            None => Some(OutlierDetection::default()),
+        };
+        if !hashing && (o.get("key").is_some() || o.get("on_missing_key").is_some()) {
+            return None;
+        }
+        Some(LoadBalancer {
+            policy: policy?,
+            outlier_detection: outlier_detection?,
+        })
+    }
+
+    /// A hashing policy's `key`: a JSON pointer into the metadata. `"<RANDOM>"` (how the original dumps a policy
+    /// without a key) means no key.
+    fn hash_key(&mut self, v: &Value, path: &FieldPath) -> Option<Option<Pointer>> {
+        let s = self.d.string(v, path)?;
+        if s == "<RANDOM>" {
+            return Some(None);
+        }
+        match Pointer::parse(&s) {
+            Ok(p) if !p.is_root() => Some(Some(p)),
+            Ok(_) => {
+                self.d.error(
+                    path,
+                    "expected a JSON pointer into the session metadata such as \"/IP/src_addr\", got \"\"",
+                );
+                None
+            }
+            Err(e) => {
+                self.d.error(path, e);
+                None
+            }
+        }
+    }
+
+    /// `outlier_detection: {consecutive_failures, ejection_time, max_ejection_time}`, or `true`/`false`.
+    fn outlier_detection(&mut self, v: &Value, path: &FieldPath) -> Option<OutlierDetection> {
+        if let Value::Bool(on) = v {
+            return Some(if *on {
+                OutlierDetection::default()
+            } else {
+                OutlierDetection::disabled()
+            });
+        }
+        let o = self
+            .d
+            .object(v, path, &["consecutive_failures", "ejection_time", "max_ejection_time"])?;
+        let mut od = OutlierDetection::default();
+        let mut ok = true;
+        if let Some(n) = o.get("consecutive_failures") {
+            match self.d.int_in(n, &o.at("consecutive_failures"), 0, 1000) {
+                Some(n) => od.consecutive_failures = n as u32,
+                None => ok = false,
+            }
+        }
+        for (field, slot) in [
+            ("ejection_time", &mut od.ejection_time),
+            ("max_ejection_time", &mut od.max_ejection_time),
+        ] {
+            let Some(t) = o.get(field) else { continue };
+            match self.d.seconds(t, &o.at(field)) {
+                Some(s) if s > 0.0 => *slot = Duration::from_secs_f64(s),
+                Some(_) => {
+                    self.d.error(&o.at(field), "expected a number of seconds > 0, got 0");
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        if ok && od.max_ejection_time < od.ejection_time {
+            let at = if o.get("max_ejection_time").is_some() {
+                "max_ejection_time"
+            } else {
+                "ejection_time"
+            };
+            let msg = format!(
+                "max_ejection_time ({}s) is shorter than ejection_time ({}s)",
+                od.max_ejection_time.as_secs_f64(),
+                od.ejection_time.as_secs_f64()
+            );
+            self.d.error(&o.at(at), msg);
+            ok = false;
+        }
+        ok.then_some(od)
     }
 
     fn rulelist(&mut self, v: &Value, path: &FieldPath, generated: Option<String>) -> Option<String> {
@@ -1023,7 +1149,10 @@ impl Builder {
             "cluster"
         };
         let destination = match o.get(dest_key) {
-            Some(d) => self.cluster_ref(d, &o.at(dest_key), &name, "Cluster"),
+            Some(Value::Array(items)) => self.split(items, &o.at(dest_key), &name),
+            Some(d) => self
+                .cluster_ref(d, &o.at(dest_key), &name, "Cluster")
+                .map(Destination::Cluster),
             None => {
                 self.d.error(&o.at("destination"), "missing required field");
                 None
@@ -1056,6 +1185,53 @@ impl Builder {
             retry: retry?,
         });
         Some(name)
+    }
+
+    /// A weighted split: `[{cluster: <name or inline cluster>, weight: N}, ...]`.
+    fn split(&mut self, items: &[Value], path: &FieldPath, route: &str) -> Option<Destination> {
+        if items.is_empty() {
+            self.d
+                .error(path, "expected a cluster, or a non-empty list of {cluster, weight}");
+            return None;
+        }
+        let mut split: Vec<WeightedCluster> = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = path.index(i);
+            let Some(io) = self.d.object(item, &p, &["cluster", "weight"]) else {
+                ok = false;
+                continue;
+            };
+            let weight = match io.get("weight") {
+                Some(w) => self.d.int_in(w, &io.at("weight"), 0, 1_000_000).map(|w| w as u32),
+                None => Some(1),
+            };
+            let cluster = self
+                .d
+                .required(io, "cluster")
+                .and_then(|c| self.cluster_ref(c, &io.at("cluster"), route, "Cluster"));
+            match (cluster, weight) {
+                (Some(cluster), Some(weight)) => {
+                    if split.iter().any(|w| w.cluster == cluster) {
+                        self.d.error(
+                            &io.at("cluster"),
+                            format!("cluster {cluster:?} appears twice in the split (add up the weights instead)"),
+                        );
+                        ok = false;
+                    }
+                    split.push(WeightedCluster { cluster, weight });
+                }
+                _ => ok = false,
+            }
+        }
+        if ok && split.iter().all(|w| w.weight == 0) {
+            self.d.error(
+                path,
+                "every cluster of the split has weight 0, so no session could be sent anywhere",
+            );
+            ok = false;
+        }
+        ok.then_some(Destination::Split(split))
     }
 
     /// A cluster given by name (checked later) or inline (decoded now with a generated name).
@@ -1219,14 +1395,17 @@ clusters:
             .route(rule.action.route.as_deref().expect("route"))
             .expect("route exists");
         assert_eq!(route.name, "udp-in-RuleList-0-Rule-0-Route-0");
-        assert_eq!(route.destination, "udp-in-RuleList-0-Rule-0-Route-0-Cluster-0");
+        let Destination::Cluster(destination) = &route.destination else {
+            panic!("one destination cluster")
+        };
+        assert_eq!(destination, "udp-in-RuleList-0-Rule-0-Route-0-Cluster-0");
         assert_eq!(
             route.ingress,
             vec!["udp-in-RuleList-0-Rule-0-Route-0-ingress-Cluster-1"]
         );
         assert_eq!(route.egress, vec!["echo"]);
-        let dest = cfg.cluster(&route.destination).expect("dest");
-        assert_eq!(dest.endpoints[0].name, format!("{}-EndPoint-0", route.destination));
+        let dest = cfg.cluster(destination).expect("dest");
+        assert_eq!(dest.endpoints[0].name, format!("{destination}-EndPoint-0"));
         assert!(matches!(
             cfg.listeners[0].spec,
             ListenerSpec::Udp(UdpListenerSpec {
@@ -1385,5 +1564,214 @@ rulelists: [{ name: r, rules: [] }]
     fn syntax_errors_say_which_format() {
         let e = parse_config("{", Format::Json).expect_err("bad json");
         assert!(e.to_string().starts_with("cannot parse the configuration as JSON"));
+    }
+
+    fn lb(spec: &str) -> Result<LoadBalancer, Vec<String>> {
+        let yaml = format!(
+            "clusters:\n  - name: c\n    spec: {{protocol: TCP, port: 1}}\n    endpoints: [{{spec: {{address: 127.0.0.1}}}}]\n    loadbalancer: {spec}\n"
+        );
+        match load(&yaml) {
+            Ok(cfg) => Ok(cfg.clusters[0].loadbalancer.clone()),
+            Err(_) => Err(errors(&yaml)),
+        }
+    }
+
+    #[test]
+    fn loadbalancer_policies_and_their_names() {
+        assert_eq!(lb("{}"), Ok(LoadBalancer::default()));
+        for (name, policy) in [
+            ("Trivial", Policy::Trivial),
+            ("WeightedRandom", Policy::WeightedRandom),
+            ("Random", Policy::WeightedRandom),
+            ("RoundRobin", Policy::RoundRobin),
+            ("WeightedRoundRobin", Policy::RoundRobin),
+        ] {
+            assert_eq!(
+                lb(&format!("{{policy: {name}}}")).map(|l| l.policy),
+                Ok(policy),
+                "{name}"
+            );
+        }
+        let key = Some(Pointer::parse("/IP/src_addr").expect("ptr"));
+        for name in ["HashRing", "ConsistentHash"] {
+            assert_eq!(
+                lb(&format!("{{policy: {name}, key: /IP/src_addr}}")).map(|l| l.policy),
+                Ok(Policy::HashRing {
+                    key: key.clone(),
+                    on_missing_key: OnMissingKey::First
+                })
+            );
+        }
+        assert_eq!(
+            lb("{policy: ConsistentHash, key: /IP/src_addr, on_missing_key: fail}").map(|l| l.policy),
+            Ok(Policy::HashRing {
+                key: key.clone(),
+                on_missing_key: OnMissingKey::Fail
+            })
+        );
+        // Keyless (the original's <RANDOM>, also as dumped).
+        for spec in ["{policy: HashRing}", "{policy: HashRing, key: <RANDOM>}"] {
+            assert_eq!(
+                lb(spec).map(|l| l.policy),
+                Ok(Policy::HashRing {
+                    key: None,
+                    on_missing_key: OnMissingKey::First
+                }),
+                "{spec}"
+            );
+        }
+    }
+
+    #[test]
+    fn outlier_detection_defaults_and_fields() {
+        assert_eq!(lb("{}").map(|l| l.outlier_detection), Ok(OutlierDetection::default()));
+        assert_eq!(
+            lb("{outlier_detection: false}").map(|l| l.outlier_detection.enabled()),
+            Ok(false)
+        );
+        assert_eq!(
+            lb("{policy: RoundRobin, outlier_detection: {consecutive_failures: 5, ejection_time: 0.5, max_ejection_time: 2}}")
+                .map(|l| l.outlier_detection),
+            Ok(OutlierDetection {
+                consecutive_failures: 5,
+                ejection_time: Duration::from_millis(500),
+                max_ejection_time: Duration::from_secs(2),
+            })
+        );
+    }
+
+    #[test]
+    fn bad_loadbalancers_are_field_errors() {
+        let at = "clusters[0].loadbalancer";
+        let cases: &[(&str, &str)] = &[
+            (
+                "{policy: LeastConn}",
+                "policy: unknown policy \"LeastConn\" (expected one of: Trivial, HashRing",
+            ),
+            (
+                "{policy: RoundRobin, key: /x}",
+                "key: only the HashRing and ConsistentHash policies use a key",
+            ),
+            (
+                "{policy: HashRing, key: \"\"}",
+                "key: expected a JSON pointer into the session metadata",
+            ),
+            ("{policy: HashRing, key: /a~2}", "key: invalid escape in JSON pointer"),
+            ("{policy: HashRing, key: 5}", "key: expected a string, got 5"),
+            (
+                "{policy: HashRing, on_missing_key: first}",
+                "on_missing_key: on_missing_key needs a key",
+            ),
+            (
+                "{policy: HashRing, key: /x, on_missing_key: drop}",
+                "on_missing_key: expected one of: first, random, fail",
+            ),
+            (
+                "{outlier_detection: {consecutive_failures: -1}}",
+                "outlier_detection.consecutive_failures: expected an integer 0..1000",
+            ),
+            (
+                "{outlier_detection: {ejection_time: 0}}",
+                "outlier_detection.ejection_time: expected a number of seconds > 0",
+            ),
+            (
+                "{outlier_detection: {max_ejection_time: 5}}",
+                "outlier_detection.max_ejection_time: max_ejection_time (5s) is shorter than ejection_time (10s)",
+            ),
+            (
+                "{outlier_detection: {cooldown: 5}}",
+                "outlier_detection.cooldown: unknown field",
+            ),
+            ("{polcy: Trivial}", "polcy: unknown field"),
+        ];
+        for (spec, want) in cases {
+            let e = lb(spec).expect_err(spec);
+            assert_eq!(e.len(), 1, "{spec}: {e:?}");
+            assert!(e[0].starts_with(&format!("{at}.{want}")), "{spec}: {e:?}");
+        }
+        let e = errors(
+            "clusters:\n  - {name: c, spec: {protocol: TCP, port: 1}, endpoints: [{spec: {address: a}, weight: 0}, {spec: {address: b}, weight: 0}]}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("clusters[0].endpoints: every endpoint has weight 0"),
+            "{e:?}"
+        );
+        let e = errors(
+            "clusters:\n  - {name: c, spec: {protocol: TCP, port: 1}, endpoints: [{spec: {address: a}, weight: 1.5}]}\n",
+        );
+        assert_eq!(
+            e,
+            vec!["clusters[0].endpoints[0].weight: expected an integer 0..1000000, got 1.5"]
+        );
+    }
+
+    #[test]
+    fn a_route_destination_may_be_a_weighted_split() {
+        let cfg = load(
+            r#"
+clusters:
+  - {name: stable, spec: {protocol: Echo}}
+routes:
+  - name: r
+    destination:
+      - {cluster: stable, weight: 90}
+      - {cluster: {spec: {protocol: Discard}}, weight: 10}
+  - name: r2
+    cluster: [{cluster: stable}]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            cfg.routes[0].destination,
+            Destination::Split(vec![
+                WeightedCluster {
+                    cluster: "stable".into(),
+                    weight: 90
+                },
+                WeightedCluster {
+                    cluster: "r-Cluster-0".into(),
+                    weight: 10
+                },
+            ])
+        );
+        assert_eq!(
+            cfg.routes[0].destination.clusters().collect::<Vec<_>>(),
+            ["stable", "r-Cluster-0"]
+        );
+        assert_eq!(
+            cfg.routes[1].destination,
+            Destination::Split(vec![WeightedCluster {
+                cluster: "stable".into(),
+                weight: 1
+            }])
+        );
+        let e = errors("routes:\n  - {name: r, destination: []}\n");
+        assert_eq!(
+            e,
+            vec!["routes[0].destination: expected a cluster, or a non-empty list of {cluster, weight}"]
+        );
+        let e = errors(
+            "clusters: [{name: a, spec: {protocol: Echo}}]\nroutes:\n  - {name: r, destination: [{cluster: a, weight: 0}, {cluster: nope, weight: -3}, {weight: 1}, {cluster: a, wieght: 2}]}\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "routes[0].destination[1].weight: expected an integer 0..1000000, got -3",
+                "routes[0].destination[2].cluster: missing required field",
+                "routes[0].destination[3].wieght: unknown field (expected one of: cluster, weight)",
+                "routes[0].destination[3].cluster: cluster \"a\" appears twice in the split (add up the weights instead)",
+                "routes[0].destination[1].cluster: cluster \"nope\" is not defined",
+            ]
+        );
+        let e = errors(
+            "clusters: [{name: a, spec: {protocol: Echo}}]\nroutes:\n  - {name: r, destination: [{cluster: a, weight: 0}]}\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "routes[0].destination: every cluster of the split has weight 0, so no session could be sent anywhere"
+            ]
+        );
     }
 }

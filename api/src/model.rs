@@ -346,14 +346,95 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
-/// How a cluster picks an endpoint.
+/// How a cluster picks an endpoint, and when it stops picking one that fails (see docs/load-balancing.md).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub enum LoadBalancer {
-    /// Always the first endpoint.
+pub struct LoadBalancer {
+    pub policy: Policy,
+    pub outlier_detection: OutlierDetection,
+}
+
+/// A load-balancing policy. Every policy skips endpoints of weight 0 and endpoints ejected by outlier detection
+/// (unless every endpoint is ejected).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Policy {
+    /// The first endpoint (the original's default).
     #[default]
     Trivial,
-    /// Consistent hashing of the metadata value at `key` (rendezvous hashing; weights honoured).
-    HashRing { key: Option<Pointer> },
+    /// Consistent hashing (`HashRing` or `ConsistentHash`): the metadata value at `key` picks the endpoint by
+    /// weighted rendezvous hashing. Without a key (the original's `<RANDOM>`) every session is placed at random, by
+    /// weight.
+    HashRing {
+        key: Option<Pointer>,
+        on_missing_key: OnMissingKey,
+    },
+    /// A random endpoint, each with a chance proportional to its weight.
+    WeightedRandom,
+    /// Smooth weighted round robin: in every run of `sum of weights` sessions, each endpoint gets its weight's
+    /// worth, interleaved.
+    RoundRobin,
+}
+
+impl Policy {
+    /// The policy's configuration name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Trivial => "Trivial",
+            Policy::HashRing { .. } => "ConsistentHash",
+            Policy::WeightedRandom => "WeightedRandom",
+            Policy::RoundRobin => "RoundRobin",
+        }
+    }
+}
+
+/// What a hashing policy does with a session whose metadata has no value at the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnMissingKey {
+    /// The first available endpoint, in the order written (deterministic).
+    #[default]
+    First,
+    /// A random endpoint by weight (what the original always did).
+    Random,
+    /// The connect fails and the session is refused.
+    Fail,
+}
+
+/// Passive outlier detection: an endpoint whose connects fail `consecutive_failures` times in a row is skipped for
+/// `ejection_time`, doubled on each ejection that follows without a successful connect in between, up to
+/// `max_ejection_time`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    /// 0 turns outlier detection off.
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub max_ejection_time: Duration,
+}
+
+impl OutlierDetection {
+    pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 3;
+    pub const DEFAULT_EJECTION_TIME: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+    /// Outlier detection turned off.
+    pub fn disabled() -> Self {
+        Self {
+            consecutive_failures: 0,
+            ..Self::default()
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.consecutive_failures > 0
+    }
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: Self::DEFAULT_CONSECUTIVE_FAILURES,
+            ejection_time: Self::DEFAULT_EJECTION_TIME,
+            max_ejection_time: Self::DEFAULT_MAX_EJECTION_TIME,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -390,10 +471,38 @@ pub struct Rewrite {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
-    pub destination: String,
+    pub destination: Destination,
     pub ingress: Vec<String>,
     pub egress: Vec<String>,
     pub retry: Retry,
+}
+
+/// Where a route sends its sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Always this cluster.
+    Cluster(String),
+    /// A weighted split between clusters (a canary): each session goes to one of them, in proportion to the weights
+    /// (smooth weighted round robin, so the shares are exact over every `sum of weights` sessions).
+    Split(Vec<WeightedCluster>),
+}
+
+/// One branch of a [`Destination::Split`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+impl Destination {
+    /// Every cluster a session of this route may be sent to (weight 0 included).
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        let (one, split) = match self {
+            Destination::Cluster(c) => (Some(c.as_str()), &[][..]),
+            Destination::Split(s) => (None, s.as_slice()),
+        };
+        one.into_iter().chain(split.iter().map(|w| w.cluster.as_str()))
+    }
 }
 
 /// When a session's stages are (re)connected.
