@@ -11,6 +11,7 @@
 pub mod decode;
 pub mod error;
 pub mod load;
+pub mod lookup;
 pub mod model;
 pub mod path;
 pub mod pointer;
@@ -18,6 +19,7 @@ pub mod predicate;
 
 pub use error::{ConfigError, FieldError};
 pub use load::{Format, parse_config};
+pub use lookup::{RouteError, Rules};
 pub use model::*;
 pub use path::FieldPath;
 pub use pointer::Pointer;

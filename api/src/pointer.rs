@@ -6,6 +6,9 @@
 use serde_json::{Map, Value};
 use std::fmt;
 
+/// Objects up to this many members are searched by comparing keys rather than by hash.
+const SCAN_MAX: usize = 16;
+
 /// A parsed JSON pointer: the list of reference tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Pointer {
@@ -63,6 +66,8 @@ impl Pointer {
         let mut cur = doc;
         for t in &self.tokens {
             cur = match cur {
+                // Session metadata objects are small; comparing a few short keys beats hashing the token.
+                Value::Object(m) if m.len() <= SCAN_MAX => m.iter().find(|(k, _)| *k == t)?.1,
                 Value::Object(m) => m.get(t)?,
                 Value::Array(a) => a.get(t.parse::<usize>().ok()?)?,
                 _ => return None,
@@ -157,6 +162,19 @@ mod tests {
         assert_eq!(Pointer::parse("/a/1/b").unwrap().get(&doc), Some(&json!(2)));
         assert_eq!(Pointer::parse("/a/7").unwrap().get(&doc), None);
         assert_eq!(Pointer::parse("").unwrap().get(&doc), Some(&doc));
+    }
+
+    #[test]
+    fn small_and_large_objects_alike() {
+        let mut big = Map::new();
+        for i in 0..(2 * SCAN_MAX) {
+            big.insert(format!("k{i}"), json!(i));
+        }
+        let doc = json!({"small": {"a": 1, "b": 2}, "big": big});
+        assert_eq!(Pointer::parse("/small/b").unwrap().get(&doc), Some(&json!(2)));
+        assert_eq!(Pointer::parse("/small/c").unwrap().get(&doc), None);
+        assert_eq!(Pointer::parse("/big/k20").unwrap().get(&doc), Some(&json!(20)));
+        assert_eq!(Pointer::parse("/big/k99").unwrap().get(&doc), None);
     }
 
     #[test]

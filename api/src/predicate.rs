@@ -2,9 +2,10 @@
 //! metadata.
 //!
 //! Unlike the original l7mp, a predicate is validated when it is loaded: an unknown operator, a missing `path` or a
-//! `value` of the wrong type is an error that names the field, not a predicate that is silently false. Second-order
-//! operators (`and`, `or`, `not`) may carry a `path` that re-roots their sub-predicates; it is folded into the
-//! sub-predicates' pointers at load time. Regular expressions are compiled once.
+//! `value` of the wrong type is an error that names the field, not a predicate that is silently false; so are an
+//! empty `and`/`or`/`not` (json-predicate answered true) and an `apply` or `value` on an operator that takes none.
+//! Second-order operators (`and`, `or`, `not`) may carry a `path` that re-roots their sub-predicates; it is folded
+//! into the sub-predicates' pointers at load time. Regular expressions are compiled once.
 
 use crate::decode::{Decoder, describe};
 use crate::path::FieldPath;
@@ -73,9 +74,10 @@ pub enum Predicate {
         values: Vec<Value>,
         ignore_case: bool,
     },
+    /// The array at `path` has an element equal to `value` (json-predicate's extension: the inverse of `in`).
     Contained {
         path: Pointer,
-        values: Vec<Value>,
+        value: Value,
         ignore_case: bool,
     },
     Intersects {
@@ -154,6 +156,13 @@ impl Predicate {
         if let "and" | "or" | "not" = op.as_str() {
             let sub_root = pointer.unwrap_or_else(|| root.clone());
             let apply_path = o.at("apply");
+            if o.map.contains_key("value") {
+                d.error(
+                    &o.at("value"),
+                    format!("operator {op:?} takes no value (its predicates go in apply)"),
+                );
+                return None;
+            }
             let Some(apply_v) = o.get("apply") else {
                 d.error(
                     &apply_path,
@@ -161,12 +170,28 @@ impl Predicate {
                 );
                 return None;
             };
+            if apply_v.as_array().is_some_and(Vec::is_empty) {
+                // json-predicate answers true for an empty and/or/not; an empty list is almost surely a mistake, and
+                // a rule without `match` already matches every session.
+                d.error(
+                    &apply_path,
+                    format!("operator {op:?} needs at least one predicate (omit match to match every session)"),
+                );
+                return None;
+            }
             let subs = d.array(apply_v, &apply_path, |d, v, p| Self::decode_rooted(d, v, p, &sub_root))?;
             return Some(match op.as_str() {
                 "and" => Predicate::And(subs),
                 "or" => Predicate::Or(subs),
                 _ => Predicate::Not(subs),
             });
+        }
+        if o.map.contains_key("apply") {
+            d.error(
+                &o.at("apply"),
+                format!("operator {op:?} takes no apply (only and, or and not do)"),
+            );
+            return None;
         }
         let Some(path) = pointer else {
             d.error(
@@ -198,6 +223,11 @@ impl Predicate {
                 ignore_case,
             },
             "contains" => Predicate::Contains {
+                path,
+                value: value.clone(),
+                ignore_case,
+            },
+            "contained" => Predicate::Contained {
                 path,
                 value: value.clone(),
                 ignore_case,
@@ -254,11 +284,6 @@ impl Predicate {
                         values,
                         ignore_case,
                     },
-                    "contained" => Predicate::Contained {
-                        path,
-                        values,
-                        ignore_case,
-                    },
                     _ => Predicate::Intersects {
                         path,
                         values,
@@ -298,7 +323,7 @@ impl Predicate {
                 ignore_case,
             } => str_at(doc, path).is_some_and(|s| {
                 if *ignore_case {
-                    s.to_lowercase().starts_with(&value.to_lowercase())
+                    affix_ci(s, value, true)
                 } else {
                     s.starts_with(value.as_str())
                 }
@@ -309,7 +334,7 @@ impl Predicate {
                 ignore_case,
             } => str_at(doc, path).is_some_and(|s| {
                 if *ignore_case {
-                    s.to_lowercase().ends_with(&value.to_lowercase())
+                    affix_ci(s, value, false)
                 } else {
                     s.ends_with(value.as_str())
                 }
@@ -325,10 +350,10 @@ impl Predicate {
                 .is_some_and(|v| values.iter().any(|x| eq(v, x, *ignore_case))),
             Predicate::Contained {
                 path,
-                values,
+                value,
                 ignore_case,
             } => match path.get(doc) {
-                Some(Value::Array(a)) => a.iter().all(|v| values.iter().any(|x| eq(v, x, *ignore_case))),
+                Some(Value::Array(a)) => a.iter().any(|x| eq(x, value, *ignore_case)),
                 _ => false,
             },
             Predicate::Intersects {
@@ -342,8 +367,8 @@ impl Predicate {
             Predicate::Matches { path, regex } => str_at(doc, path).is_some_and(|s| regex.is_match(s)),
             Predicate::Type { path, ty } => type_matches(path.get(doc), *ty),
             Predicate::And(subs) => subs.iter().all(|p| p.eval(doc)),
-            // The original (json-predicate 0.9.5) answers true for an empty `or`; we keep that.
-            Predicate::Or(subs) => subs.is_empty() || subs.iter().any(|p| p.eval(doc)),
+            // Empty `and`/`or`/`not` are rejected at load, so no empty-list convention is needed here.
+            Predicate::Or(subs) => subs.iter().any(|p| p.eval(doc)),
             Predicate::Not(subs) => !subs.iter().any(|p| p.eval(doc)),
         }
     }
@@ -383,25 +408,60 @@ fn str_at<'a>(doc: &'a Value, path: &Pointer) -> Option<&'a str> {
     path.get(doc).and_then(Value::as_str)
 }
 
-/// Deep equality; with `ignore_case`, strings compare case-insensitively at every depth.
+/// Deep equality as JSON (and JavaScript) sees it: numbers compare by value (`1` equals `1.0`), and with
+/// `ignore_case` strings compare case-insensitively at every depth.
 fn eq(a: &Value, b: &Value, ignore_case: bool) -> bool {
-    if !ignore_case {
-        return a == b;
-    }
     match (a, b) {
-        (Value::String(x), Value::String(y)) => x.to_lowercase() == y.to_lowercase(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq(p, q, true)),
+        (Value::String(x), Value::String(y)) if ignore_case => lower_eq(x, y),
+        (Value::Number(x), Value::Number(y)) => num_eq(x, y),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq(p, q, ignore_case)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| eq(v, w, true)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| eq(v, w, ignore_case)))
         }
         _ => a == b,
     }
 }
 
+/// Case-insensitive `starts_with` (`prefix`) or `ends_with`; allocates only for non-ASCII text.
+fn affix_ci(s: &str, affix: &str, prefix: bool) -> bool {
+    if s.is_ascii() && affix.is_ascii() {
+        let (s, a) = (s.as_bytes(), affix.as_bytes());
+        let Some(rest) = s.len().checked_sub(a.len()) else {
+            return false;
+        };
+        let part = if prefix { &s[..a.len()] } else { &s[rest..] };
+        return part.eq_ignore_ascii_case(a);
+    }
+    let (s, a) = (s.to_lowercase(), affix.to_lowercase());
+    if prefix { s.starts_with(&a) } else { s.ends_with(&a) }
+}
+
+/// Case-insensitive string equality without allocating.
+fn lower_eq(x: &str, y: &str) -> bool {
+    if x.is_ascii() && y.is_ascii() {
+        return x.eq_ignore_ascii_case(y);
+    }
+    x.chars()
+        .flat_map(char::to_lowercase)
+        .eq(y.chars().flat_map(char::to_lowercase))
+}
+
+/// serde_json keeps integers and floats apart (`1 != 1.0`); JSON and the original do not.
+fn num_eq(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    if let (Some(p), Some(q)) = (x.as_i64(), y.as_i64()) {
+        return p == q;
+    }
+    if let (Some(p), Some(q)) = (x.as_u64(), y.as_u64()) {
+        return p == q;
+    }
+    x.as_f64() == y.as_f64()
+}
+
 fn type_matches(v: Option<&Value>, ty: JsonType) -> bool {
     use std::sync::LazyLock;
     static DATE: LazyLock<Regex> = LazyLock::new(|| re(r"^\d{4}-\d{2}-\d{2}$"));
-    static TIME: LazyLock<Regex> = LazyLock::new(|| re(r"^\d{2}:\d{2}:\d{2}(\.\d+)?([zZ]|[+-]\d{2}:\d{2})?$"));
+    // RFC 3339 full-time: the offset is part of it (a bare `10:10:10` is a partial-time).
+    static TIME: LazyLock<Regex> = LazyLock::new(|| re(r"^\d{2}:\d{2}:\d{2}(\.\d+)?([zZ]|[+-]\d{2}:\d{2})$"));
     static DATE_TIME: LazyLock<Regex> =
         LazyLock::new(|| re(r"^\d{4}-\d{2}-\d{2}[tT ]\d{2}:\d{2}:\d{2}(\.\d+)?([zZ]|[+-]\d{2}:\d{2})$"));
     static LANG: LazyLock<Regex> = LazyLock::new(|| re(r"^[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8})*$"));
@@ -491,10 +551,7 @@ mod tests {
                 json!({"op": "in", "path": "/HTTP/method", "value": ["PUT", "GET"]}),
                 true,
             ),
-            (
-                json!({"op": "contained", "path": "/labels/tags", "value": ["a", "b", "c"]}),
-                true,
-            ),
+            (json!({"op": "contained", "path": "/labels/tags", "value": "a"}), true),
             (
                 json!({"op": "intersects", "path": "/labels/tags", "value": ["x", "b"]}),
                 true,
