@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the agent, runs it on the example configurations and sends real traffic through each, printing what came
-# back. Stops the agent (SIGTERM) at the end and checks it left no socket file behind.
+# Builds the agent, runs it on the example configurations (UDP echo, TCP -> UNIX socket, UDP -> JSONEncap/Decap,
+# an HTTP reverse proxy) and sends real traffic through each, printing what came back. Stops the agent (SIGTERM) at the end and checks it left no socket file behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/l7mp/target}"
@@ -10,7 +10,10 @@ AGENT="$CARGO_TARGET_DIR/release/l7mp-agent"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-for cfg in udp-echo tcp-to-unix udp-jsonencap; do
+# The HTTP example proxies to an HTTP server on 127.0.0.1:9041: Python's, serving this folder.
+python3 -m http.server 9041 --bind 127.0.0.1 --directory examples >/dev/null 2>&1 &
+pids+=($!)
+for cfg in udp-echo tcp-to-unix udp-jsonencap http-proxy; do
   echo "== starting: $AGENT -c examples/$cfg.yaml"
   "$AGENT" -c "examples/$cfg.yaml" -l warn &
   pids+=($!)
@@ -29,6 +32,12 @@ data = b""
 while chunk := t.recv(65536): data += chunk
 print("-- TCP -> UNIX socket -> Echo (port 9010):", data)
 print("-- UDP -> JSONEncap -> UDP -> JSONDecap (port 9020):", udp(9020, [b"datagram one", b"two"]))
+import urllib.request
+r = urllib.request.urlopen("http://127.0.0.1:9040/demo.sh", timeout=3)
+print("-- HTTP reverse proxy (port 9040 -> 9041): status", r.status, "server", r.headers["server"], "-",
+      len(r.read()), "bytes of demo.sh")
+r = urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:9040/echo", data=b"echoed by the agent"), timeout=3)
+print("-- HTTP -> Echo (port 9040/echo):", r.read())
 PY
 echo "== stopping the agents (SIGTERM)"
 for p in "${pids[@]}"; do kill -TERM "$p"; done
