@@ -49,8 +49,6 @@ rulelists:
       - action:
           rewrite: [{path: labels/tagged, value: true}]
           route: {name: to-discard, destination: discard}
-  - name: loop
-    rules: [{name: jump, action: {apply: loop}}]
 "#;
 
     #[test]
@@ -67,8 +65,8 @@ rulelists:
             Some(RouteError::NoMatch("main".into()))
         );
         assert_eq!(
-            lookup(&s, "loop", &mut json!({})).err(),
-            Some(RouteError::TooDeep("loop".into()))
+            lookup(&s, "nope", &mut json!({})).err(),
+            Some(RouteError::UnknownRuleList("nope".into()))
         );
     }
 }

@@ -103,8 +103,6 @@ rulelists:
       - action:
           rewrite: [{path: labels/tagged, value: true}, {path: /labels/tagged, value: 2}]
           route: {name: to-discard, destination: discard}
-  - name: loop
-    rules: [{name: jump, action: {apply: loop}}]
 "#;
 
     #[test]
@@ -122,12 +120,31 @@ rulelists:
         let mut m = json!({"IP": {"src_addr": "10.0.0.2"}});
         assert_eq!(lookup(&c, "main", &mut m), Err(RouteError::NoMatch("main".into())));
         assert_eq!(
-            lookup(&c, "loop", &mut json!({})),
-            Err(RouteError::TooDeep("loop".into()))
-        );
-        assert_eq!(
             lookup(&c, "nope", &mut json!({})),
             Err(RouteError::UnknownRuleList("nope".into()))
+        );
+    }
+
+    #[test]
+    fn the_depth_limit_stays_as_a_safety_net() {
+        // Load rejects apply loops, so build one by hand.
+        let mut c = parse_config(CFG, Format::Yaml).expect("valid");
+        c.rules.push(Rule {
+            name: "jump".into(),
+            matcher: None,
+            match_source: None,
+            action: crate::Action {
+                apply: Some("loop".into()),
+                ..Default::default()
+            },
+        });
+        c.rulelists.push(RuleList {
+            name: "loop".into(),
+            rules: vec!["jump".into()],
+        });
+        assert_eq!(
+            lookup(&c, "loop", &mut json!({})),
+            Err(RouteError::TooDeep("loop".into()))
         );
     }
 }
