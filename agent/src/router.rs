@@ -1,24 +1,15 @@
-//! Rule lookup for a session: [`l7mp_api::lookup`] over the snapshot's name maps, then the route by name.
+//! Rule lookup for a session: [`l7mp_api::lookup::RuleTable`] (rules pre-resolved per RuleList in the snapshot),
+//! then the route by name.
 
 use crate::snapshot::{RouteRt, Snapshot};
-use l7mp_api::{Rule, RuleList, Rules};
 use serde_json::Value;
 use std::sync::Arc;
 
 pub use l7mp_api::lookup::{MAX_APPLY_DEPTH, RouteError};
 
-impl Rules for Snapshot {
-    fn rulelist(&self, name: &str) -> Option<&RuleList> {
-        self.rulelists.get(name).map(|l| &**l)
-    }
-    fn rule(&self, name: &str) -> Option<&Rule> {
-        self.rules.get(name).map(|r| &**r)
-    }
-}
-
 /// Finds the route for a session whose listener uses `rulelist`, rewriting `metadata` on the way.
 pub fn lookup(snap: &Snapshot, rulelist: &str, metadata: &mut Value) -> Result<Arc<RouteRt>, RouteError> {
-    let route = l7mp_api::lookup::lookup(snap, rulelist, metadata)?;
+    let route = snap.rule_table.lookup(rulelist, metadata)?;
     snap.routes
         .get(route)
         .cloned()

@@ -6,6 +6,7 @@ use crate::lb::{Balancer, SmoothWrr};
 use crate::protocol::http::client::Pool as HttpPool;
 use crate::protocol::sync::SyncHub;
 use crate::protocol::transform::LogSink;
+use l7mp_api::lookup::{RouteError, RuleTable};
 use l7mp_api::{Cluster, ClusterSpec, Config, Destination, Listener, Route, Rule, RuleList};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<ClusterRt>>,
     pub rulelists: HashMap<String, Arc<RuleList>>,
     pub rules: HashMap<String, Arc<Rule>>,
+    /// The rulelists with their rules and `apply` targets resolved: what session lookups walk.
+    pub rule_table: RuleTable,
     pub routes: HashMap<String, Arc<RouteRt>>,
 }
 
@@ -82,6 +85,8 @@ pub enum BuildError {
         path: String,
         source: std::io::Error,
     },
+    #[error("rulelists: {0}")]
+    Rules(#[from] RouteError),
 }
 
 impl Snapshot {
@@ -92,6 +97,7 @@ impl Snapshot {
             clusters: HashMap::new(),
             rulelists: HashMap::new(),
             rules: HashMap::new(),
+            rule_table: RuleTable::default(),
             routes: HashMap::new(),
         }
     }
@@ -125,7 +131,9 @@ impl Snapshot {
                 }),
             );
         }
+        let rule_table = RuleTable::new(&config)?;
         Ok(Snapshot {
+            rule_table,
             listeners: config
                 .listeners
                 .iter()
