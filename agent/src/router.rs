@@ -1,5 +1,5 @@
-//! Rule lookup for a session: [`l7mp_api::lookup::RuleTable`] (rules pre-resolved per RuleList in the snapshot),
-//! then the route by name.
+//! Rule lookup for a session: [`l7mp_api::lookup::RuleTable`] (rules, `apply` targets and routes pre-resolved per
+//! RuleList in the snapshot), then the route by its index.
 
 use crate::snapshot::{RouteRt, Snapshot};
 use serde_json::Value;
@@ -9,11 +9,11 @@ pub use l7mp_api::lookup::{MAX_APPLY_DEPTH, RouteError};
 
 /// Finds the route for a session whose listener uses `rulelist`, rewriting `metadata` on the way.
 pub fn lookup(snap: &Snapshot, rulelist: &str, metadata: &mut Value) -> Result<Arc<RouteRt>, RouteError> {
-    let route = snap.rule_table.lookup(rulelist, metadata)?;
-    snap.routes
-        .get(route)
+    let rule = snap.rule_table.lookup_rule(rulelist, metadata)?;
+    rule.route
+        .and_then(|i| snap.route_list.get(i))
         .cloned()
-        .ok_or_else(|| RouteError::UnknownRoute(route.to_owned()))
+        .ok_or_else(|| RouteError::UnknownRoute(rule.rule.action.route.clone().unwrap_or_default()))
 }
 
 #[cfg(test)]

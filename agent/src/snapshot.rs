@@ -74,6 +74,8 @@ pub struct Snapshot {
     /// The rulelists with their rules and `apply` targets resolved: what session lookups walk.
     pub rule_table: RuleTable,
     pub routes: HashMap<String, Arc<RouteRt>>,
+    /// The routes in configuration order (the same `Arc`s as `routes`), indexed by the rule table's route indices.
+    pub route_list: Vec<Arc<RouteRt>>,
 }
 
 /// Why a configuration could not be put in force (it validated, but a resource could not be had).
@@ -99,6 +101,7 @@ impl Snapshot {
             rules: HashMap::new(),
             rule_table: RuleTable::default(),
             routes: HashMap::new(),
+            route_list: Vec::new(),
         }
     }
 
@@ -132,8 +135,15 @@ impl Snapshot {
             );
         }
         let rule_table = RuleTable::new(&config)?;
+        let route_list: Vec<Arc<RouteRt>> = config
+            .routes
+            .iter()
+            .map(|r| Arc::new(RouteRt::new(r.clone())))
+            .collect();
         Ok(Snapshot {
             rule_table,
+            routes: route_list.iter().map(|r| (r.cfg.name.clone(), r.clone())).collect(),
+            route_list,
             listeners: config
                 .listeners
                 .iter()
@@ -148,11 +158,6 @@ impl Snapshot {
                 .rules
                 .iter()
                 .map(|r| (r.name.clone(), Arc::new(r.clone())))
-                .collect(),
-            routes: config
-                .routes
-                .iter()
-                .map(|r| (r.name.clone(), Arc::new(RouteRt::new(r.clone()))))
                 .collect(),
             clusters,
             config: Arc::new(config),

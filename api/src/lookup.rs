@@ -99,6 +99,8 @@ pub struct ResolvedRule {
     pub rule: Arc<Rule>,
     /// The index in the [`RuleTable`] of the RuleList this rule's `apply` continues in.
     pub apply: Option<usize>,
+    /// The index in the configuration's `routes` of this rule's route.
+    pub route: Option<usize>,
 }
 
 /// A RuleList with its rules resolved, in order.
@@ -116,7 +118,7 @@ pub struct RuleTable {
 }
 
 impl RuleTable {
-    /// Resolves every name of `cfg`'s rulelists. A name that does not resolve is an error (a loaded configuration
+    /// Resolves every name of `cfg`'s rulelists (rules, `apply` targets, and routes as indices into `cfg.routes`). A name that does not resolve is an error (a loaded configuration
     /// has none).
     pub fn new(cfg: &Config) -> Result<RuleTable, RouteError> {
         let by_name: HashMap<String, usize> = cfg
@@ -129,6 +131,12 @@ impl RuleTable {
             .rules
             .iter()
             .map(|r| (r.name.as_str(), Arc::new(r.clone())))
+            .collect();
+        let routes: HashMap<&str, usize> = cfg
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.as_str(), i))
             .collect();
         let mut lists = Vec::with_capacity(cfg.rulelists.len());
         for l in &cfg.rulelists {
@@ -146,7 +154,15 @@ impl RuleTable {
                     ),
                     None => None,
                 };
-                resolved.push(ResolvedRule { rule, apply });
+                let route = match &rule.action.route {
+                    Some(r) => Some(
+                        *routes
+                            .get(r.as_str())
+                            .ok_or_else(|| RouteError::UnknownRoute(r.clone()))?,
+                    ),
+                    None => None,
+                };
+                resolved.push(ResolvedRule { rule, apply, route });
             }
             lists.push(ResolvedList {
                 name: l.name.clone(),
@@ -168,14 +184,22 @@ impl RuleTable {
 
     /// [`lookup`] through the resolved table: the same semantics, one name lookup (the starting RuleList's).
     pub fn lookup(&self, rulelist: &str, metadata: &mut Value) -> Result<&str, RouteError> {
+        let r = self.lookup_rule(rulelist, metadata)?;
+        // lookup_rule returns only rules with a route.
+        Ok(r.rule.action.route.as_deref().unwrap_or_default())
+    }
+
+    /// Like [`RuleTable::lookup`], but returns the chosen rule, whose `route` is the index of its route in the
+    /// configuration's `routes` (so the caller needs no name lookup either). The rule has a route.
+    pub fn lookup_rule(&self, rulelist: &str, metadata: &mut Value) -> Result<&ResolvedRule, RouteError> {
         let start = self
             .index(rulelist)
             .ok_or_else(|| RouteError::UnknownRuleList(rulelist.to_owned()))?;
         self.lookup_at(start, metadata)
     }
 
-    /// [`RuleTable::lookup`] starting at the RuleList with index `start`.
-    pub fn lookup_at(&self, start: usize, metadata: &mut Value) -> Result<&str, RouteError> {
+    /// [`RuleTable::lookup_rule`] starting at the RuleList with index `start`.
+    pub fn lookup_at(&self, start: usize, metadata: &mut Value) -> Result<&ResolvedRule, RouteError> {
         let mut at = start;
         for _ in 0..MAX_APPLY_DEPTH {
             let list = self
@@ -194,12 +218,10 @@ impl RuleTable {
             for rw in &r.rule.action.rewrite {
                 rw.path.set(metadata, rw.value.clone());
             }
-            return r
-                .rule
-                .action
-                .route
-                .as_deref()
-                .ok_or_else(|| RouteError::NoAction(r.rule.name.clone()));
+            return match r.rule.action.route {
+                Some(_) => Ok(r),
+                None => Err(RouteError::NoAction(r.rule.name.clone())),
+            };
         }
         let name = self.lists.get(start).map_or("", |l| l.name.as_str());
         Err(RouteError::TooDeep(name.to_owned()))
@@ -303,11 +325,22 @@ rulelists:
         assert_eq!(main.rules.len(), 2);
         assert_eq!(main.rules[0].apply, None);
         assert_eq!(main.rules[1].apply, t.index("tagging"));
+        assert_eq!(main.rules[1].route, None);
+        let to_echo = c.routes.iter().position(|r| r.name == "to-echo");
+        assert_eq!(main.rules[0].route, to_echo);
+        let mut m = json!({"labels": {"user": "admin"}});
+        assert_eq!(t.lookup_rule("main", &mut m).expect("matches").route, to_echo);
         let mut dangling = c.clone();
         dangling.rulelists[0].rules.push("ghost".into());
         assert_eq!(
             RuleTable::new(&dangling).err(),
             Some(RouteError::UnknownRule("ghost".into()))
+        );
+        let mut no_route = c.clone();
+        no_route.routes.clear();
+        assert_eq!(
+            RuleTable::new(&no_route).err(),
+            Some(RouteError::UnknownRoute("to-echo".into()))
         );
     }
 }
