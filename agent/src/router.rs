@@ -1,28 +1,19 @@
-//! Rule lookup for a session: [`l7mp_api::lookup`] over the snapshot's name maps, then the route by name.
+//! Rule lookup for a session: [`l7mp_api::lookup::RuleTable`] (rules, `apply` targets and routes pre-resolved per
+//! RuleList in the snapshot), then the route by its index.
 
 use crate::snapshot::{RouteRt, Snapshot};
-use l7mp_api::{Rule, RuleList, Rules};
 use serde_json::Value;
 use std::sync::Arc;
 
 pub use l7mp_api::lookup::{MAX_APPLY_DEPTH, RouteError};
 
-impl Rules for Snapshot {
-    fn rulelist(&self, name: &str) -> Option<&RuleList> {
-        self.rulelists.get(name).map(|l| &**l)
-    }
-    fn rule(&self, name: &str) -> Option<&Rule> {
-        self.rules.get(name).map(|r| &**r)
-    }
-}
-
 /// Finds the route for a session whose listener uses `rulelist`, rewriting `metadata` on the way.
 pub fn lookup(snap: &Snapshot, rulelist: &str, metadata: &mut Value) -> Result<Arc<RouteRt>, RouteError> {
-    let route = l7mp_api::lookup::lookup(snap, rulelist, metadata)?;
-    snap.routes
-        .get(route)
+    let rule = snap.rule_table.lookup_rule(rulelist, metadata)?;
+    rule.route
+        .and_then(|i| snap.route_list.get(i))
         .cloned()
-        .ok_or_else(|| RouteError::UnknownRoute(route.to_owned()))
+        .ok_or_else(|| RouteError::UnknownRoute(rule.rule.action.route.clone().unwrap_or_default()))
 }
 
 #[cfg(test)]
@@ -49,8 +40,6 @@ rulelists:
       - action:
           rewrite: [{path: labels/tagged, value: true}]
           route: {name: to-discard, destination: discard}
-  - name: loop
-    rules: [{name: jump, action: {apply: loop}}]
 "#;
 
     #[test]
@@ -67,8 +56,8 @@ rulelists:
             Some(RouteError::NoMatch("main".into()))
         );
         assert_eq!(
-            lookup(&s, "loop", &mut json!({})).err(),
-            Some(RouteError::TooDeep("loop".into()))
+            lookup(&s, "nope", &mut json!({})).err(),
+            Some(RouteError::UnknownRuleList("nope".into()))
         );
     }
 }

@@ -6,6 +6,7 @@ use crate::lb::{Balancer, SmoothWrr};
 use crate::protocol::http::client::Pool as HttpPool;
 use crate::protocol::sync::SyncHub;
 use crate::protocol::transform::LogSink;
+use l7mp_api::lookup::{RouteError, RuleTable};
 use l7mp_api::{Cluster, ClusterSpec, Config, Destination, Listener, Route, Rule, RuleList};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,7 +71,11 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<ClusterRt>>,
     pub rulelists: HashMap<String, Arc<RuleList>>,
     pub rules: HashMap<String, Arc<Rule>>,
+    /// The rulelists with their rules and `apply` targets resolved: what session lookups walk.
+    pub rule_table: RuleTable,
     pub routes: HashMap<String, Arc<RouteRt>>,
+    /// The routes in configuration order (the same `Arc`s as `routes`), indexed by the rule table's route indices.
+    pub route_list: Vec<Arc<RouteRt>>,
 }
 
 /// Why a configuration could not be put in force (it validated, but a resource could not be had).
@@ -82,6 +87,8 @@ pub enum BuildError {
         path: String,
         source: std::io::Error,
     },
+    #[error("rulelists: {0}")]
+    Rules(#[from] RouteError),
 }
 
 impl Snapshot {
@@ -92,7 +99,9 @@ impl Snapshot {
             clusters: HashMap::new(),
             rulelists: HashMap::new(),
             rules: HashMap::new(),
+            rule_table: RuleTable::default(),
             routes: HashMap::new(),
+            route_list: Vec::new(),
         }
     }
 
@@ -125,7 +134,16 @@ impl Snapshot {
                 }),
             );
         }
+        let rule_table = RuleTable::new(&config)?;
+        let route_list: Vec<Arc<RouteRt>> = config
+            .routes
+            .iter()
+            .map(|r| Arc::new(RouteRt::new(r.clone())))
+            .collect();
         Ok(Snapshot {
+            rule_table,
+            routes: route_list.iter().map(|r| (r.cfg.name.clone(), r.clone())).collect(),
+            route_list,
             listeners: config
                 .listeners
                 .iter()
@@ -140,11 +158,6 @@ impl Snapshot {
                 .rules
                 .iter()
                 .map(|r| (r.name.clone(), Arc::new(r.clone())))
-                .collect(),
-            routes: config
-                .routes
-                .iter()
-                .map(|r| (r.name.clone(), Arc::new(RouteRt::new(r.clone()))))
                 .collect(),
             clusters,
             config: Arc::new(config),

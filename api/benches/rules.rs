@@ -1,10 +1,12 @@
-//! What a session's rule lookup costs: `l7mp_api::lookup::lookup` over RuleLists of 1, 10 and 100 rules, with the
-//! rulelists and rules in name maps as the agent's snapshot keeps them (`HashMap<String, Arc<_>>`).
+//! What a session's rule lookup costs: `RuleTable::lookup` (the agent's path: rules pre-resolved per RuleList, no
+//! name hashing per rule) over RuleLists of 1, 10 and 100 rules.
 //!
 //! Every rule carries one of three typical predicates (`starts` on the URL path, `test` on a header, an `and` of a
 //! `test` on the method and a `starts` on the path), each with a value no other rule has. `last` is the worst case
-//! that still routes: only the last rule matches. `none`: no rule matches. `eval_only` evaluates the same predicates
-//! from a `Vec`, without the per-rule name lookup, to show what that costs.
+//! that still routes: only the last rule matches. `none`: no rule matches. `by_name_last`/`by_name_none` do the same
+//! through `l7mp_api::lookup::lookup` over name maps (`HashMap<String, Arc<_>>`, how the agent looked rules up
+//! before the table), to show what resolving each name costs. `eval_only` evaluates the same predicates from a
+//! `Vec`, the floor.
 //!
 //! Run: `cargo bench -p l7mp-api --bench rules`.
 
@@ -12,7 +14,7 @@
 
 use divan::{Bencher, black_box};
 use l7mp_api::load::config_from_value;
-use l7mp_api::lookup::{Rules, lookup};
+use l7mp_api::lookup::{RuleTable, Rules, lookup};
 use l7mp_api::{Predicate, Rule, RuleList};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -24,8 +26,9 @@ fn main() {
 
 const SIZES: &[usize] = &[1, 10, 100];
 
-/// The name maps of the agent's `Snapshot`.
+/// Name maps, as the agent's `Snapshot` kept them.
 struct Maps {
+    table: RuleTable,
     rulelists: HashMap<String, Arc<RuleList>>,
     rules: HashMap<String, Arc<Rule>>,
 }
@@ -59,6 +62,7 @@ fn maps(n: usize) -> Maps {
     }))
     .unwrap();
     Maps {
+        table: RuleTable::new(&cfg).unwrap(),
         rulelists: cfg
             .rulelists
             .into_iter()
@@ -90,12 +94,28 @@ fn metadata(i: usize) -> Value {
 fn last(bencher: Bencher, n: usize) {
     let m = maps(n);
     let mut meta = metadata(n - 1);
+    assert_eq!(m.table.lookup("main", &mut meta), Ok("to-echo"));
+    bencher.bench_local(|| black_box(&m.table).lookup("main", black_box(&mut meta)).is_ok());
+}
+
+#[divan::bench(args = SIZES)]
+fn none(bencher: Bencher, n: usize) {
+    let m = maps(n);
+    let mut meta = metadata(n + 1000);
+    assert!(m.table.lookup("main", &mut meta).is_err());
+    bencher.bench_local(|| black_box(&m.table).lookup("main", black_box(&mut meta)).is_err());
+}
+
+#[divan::bench(args = SIZES)]
+fn by_name_last(bencher: Bencher, n: usize) {
+    let m = maps(n);
+    let mut meta = metadata(n - 1);
     assert_eq!(lookup(&m, "main", &mut meta), Ok("to-echo"));
     bencher.bench_local(|| lookup(black_box(&m), "main", black_box(&mut meta)).is_ok());
 }
 
 #[divan::bench(args = SIZES)]
-fn none(bencher: Bencher, n: usize) {
+fn by_name_none(bencher: Bencher, n: usize) {
     let m = maps(n);
     let mut meta = metadata(n + 1000);
     assert!(lookup(&m, "main", &mut meta).is_err());

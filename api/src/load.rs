@@ -90,6 +90,8 @@ struct Builder {
     counters: HashMap<Kind, usize>,
     /// References to check once everything is defined: (kind, name, where the reference is written).
     refs: Vec<(Kind, String, FieldPath)>,
+    /// Where each rule's `apply` is written, by rule name (for loop errors).
+    apply_paths: HashMap<String, FieldPath>,
 }
 
 const TOP: &[&str] = &[
@@ -113,6 +115,9 @@ impl Builder {
                     format!("{} {name:?} is not defined", kind.noun()),
                 ));
             }
+        }
+        if errors.is_empty() {
+            errors.extend(apply_loops(&self.cfg, &self.apply_paths));
         }
         if errors.is_empty() {
             Ok(self.cfg)
@@ -1099,6 +1104,7 @@ impl Builder {
         if let Some(a) = o.get("apply") {
             let list = self.d.string(a, &o.at("apply"))?;
             self.refs.push((Kind::RuleList, list.clone(), o.at("apply")));
+            self.apply_paths.insert(rule.to_owned(), o.at("apply"));
             action.apply = Some(list);
         }
         match o.get("route") {
@@ -1288,6 +1294,83 @@ impl Builder {
 }
 
 /// Why `name` cannot be a Linux network interface name (the kernel's `dev_valid_name`), or `None` if it can.
+/// Cycles of `apply` jumps between RuleLists (`a -> b -> a`, or `a -> a`), each reported once at the `apply` field
+/// that closes it. Run once every name resolves; the lookup's depth limit stays as a safety net. A cycle counts even
+/// if an earlier rule could shadow the jump for every session: the check is on the configuration, not on traffic.
+fn apply_loops(cfg: &Config, apply_paths: &HashMap<String, FieldPath>) -> Vec<FieldError> {
+    let index: HashMap<&str, usize> = cfg
+        .rulelists
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.as_str(), i))
+        .collect();
+    let rules: HashMap<&str, &Rule> = cfg.rules.iter().map(|r| (r.name.as_str(), r)).collect();
+    // edges[list] = (target list, the jumping rule), in rule order.
+    let edges: Vec<Vec<(usize, &str)>> = cfg
+        .rulelists
+        .iter()
+        .map(|l| {
+            l.rules
+                .iter()
+                .filter_map(|r| {
+                    let rule = rules.get(r.as_str())?;
+                    let to = index.get(rule.action.apply.as_deref()?)?;
+                    Some((*to, rule.name.as_str()))
+                })
+                .collect()
+        })
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; edges.len()];
+    let mut errors = Vec::new();
+    for start in 0..edges.len() {
+        if mark[start] != Mark::New {
+            continue;
+        }
+        // The DFS path: (list, index of its next edge to follow).
+        let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+        mark[start] = Mark::OnPath;
+        while let Some(top) = path.last_mut() {
+            let list = top.0;
+            let Some(&(to, rule)) = edges[list].get(top.1) else {
+                mark[list] = Mark::Done;
+                path.pop();
+                continue;
+            };
+            top.1 += 1;
+            match mark[to] {
+                Mark::New => {
+                    mark[to] = Mark::OnPath;
+                    path.push((to, 0));
+                }
+                Mark::OnPath => {
+                    let from = path.iter().position(|(l, _)| *l == to).unwrap_or(0);
+                    let mut names: Vec<String> = path[from..]
+                        .iter()
+                        .map(|(l, _)| format!("{:?}", cfg.rulelists[*l].name))
+                        .collect();
+                    names.push(format!("{:?}", cfg.rulelists[to].name));
+                    let at = apply_paths.get(rule).cloned().unwrap_or_else(FieldPath::root);
+                    errors.push(FieldError::new(
+                        &at,
+                        format!(
+                            "rulelists {}: apply jumps form a loop (rule {rule:?} closes it)",
+                            names.join(" -> ")
+                        ),
+                    ));
+                }
+                Mark::Done => {}
+            }
+        }
+    }
+    errors
+}
+
 fn interface_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("empty")
@@ -1436,6 +1519,71 @@ clusters:
         assert_eq!(e, vec!["listeners[0].rules: rulelist \"nolist\" is not defined"]);
         let e = errors("routes:\n  - {name: r, destination: nope}\n");
         assert_eq!(e, vec!["routes[0].destination: cluster \"nope\" is not defined"]);
+    }
+
+    #[test]
+    fn apply_loops_are_rejected_at_load_naming_the_cycle() {
+        let e = errors(
+            "rulelists:\n  - {name: a, rules: [{name: ra, action: {apply: b}}]}\n  - {name: b, rules: [{name: rb, action: {apply: a}}]}\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "rulelists[1].rules[0].action.apply: rulelists \"a\" -> \"b\" -> \"a\": apply jumps form a loop (rule \"rb\" closes it)"
+            ]
+        );
+        let e = errors("rulelists:\n  - {name: a, rules: [{name: self, action: {apply: a}}]}\n");
+        assert_eq!(
+            e,
+            vec![
+                "rulelists[0].rules[0].action.apply: rulelists \"a\" -> \"a\": apply jumps form a loop (rule \"self\" closes it)"
+            ]
+        );
+        // A rule defined at the top level and shared by two lists; the loop goes through a third.
+        let e = errors(
+            r#"
+rules: [{name: to-c, action: {apply: c}}]
+rulelists:
+  - {name: a, rules: [to-c]}
+  - {name: b, rules: [to-c]}
+  - {name: c, rules: [{name: back, match: {op: defined, path: /x}, action: {apply: b}}]}
+"#,
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "rules[0].action.apply: rulelists \"c\" -> \"b\" -> \"c\": apply jumps form a loop (rule \"to-c\""
+            ),
+            "{e:?}"
+        );
+        // Two disjoint loops are both reported.
+        let e = errors(
+            "rulelists:\n  - {name: a, rules: [{action: {apply: a}}]}\n  - {name: b, rules: [{action: {apply: b}}]}\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn apply_chains_and_diamonds_without_a_cycle_load() {
+        let cfg = load(
+            r#"
+clusters: [{name: e, spec: {protocol: Echo}}]
+routes: [{name: r, destination: e}]
+rulelists:
+  - {name: a, rules: [{match: {op: defined, path: /x}, action: {apply: b}}, {action: {apply: c}}]}
+  - {name: b, rules: [{action: {apply: d}}]}
+  - {name: c, rules: [{action: {apply: d}}]}
+  - {name: d, rules: [{action: {route: r}}]}
+"#,
+        )
+        .expect("a diamond is no loop");
+        assert_eq!(cfg.rulelists.len(), 4);
+        // A dangling apply is reported as undefined, not as a loop.
+        let e = errors("rulelists:\n  - {name: a, rules: [{action: {apply: nope}}]}\n");
+        assert_eq!(
+            e,
+            vec!["rulelists[0].rules[0].action.apply: rulelist \"nope\" is not defined"]
+        );
     }
 
     #[test]
