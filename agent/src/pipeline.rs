@@ -63,31 +63,44 @@ pub struct Pump {
     count: Count,
     /// Cut read messages to at most this many bytes: a byte stream feeding a writer with a datagram size limit.
     cut: Option<usize>,
+    /// Which end of this pump is the destination stage (a stream), if either.
+    dest: Option<Side>,
+    /// The reader reached end of stream and the writer was shut down: the pump does not run again.
+    done: bool,
+}
+
+/// One end of a pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Read,
+    Write,
 }
 
 /// How a pump stopped.
 pub enum PumpEnd {
-    /// The reader reached end of stream. The writer comes back so the session can pass the EOF on (or, when the
-    /// session is over anyway, just close it: a close sends the FIN too, one syscall fewer).
-    Eof(Writer),
-    Failed(io::Error),
+    /// The reader reached end of stream. The writer stays in the pump, open, so the session can pass the EOF on (or,
+    /// when the session is over anyway, just close it: a close sends the FIN too, one syscall fewer).
+    Eof,
+    Failed(io::Error, Side),
 }
 
 impl Pump {
-    async fn run(self) -> PumpEnd {
+    /// Runs the pump until its reader ends or a stream fails. Dropping the future midway loses at most the batch in
+    /// flight; the streams stay in the pump.
+    async fn run(&mut self) -> PumpEnd {
         self.run_copying().await
     }
 
     /// Socket to socket with nothing to transform: splice(2), no copy through user space.
-    async fn run_spliced(self, mut pipe: Pipe) -> PumpEnd {
+    async fn run_spliced(&mut self, mut pipe: Pipe) -> PumpEnd {
         loop {
             let (Some(from), Some(to)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to)) else {
-                return PumpEnd::Failed(io::Error::other("splice pump lost its sockets"));
+                return PumpEnd::Failed(io::Error::other("splice pump lost its sockets"), Side::Read);
             };
             let n = match pipe.fill(from).await {
-                Ok(0) => return PumpEnd::Eof(self.to),
+                Ok(0) => return PumpEnd::Eof,
                 Ok(n) => n as u64,
-                Err(e) => return PumpEnd::Failed(e),
+                Err(e) => return PumpEnd::Failed(e, Side::Read),
             };
             match self.count {
                 Count::UpIn => {
@@ -101,7 +114,7 @@ impl Pump {
                 Count::None => {}
             }
             if let Err(e) = pipe.drain(to).await {
-                return PumpEnd::Failed(e);
+                return PumpEnd::Failed(e, Side::Write);
             }
         }
     }
@@ -109,7 +122,7 @@ impl Pump {
     /// Reads batches, transforms them and writes them on. A pump between two stream sockets with nothing to
     /// transform switches to splice(2) once a read shows bulk data (a full chunk); short exchanges (a request, a
     /// reply) never pay for the pipe.
-    async fn run_copying(mut self) -> PumpEnd {
+    async fn run_copying(&mut self) -> PumpEnd {
         let mut arena = BytesMut::new();
         let mut batch: Batch = Vec::with_capacity(BATCH);
         let spliceable =
@@ -117,8 +130,8 @@ impl Pump {
         loop {
             match self.from.read(&mut arena, &mut batch).await {
                 Ok(true) => {}
-                Ok(false) => return PumpEnd::Eof(self.to),
-                Err(e) => return PumpEnd::Failed(e),
+                Ok(false) => return PumpEnd::Eof,
+                Err(e) => return PumpEnd::Failed(e, Side::Read),
             }
             if let Count::UpIn = self.count {
                 self.stats.up_msgs.fetch_add(batch.len() as u64, Relaxed);
@@ -143,7 +156,7 @@ impl Pump {
             }
             let bulk = spliceable && batch.first().is_some_and(|m| m.len() >= SPLICE_AFTER);
             if let Err(e) = self.to.write(&mut batch).await {
-                return PumpEnd::Failed(e);
+                return PumpEnd::Failed(e, Side::Write);
             }
             batch.clear();
             if bulk && let Ok(pipe) = Pipe::new() {
@@ -192,6 +205,7 @@ pub fn assemble(stages: Stages, metadata: Arc<Value>, stats: Arc<Stats>, boundar
     let down = match stages.destination {
         Stage::Stream { reader, writer, .. } => {
             a.pump(up, writer);
+            a.mark_last(Side::Write);
             Lane::new(reader, Count::None)
         }
         Stage::Transform(t) => {
@@ -207,11 +221,40 @@ pub fn assemble(stages: Stages, metadata: Arc<Value>, stats: Arc<Stats>, boundar
             }
         }
     };
-    // Downlink: destination → egress… → source.
+    // Downlink: destination → egress… → source. The first pump of the downlink reads the destination, if that is a
+    // stream (a transform destination feeds a channel).
+    let first_down = a.pumps.len();
     let mut down = a.through(down, stages.egress);
     down.count = Count::DownOut;
     a.pump(down, src_w);
+    let stream_destination = a.pumps.iter().any(|p| p.dest == Some(Side::Write));
+    if stream_destination && let Some(p) = a.pumps.get_mut(first_down) {
+        p.dest = Some(Side::Read);
+    }
     a.pumps
+}
+
+/// Puts a reopened destination stage in place of the one that failed: its writer into the pump that fed the old
+/// one, its reader into the pump that read it. Returns `false` (and closes the stage) when the pumps have no stream
+/// destination or the stage is not a stream.
+pub fn replace_destination(pumps: &mut [Pump], stage: Stage) -> bool {
+    let Stage::Stream { reader, writer, .. } = stage else {
+        return false;
+    };
+    let up = pumps.iter().position(|p| p.dest == Some(Side::Write));
+    let down = pumps.iter().position(|p| p.dest == Some(Side::Read));
+    let (Some(up), Some(down)) = (up, down) else {
+        return false;
+    };
+    if let Some(p) = pumps.get_mut(up) {
+        p.to = writer;
+        p.done = false;
+    }
+    if let Some(p) = pumps.get_mut(down) {
+        p.from = reader;
+        p.done = false;
+    }
+    true
 }
 
 /// Data on its way to the next real stream: where it is read, the transforms it still has to pass, and the kind of
@@ -260,7 +303,16 @@ impl<F: FnMut()> Assembler<F> {
             stats: self.stats.clone(),
             count: lane.count,
             cut,
+            dest: None,
+            done: false,
         });
+    }
+
+    /// Marks the pump just added as the one whose `side` is the destination.
+    fn mark_last(&mut self, side: Side) {
+        if let Some(p) = self.pumps.last_mut() {
+            p.dest = Some(side);
+        }
     }
 
     /// Passes `lane` through a chain: transforms join the lane, each stream stage ends it in a pump and starts a
@@ -287,6 +339,9 @@ pub enum EndReason {
     Idle(Duration),
     Cancelled,
     Failed(io::Error),
+    /// The destination stage failed (`Some`) or closed (`None`) while the source still sends, and the caller asked
+    /// to reconnect it: the pumps are stopped but every stream is still open.
+    DestinationLost(Option<io::Error>),
 }
 
 /// When a session with no traffic ends.
@@ -299,17 +354,40 @@ pub struct Timeouts {
     pub half_closed: Duration,
 }
 
-/// Runs the pumps until the session is over, then closes every stream.
-pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &CancellationToken) -> EndReason {
+async fn drive(p: &mut Pump) -> (&mut Pump, PumpEnd) {
+    let end = p.run().await;
+    (p, end)
+}
+
+/// Runs the pumps until the session is over. The streams stay open in `pumps` (the caller closes them by dropping
+/// the pumps). With `reconnect`, a destination stage that fails or reaches end of stream while the uplink into it is
+/// still open stops the pumps with [`EndReason::DestinationLost`] instead of ending the session: the caller may put a
+/// new destination in place ([`replace_destination`]) and run the pumps again.
+pub async fn run(
+    pumps: &mut [Pump],
+    stats: &Stats,
+    timeouts: Timeouts,
+    cancel: &CancellationToken,
+    reconnect: bool,
+) -> EndReason {
+    // Whether the source still sends towards the destination.
+    let mut uplink_open = pumps.iter().any(|p| p.dest == Some(Side::Write) && !p.done);
+    let half_closed = pumps.iter().any(|p| p.done);
     // The pumps run inside the session's task (no task per pump): only the pump that was woken is polled.
-    let mut set: FuturesUnordered<_> = pumps.into_iter().map(|p| Box::pin(p.run())).collect();
+    let mut set: FuturesUnordered<_> = pumps
+        .iter_mut()
+        .filter(|p| !p.done)
+        .map(|p| Box::pin(drive(p)))
+        .collect();
     let ticker_for = |d: Duration| tokio::time::interval((d / 4).max(Duration::from_millis(10)));
     let mut limit = timeouts.idle;
+    if half_closed && limit.is_none_or(|l| timeouts.half_closed < l) {
+        limit = Some(timeouts.half_closed);
+    }
     let mut ticker = limit.map(ticker_for);
     let mut seen = stats.activity();
     let mut last_change = Instant::now();
-    let mut finished_writers = Vec::new();
-    let reason = loop {
+    loop {
         let tick = async {
             match &mut ticker {
                 Some(t) => {
@@ -331,18 +409,25 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &C
             }
             r = set.next() => match r {
                 None => break EndReason::Finished,
-                Some(PumpEnd::Eof(mut writer)) => {
+                Some((pump, PumpEnd::Eof)) => {
+                    if reconnect && uplink_open && pump.dest == Some(Side::Read) {
+                        // The destination closed while the source still sends: a disconnect.
+                        break EndReason::DestinationLost(None);
+                    }
+                    if pump.dest == Some(Side::Write) {
+                        uplink_open = false;
+                    }
                     if set.is_empty() {
-                        if writer.needs_graceful_close() {
-                            writer.shutdown().await;
+                        if pump.to.needs_graceful_close() {
+                            pump.to.shutdown().await;
                         }
                         break EndReason::Finished;
                     }
-                    if !writer.shutdown().await {
+                    if !pump.to.shutdown().await {
                         break EndReason::Finished;
                     }
-                    // The writer must stay open until the session ends (dropping it would close the socket).
-                    finished_writers.push(writer);
+                    // The writer stays open in the pump until the session ends (closing it would close the socket).
+                    pump.done = true;
                     let half = timeouts.half_closed;
                     if limit.is_none_or(|l| half < l) {
                         limit = Some(half);
@@ -350,13 +435,15 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &C
                         last_change = Instant::now();
                     }
                 }
-                Some(PumpEnd::Failed(e)) => break EndReason::Failed(e),
+                Some((pump, PumpEnd::Failed(e, side))) => {
+                    if reconnect && uplink_open && pump.dest == Some(side) {
+                        break EndReason::DestinationLost(Some(e));
+                    }
+                    break EndReason::Failed(e);
+                }
             },
         }
-    };
-    // Dropping the pumps closes every stream.
-    drop(set);
-    reason
+    }
 }
 
 #[cfg(test)]

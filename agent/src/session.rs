@@ -15,7 +15,7 @@ use l7mp_api::{Listener, ListenerSpec, Retry, RetryOn, StreamKind};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// What a listener hands the engine for each new peer.
@@ -200,7 +200,8 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         st.route = Some(route.cfg.name.clone());
     });
     // A weighted split picks the destination cluster here, once per session.
-    let destination = route.destination();
+    let dest_name = route.destination().to_owned();
+    let destination = dest_name.as_str();
     match &route.cfg.destination {
         l7mp_api::Destination::Split(_) => info.event(
             "LOOKUP SUCCESS",
@@ -222,15 +223,22 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
             to_http,
         );
     }
+    let attempts = match retry.retry_on {
+        RetryOn::ConnectFailure | RetryOn::Always => 1 + retry.num_retries,
+        RetryOn::Never | RetryOn::Disconnect => 1,
+    };
     let opened = async {
-        let destination = open(&snap, destination, &metadata, &info.name, &retry, exchange.as_ref()).await?;
+        let b = &mut Budget::new(attempts);
+        let destination = open(&snap, destination, &metadata, &info.name, &retry, b, exchange.as_ref()).await?;
         let mut ingress = Vec::with_capacity(route.cfg.ingress.len());
         for c in &route.cfg.ingress {
-            ingress.push(open(&snap, c, &metadata, &info.name, &retry, None).await?);
+            let b = &mut Budget::new(attempts);
+            ingress.push(open(&snap, c, &metadata, &info.name, &retry, b, None).await?);
         }
         let mut egress = Vec::with_capacity(route.cfg.egress.len());
         for c in &route.cfg.egress {
-            egress.push(open(&snap, c, &metadata, &info.name, &retry, None).await?);
+            let b = &mut Budget::new(attempts);
+            egress.push(open(&snap, c, &metadata, &info.name, &retry, b, None).await?);
         }
         Ok::<_, SessionError>((destination, ingress, egress))
     };
@@ -254,7 +262,14 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         engine.offload().offer(&info.name, &stages);
     }
     let route_name = route.cfg.name.clone();
-    let pumps = pipeline::assemble(stages, metadata, info.stats.clone(), || {
+    // A stream destination is reconnected mid-session with `disconnect`/`always`; not an HTTP request's (its
+    // exchange is answered once).
+    let reconnect = retry.reconnects()
+        && retry.num_retries > 0
+        && exchange.is_none()
+        && matches!(stages.destination, Stage::Stream { .. });
+    let destination = dest_name;
+    let mut pumps = pipeline::assemble(stages, metadata.clone(), info.stats.clone(), || {
         if !route.warned_boundaries.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 route = %route_name,
@@ -268,7 +283,59 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         idle: s.idle_timeout,
         half_closed: engine.options().half_close_timeout,
     };
-    let reason = pipeline::run(pumps, &info.stats, timeouts, &info.cancel).await;
+    let mut connected_at = Instant::now();
+    // Reconnects of the current disconnect episode: a destination that fails again within `backoff.max` of being
+    // reconnected continues the episode (and its back-off); one that lived longer starts a new one.
+    let mut budget = Budget::new(retry.num_retries);
+    let reason = loop {
+        let reason = pipeline::run(&mut pumps, &info.stats, timeouts, &info.cancel, reconnect).await;
+        let EndReason::DestinationLost(error) = reason else {
+            break reason;
+        };
+        let why = match &error {
+            Some(e) => format!("destination {destination:?} failed: {e}"),
+            None => format!("destination {destination:?} closed while the source still sends"),
+        };
+        info.event("DISCONNECT", why.clone());
+        if connected_at.elapsed() >= retry.backoff.max {
+            budget = Budget::new(retry.num_retries);
+        }
+        if budget.left == 0 {
+            tracing::info!(session = %info.name, "{why}; no reconnect left");
+            break EndReason::Failed(std::io::Error::other(format!(
+                "{why} after {} reconnect(s)",
+                retry.num_retries
+            )));
+        }
+        tracing::info!(session = %info.name, "{why}; reconnecting");
+        let reopen = async {
+            // The first reconnect of an episode goes at once, the others after the next back-off pause.
+            if budget.left < retry.num_retries {
+                tokio::time::sleep(retry.backoff.pause(budget.pauses)).await;
+                budget.pauses += 1;
+            }
+            let snap = engine.snapshot();
+            open(&snap, &destination, &metadata, &info.name, &retry, &mut budget, None).await
+        };
+        let stage = tokio::select! {
+            _ = info.cancel.cancelled() => break EndReason::Cancelled,
+            r = reopen => r,
+        };
+        match stage.map(|stage| pipeline::replace_destination(&mut pumps, stage)) {
+            Ok(true) => {
+                connected_at = Instant::now();
+                info.event("RECONNECT", format!("destination {destination:?} reconnected"));
+                tracing::info!(session = %info.name, "destination {destination:?} reconnected");
+            }
+            Ok(false) => break EndReason::Failed(std::io::Error::other("the destination is no longer a stream")),
+            Err(e) => {
+                info.event("ERROR", e.to_string());
+                break EndReason::Failed(std::io::Error::other(e.to_string()));
+            }
+        }
+    };
+    // Dropping the pumps closes every stream.
+    drop(pumps);
     info.set(|st| st.status = Status::Finalizing);
     Ok(reason)
 }
@@ -305,34 +372,48 @@ impl SessionError {
     }
 }
 
-/// Opens a stage of cluster `name`, retrying connect failures as the route's retry policy says: with
-/// `connect-failure` or `always`, up to `num_retries` more attempts, `timeout` apart. A retry goes to another
-/// endpoint while the cluster has one that this session has not tried, and then without the pause.
+/// The connect attempts a stage has left, and how many back-off pauses it took so far (the next pause is
+/// `backoff.pause(pauses)`).
+struct Budget {
+    left: u32,
+    pauses: u32,
+}
+
+impl Budget {
+    fn new(attempts: u32) -> Budget {
+        Budget {
+            left: attempts,
+            pauses: 0,
+        }
+    }
+}
+
+/// Opens a stage of cluster `name` with the attempts left in `budget` (at least one), each bounded by the route's
+/// `connect_timeout`, the back-off's pauses apart. A retry goes to another endpoint while the cluster has one that
+/// this session has not tried, and then without the pause.
 async fn open(
     snap: &Snapshot,
     name: &str,
     metadata: &Value,
     session: &str,
     retry: &Retry,
+    budget: &mut Budget,
     exchange: Option<&Arc<crate::protocol::http::Exchange>>,
 ) -> Result<Stage, SessionError> {
     let cluster = snap
         .clusters
         .get(name)
         .ok_or_else(|| SessionError::UnknownCluster(name.to_owned()))?;
-    let attempts = match retry.retry_on {
-        RetryOn::ConnectFailure | RetryOn::Always => 1 + retry.num_retries,
-        RetryOn::Never | RetryOn::Disconnect => 1,
-    };
     let mut n = 0;
     let mut tried = Vec::new();
     loop {
         n += 1;
+        budget.left = budget.left.saturating_sub(1);
         // Boxed: the connect futures of all protocols are large, and the session future is moved when spawned.
         match Box::pin(protocol::connect(
             cluster,
             metadata,
-            retry.timeout,
+            retry.connect_timeout,
             exchange,
             &mut tried,
         ))
@@ -347,7 +428,7 @@ async fn open(
                     source,
                 });
             }
-            Err(e) if n < attempts => {
+            Err(e) if budget.left > 0 => {
                 // Another endpoint is tried at once; the same one again after the pause.
                 if cluster.lb.has_untried(&tried) {
                     tracing::debug!(
@@ -357,8 +438,15 @@ async fn open(
                         "connect failed, trying another endpoint: {e}"
                     );
                 } else {
-                    tracing::debug!(session, cluster = name, attempt = n, "connect failed, retrying: {e}");
-                    tokio::time::sleep(retry.timeout).await;
+                    let pause = retry.backoff.pause(budget.pauses);
+                    budget.pauses += 1;
+                    tracing::debug!(
+                        session,
+                        cluster = name,
+                        attempt = n,
+                        "connect failed, retrying in {pause:?}: {e}"
+                    );
+                    tokio::time::sleep(pause).await;
                 }
             }
             Err(source) => {

@@ -1288,10 +1288,10 @@ impl Builder {
         let ms = |b: &mut Self, key: &str| -> Option<Option<Duration>> {
             match o.get(key) {
                 None => Some(None),
-                Some(t) => b
-                    .d
-                    .int_in(t, &o.at(key), 1, 3_600_000)
-                    .map(|t| Some(Duration::from_millis(t as u64))),
+                Some(t) => {
+                    b.d.int_in(t, &o.at(key), 1, 3_600_000)
+                        .map(|t| Some(Duration::from_millis(t as u64)))
+                }
             }
         };
         if let Some(t) = ms(self, "timeout")? {
@@ -1316,10 +1316,10 @@ impl Builder {
         let ms = |b: &mut Self, key: &str| -> Option<Option<Duration>> {
             match o.get(key) {
                 None => Some(None),
-                Some(t) => b
-                    .d
-                    .int_in(t, &o.at(key), 1, 3_600_000)
-                    .map(|t| Some(Duration::from_millis(t as u64))),
+                Some(t) => {
+                    b.d.int_in(t, &o.at(key), 1, 3_600_000)
+                        .map(|t| Some(Duration::from_millis(t as u64)))
+                }
             }
         };
         let initial = ms(self, "initial");
@@ -1558,7 +1558,10 @@ clusters:
                 multiplier: 2.0
             }
         );
-        assert_eq!(r("{backoff: {multiplier: 1.5, initial: 10}}").backoff.pause(2), ms(22) + Duration::from_micros(500));
+        assert_eq!(
+            r("{backoff: {multiplier: 1.5, initial: 10}}").backoff.pause(2),
+            ms(22) + Duration::from_micros(500)
+        );
     }
 
     #[test]
@@ -1570,12 +1573,16 @@ clusters:
             .join("\n")
         };
         assert!(
-            e("{connect_timeout: 0}").contains("routes[0].retry.connect_timeout: expected an integer 1..3600000, got 0"),
+            e("{connect_timeout: 0}")
+                .contains("routes[0].retry.connect_timeout: expected an integer 1..3600000, got 0"),
             "{}",
             e("{connect_timeout: 0}")
         );
         let m = e("{backoff: {multiplier: 0.5}}");
-        assert!(m.contains("routes[0].retry.backoff.multiplier: expected a number 1..100"), "{m}");
+        assert!(
+            m.contains("routes[0].retry.backoff.multiplier: expected a number 1..100"),
+            "{m}"
+        );
         let m = e("{backoff: {initial: 500, max: 100}}");
         assert!(m.contains("routes[0].retry.backoff.max: the longest pause (100 ms) is shorter than the first one (initial: 500 ms)"), "{m}");
         let m = e("{backoff: {start: 5}}");
