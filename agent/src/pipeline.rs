@@ -8,6 +8,11 @@
 //! End of stream travels like TCP half-close: a pump that reads EOF shuts its writer down and stops. When the writer
 //! cannot carry EOF (a datagram socket), or a pump fails, or the session is idle for too long or cancelled, the whole
 //! session ends and every stream is closed.
+//!
+//! With a route that reconnects (`retry_on: disconnect`/`always`), a destination stream that fails, or reaches end of
+//! stream while the uplink into it is still open, stops the pumps instead ([`EndReason::DestinationLost`]); the
+//! session puts a new destination into the two pumps that touch it ([`replace_destination`]) and runs them again.
+//! The pumps only borrow their streams while they run, so stopping them loses at most the batch each had in flight.
 
 use crate::protocol::Stage;
 use crate::protocol::transform::Transform;
