@@ -72,6 +72,12 @@ pub struct Pump {
     dest: Option<Side>,
     /// The reader reached end of stream and the writer was shut down: the pump does not run again.
     done: bool,
+    /// The batch being written, kept here so that a pump stopped midway (to reconnect the destination) resumes
+    /// where it was instead of losing or cutting it.
+    batch: Batch,
+    arena: BytesMut,
+    /// The splice buffer once the pump carries bulk data (what it holds is written out first when the pump resumes).
+    pipe: Option<Pipe>,
 }
 
 /// One end of a pump.
@@ -90,18 +96,29 @@ pub enum PumpEnd {
 }
 
 impl Pump {
-    /// Runs the pump until its reader ends or a stream fails. Dropping the future midway loses at most the batch in
-    /// flight; the streams stay in the pump.
+    /// Runs the pump until its reader ends or a stream fails. Dropping the future midway loses nothing: the batch
+    /// being written (or the splice pipe) stays in the pump and goes out first when it runs again.
     async fn run(&mut self) -> PumpEnd {
+        if self.pipe.is_some() {
+            return self.run_spliced().await;
+        }
         self.run_copying().await
     }
 
     /// Socket to socket with nothing to transform: splice(2), no copy through user space.
-    async fn run_spliced(&mut self, mut pipe: Pipe) -> PumpEnd {
+    async fn run_spliced(&mut self) -> PumpEnd {
         loop {
-            let (Some(from), Some(to)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to)) else {
+            let (Some(from), Some(to), Some(pipe)) = (
+                Sock::of_reader(&self.from),
+                Sock::of_writer(&self.to),
+                self.pipe.as_mut(),
+            ) else {
                 return PumpEnd::Failed(io::Error::other("splice pump lost its sockets"), Side::Read);
             };
+            // What the last fill (or a stopped run) left in the pipe.
+            if let Err(e) = pipe.drain(to).await {
+                return PumpEnd::Failed(e, Side::Write);
+            }
             let n = match pipe.fill(from).await {
                 Ok(0) => return PumpEnd::Eof,
                 Ok(n) => n as u64,
@@ -118,9 +135,6 @@ impl Pump {
                 }
                 Count::None => {}
             }
-            if let Err(e) = pipe.drain(to).await {
-                return PumpEnd::Failed(e, Side::Write);
-            }
         }
     }
 
@@ -128,12 +142,18 @@ impl Pump {
     /// transform switches to splice(2) once a read shows bulk data (a full chunk); short exchanges (a request, a
     /// reply) never pay for the pipe.
     async fn run_copying(&mut self) -> PumpEnd {
-        let mut arena = BytesMut::new();
-        let mut batch: Batch = Vec::with_capacity(BATCH);
         let spliceable =
             self.via.is_empty() && Sock::of_reader(&self.from).is_some() && Sock::of_writer(&self.to).is_some();
+        // A batch a stopped run did not finish writing.
+        if !self.batch.is_empty() {
+            if let Err(e) = self.to.write(&mut self.batch).await {
+                return PumpEnd::Failed(e, Side::Write);
+            }
+            self.batch.clear();
+        }
         loop {
-            match self.from.read(&mut arena, &mut batch).await {
+            let batch = &mut self.batch;
+            match self.from.read(&mut self.arena, batch).await {
                 Ok(true) => {}
                 Ok(false) => return PumpEnd::Eof,
                 Err(e) => return PumpEnd::Failed(e, Side::Read),
@@ -145,10 +165,10 @@ impl Pump {
                     .fetch_add(batch.iter().map(|m| m.len() as u64).sum(), Relaxed);
             }
             if let Some(max) = self.cut {
-                cut(&mut batch, max);
+                cut(batch, max);
             }
             for t in &self.via {
-                t.apply(&mut batch, &self.metadata);
+                t.apply(batch, &self.metadata);
             }
             if batch.is_empty() {
                 continue;
@@ -160,12 +180,13 @@ impl Pump {
                     .fetch_add(batch.iter().map(|m| m.len() as u64).sum(), Relaxed);
             }
             let bulk = spliceable && batch.first().is_some_and(|m| m.len() >= SPLICE_AFTER);
-            if let Err(e) = self.to.write(&mut batch).await {
+            if let Err(e) = self.to.write(batch).await {
                 return PumpEnd::Failed(e, Side::Write);
             }
             batch.clear();
             if bulk && let Ok(pipe) = Pipe::new() {
-                return self.run_spliced(pipe).await;
+                self.pipe = Some(pipe);
+                return self.run_spliced().await;
             }
         }
     }
@@ -254,6 +275,9 @@ pub fn replace_destination(pumps: &mut [Pump], stage: Stage) -> bool {
     if let Some(p) = pumps.get_mut(up) {
         p.to = writer;
         p.done = false;
+        // What was on its way to the failed destination is lost (a new upstream should not get half a message).
+        p.batch.clear();
+        p.pipe = None;
     }
     if let Some(p) = pumps.get_mut(down) {
         p.from = reader;
@@ -310,6 +334,9 @@ impl<F: FnMut()> Assembler<F> {
             cut,
             dest: None,
             done: false,
+            batch: Vec::with_capacity(BATCH),
+            arena: BytesMut::new(),
+            pipe: None,
         });
     }
 

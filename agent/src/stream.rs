@@ -429,9 +429,18 @@ fn send_to_unix(sock: &UnixDatagram, msg: &[u8], peer: &std::os::unix::net::Sock
     view.send_to_addr(msg, peer)
 }
 
+/// Writes every message of `batch` in order, then clears it. Written bytes are taken off the messages as they go, so
+/// when the future is dropped midway, `batch` holds exactly what is still to be written.
 async fn write_bytes<W: AsyncWriteExt + Unpin>(w: &mut W, batch: &mut Batch) -> io::Result<()> {
-    for m in batch.drain(..) {
-        w.write_all(&m).await?;
+    for m in batch.iter_mut() {
+        while !m.is_empty() {
+            let n = w.write(m).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped taking data"));
+            }
+            bytes::Buf::advance(m, n);
+        }
     }
+    batch.clear();
     Ok(())
 }

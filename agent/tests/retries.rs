@@ -165,13 +165,14 @@ fn backend_restart(retry: &str) -> (Agent, TcpStream, Backend, u16) {
 fn disconnect_reconnects_the_destination_after_a_backend_restart() {
     let (agent, mut c, first, port) = backend_restart("{ retry_on: disconnect, num_retries: 30, timeout: 100 }");
     drop(first);
-    // The agent saw the close and retries while the backend is down.
+    // The agent saw the close and retries while the backend is down. What the client sends meanwhile waits in the
+    // agent's socket buffer and goes to the new backend.
     agent.wait_log("closed while the source still sends; reconnecting");
+    c.write_all(b"two").unwrap();
     thread::sleep(Duration::from_millis(250));
     let _second = Backend::start(port, b"B:", false);
-    agent.wait_log("reconnected");
-    c.write_all(b"two").unwrap();
     assert_eq!(read_n(&mut c, 5), b"B:two");
+    agent.wait_log("reconnected");
     c.write_all(b"three").unwrap();
     assert_eq!(read_n(&mut c, 7), b"B:three");
 }
