@@ -9,9 +9,10 @@
 //! cannot carry EOF (a datagram socket), or a pump fails, or the session is idle for too long or cancelled, the whole
 //! session ends and every stream is closed.
 //!
-//! With a route that reconnects (`retry_on: disconnect`/`always`), a destination stream that fails, or reaches end of
-//! stream while the uplink into it is still open, stops the pumps instead ([`EndReason::DestinationLost`]); the
-//! session puts a new destination into the two pumps that touch it ([`replace_destination`]) and runs them again.
+//! With a route that reconnects (`retry_on: disconnect`/`always`), a stream stage (the destination or a chain stage)
+//! that fails, or reaches end of stream while the pump into it still runs, stops the pumps instead
+//! ([`EndReason::StageLost`]); the session puts a new stage into the two pumps that touch it ([`replace_stage`]) and
+//! runs them again.
 //! The pumps only borrow their streams while they run, so stopping them loses at most the batch each had in flight.
 
 use crate::protocol::Stage;
@@ -68,8 +69,10 @@ pub struct Pump {
     count: Count,
     /// Cut read messages to at most this many bytes: a byte stream feeding a writer with a datagram size limit.
     cut: Option<usize>,
-    /// Which end of this pump is the destination stage (a stream), if either.
-    dest: Option<Side>,
+    /// The stage (a stream other than the source) this pump reads, if any.
+    out_of: Option<StageRef>,
+    /// The stage (a stream other than the source) this pump writes, if any.
+    into: Option<StageRef>,
     /// The reader reached end of stream and the writer was shut down: the pump does not run again.
     done: bool,
     /// The batch being written, kept here so that a pump stopped midway (to reconnect the destination) resumes
@@ -85,6 +88,15 @@ pub struct Pump {
 pub enum Side {
     Read,
     Write,
+}
+
+/// A stream stage of a session other than its source: the destination, or the cluster at this index of the route's
+/// ingress or egress chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageRef {
+    Destination,
+    Ingress(usize),
+    Egress(usize),
 }
 
 /// How a pump stopped.
@@ -227,12 +239,14 @@ pub fn assemble(stages: Stages, metadata: Arc<Value>, stats: Arc<Stats>, boundar
     };
     let (src_r, src_w) = stages.source;
     // Uplink: source → ingress… → destination.
-    let up = a.through(Lane::new(src_r, Count::UpIn), stages.ingress);
+    let up = a.through(Lane::new(src_r, Count::UpIn), stages.ingress, StageRef::Ingress);
     let down = match stages.destination {
         Stage::Stream { reader, writer, .. } => {
-            a.pump(up, writer);
-            a.mark_last(Side::Write);
-            Lane::new(reader, Count::None)
+            a.pump(up, writer, Some(StageRef::Destination));
+            Lane {
+                stage: Some(StageRef::Destination),
+                ..Lane::new(reader, Count::None)
+            }
         }
         Stage::Transform(t) => {
             // The destination loops the uplink back into the downlink through a channel.
@@ -240,42 +254,36 @@ pub fn assemble(stages: Stages, metadata: Arc<Value>, stats: Arc<Stats>, boundar
             let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
             let mut up = up;
             up.via.push(t);
-            a.pump(up, Writer::Chan(Some(tx)));
+            a.pump(up, Writer::Chan(Some(tx)), None);
             Lane {
                 kind,
                 ..Lane::new(Reader::Chan(rx), Count::None)
             }
         }
     };
-    // Downlink: destination → egress… → source. The first pump of the downlink reads the destination, if that is a
-    // stream (a transform destination feeds a channel).
-    let first_down = a.pumps.len();
-    let mut down = a.through(down, stages.egress);
+    // Downlink: destination → egress… → source.
+    let mut down = a.through(down, stages.egress, StageRef::Egress);
     down.count = Count::DownOut;
-    a.pump(down, src_w);
-    let stream_destination = a.pumps.iter().any(|p| p.dest == Some(Side::Write));
-    if stream_destination && let Some(p) = a.pumps.get_mut(first_down) {
-        p.dest = Some(Side::Read);
-    }
+    a.pump(down, src_w, None);
     a.pumps
 }
 
-/// Puts a reopened destination stage in place of the one that failed: its writer into the pump that fed the old
-/// one, its reader into the pump that read it. Returns `false` (and closes the stage) when the pumps have no stream
-/// destination or the stage is not a stream.
-pub fn replace_destination(pumps: &mut [Pump], stage: Stage) -> bool {
+/// Puts a reopened stage in place of the one that was lost: its writer into the pump that fed the old one, its
+/// reader into the pump that read it. Returns `false` (and closes the new stage) when the pumps have no such stream
+/// stage or the new stage is not a stream.
+pub fn replace_stage(pumps: &mut [Pump], which: StageRef, stage: Stage) -> bool {
     let Stage::Stream { reader, writer, .. } = stage else {
         return false;
     };
-    let up = pumps.iter().position(|p| p.dest == Some(Side::Write));
-    let down = pumps.iter().position(|p| p.dest == Some(Side::Read));
+    let up = pumps.iter().position(|p| p.into == Some(which));
+    let down = pumps.iter().position(|p| p.out_of == Some(which));
     let (Some(up), Some(down)) = (up, down) else {
         return false;
     };
     if let Some(p) = pumps.get_mut(up) {
         p.to = writer;
         p.done = false;
-        // What was on its way to the failed destination is lost (a new upstream should not get half a message).
+        // What was on its way to the lost stage is dropped (a new upstream should not get half a message).
         p.batch.clear();
         p.pipe = None;
     }
@@ -290,6 +298,8 @@ pub fn replace_destination(pumps: &mut [Pump], stage: Stage) -> bool {
 /// stream it came from (an in-process channel keeps the kind of what feeds it).
 struct Lane {
     reader: Reader,
+    /// The stage the reader belongs to (`None`: the source, or an in-process channel).
+    stage: Option<StageRef>,
     kind: StreamKind,
     via: Vec<Transform>,
     count: Count,
@@ -300,6 +310,7 @@ impl Lane {
         Lane {
             kind: reader.kind(),
             reader,
+            stage: None,
             via: Vec::new(),
             count,
         }
@@ -314,8 +325,8 @@ struct Assembler<F> {
 }
 
 impl<F: FnMut()> Assembler<F> {
-    /// Ends `lane` in a pump into `to`.
-    fn pump(&mut self, lane: Lane, to: Writer) {
+    /// Ends `lane` in a pump into `to`, the writer of stage `into` (`None`: the source, or a channel).
+    fn pump(&mut self, lane: Lane, to: Writer, into: Option<StageRef>) {
         if lane.kind == StreamKind::Datagram && to.kind() == StreamKind::ByteStream {
             (self.boundary_loss)();
         }
@@ -332,7 +343,8 @@ impl<F: FnMut()> Assembler<F> {
             stats: self.stats.clone(),
             count: lane.count,
             cut,
-            dest: None,
+            out_of: lane.stage,
+            into,
             done: false,
             batch: Vec::with_capacity(BATCH),
             arena: BytesMut::new(),
@@ -340,22 +352,18 @@ impl<F: FnMut()> Assembler<F> {
         });
     }
 
-    /// Marks the pump just added as the one whose `side` is the destination.
-    fn mark_last(&mut self, side: Side) {
-        if let Some(p) = self.pumps.last_mut() {
-            p.dest = Some(side);
-        }
-    }
-
     /// Passes `lane` through a chain: transforms join the lane, each stream stage ends it in a pump and starts a
     /// new lane at its reader.
-    fn through(&mut self, mut lane: Lane, chain: Vec<Stage>) -> Lane {
-        for stage in chain {
+    fn through(&mut self, mut lane: Lane, chain: Vec<Stage>, at: fn(usize) -> StageRef) -> Lane {
+        for (i, stage) in chain.into_iter().enumerate() {
             match stage {
                 Stage::Transform(t) => lane.via.push(t),
                 Stage::Stream { reader, writer, .. } => {
-                    self.pump(lane, writer);
-                    lane = Lane::new(reader, Count::None);
+                    self.pump(lane, writer, Some(at(i)));
+                    lane = Lane {
+                        stage: Some(at(i)),
+                        ..Lane::new(reader, Count::None)
+                    };
                 }
             }
         }
@@ -371,9 +379,9 @@ pub enum EndReason {
     Idle(Duration),
     Cancelled,
     Failed(io::Error),
-    /// The destination stage failed (`Some`) or closed (`None`) while the source still sends, and the caller asked
+    /// A stream stage failed (`Some`) or closed (`None`) while the data towards it still flows, and the caller asked
     /// to reconnect it: the pumps are stopped but every stream is still open.
-    DestinationLost(Option<io::Error>),
+    StageLost(StageRef, Option<io::Error>),
 }
 
 /// When a session with no traffic ends.
@@ -392,18 +400,24 @@ async fn drive(p: &mut Pump) -> (&mut Pump, PumpEnd) {
 }
 
 /// Runs the pumps until the session is over. The streams stay open in `pumps` (the caller closes them by dropping
-/// the pumps). With `reconnect`, a destination stage that fails or reaches end of stream while the uplink into it is
-/// still open stops the pumps with [`EndReason::DestinationLost`] instead of ending the session: the caller may put a
-/// new destination in place ([`replace_destination`]) and run the pumps again.
+/// the pumps). A stage for which `reconnect` says yes that fails, or reaches end of stream while the pump into it
+/// still runs, stops the pumps with [`EndReason::StageLost`] instead of ending the session: the caller may put a new
+/// stage in place ([`replace_stage`]) and run the pumps again.
 pub async fn run(
     pumps: &mut [Pump],
     stats: &Stats,
     timeouts: Timeouts,
     cancel: &CancellationToken,
-    reconnect: bool,
+    reconnect: &(dyn Fn(StageRef) -> bool + Sync),
 ) -> EndReason {
-    // Whether the source still sends towards the destination.
-    let mut uplink_open = pumps.iter().any(|p| p.dest == Some(Side::Write) && !p.done);
+    // Stages whose input ended (the pump into them reached end of stream): their own end of stream is a normal one.
+    // (Only reconnectable ones are listed: nothing is allocated for a session that never reconnects.)
+    let mut input_ended: Vec<StageRef> = pumps
+        .iter()
+        .filter(|p| p.done)
+        .filter_map(|p| p.into)
+        .filter(|s| reconnect(*s))
+        .collect();
     let half_closed = pumps.iter().any(|p| p.done);
     // The pumps run inside the session's task (no task per pump): only the pump that was woken is polled.
     let mut set: FuturesUnordered<_> = pumps
@@ -442,12 +456,14 @@ pub async fn run(
             r = set.next() => match r {
                 None => break EndReason::Finished,
                 Some((pump, PumpEnd::Eof)) => {
-                    if reconnect && uplink_open && pump.dest == Some(Side::Read) {
-                        // The destination closed while the source still sends: a disconnect.
-                        break EndReason::DestinationLost(None);
+                    if let Some(s) = pump.out_of && !input_ended.contains(&s) && reconnect(s) {
+                        // The stage closed while data towards it still flows: a disconnect.
+                        break EndReason::StageLost(s, None);
                     }
-                    if pump.dest == Some(Side::Write) {
-                        uplink_open = false;
+                    if let Some(s) = pump.into
+                        && reconnect(s)
+                    {
+                        input_ended.push(s);
                     }
                     if set.is_empty() {
                         if pump.to.needs_graceful_close() {
@@ -468,8 +484,12 @@ pub async fn run(
                     }
                 }
                 Some((pump, PumpEnd::Failed(e, side))) => {
-                    if reconnect && uplink_open && pump.dest == Some(side) {
-                        break EndReason::DestinationLost(Some(e));
+                    let stage = match side {
+                        Side::Read => pump.out_of,
+                        Side::Write => pump.into,
+                    };
+                    if let Some(s) = stage && !input_ended.contains(&s) && reconnect(s) {
+                        break EndReason::StageLost(s, Some(e));
                     }
                     break EndReason::Failed(e);
                 }

@@ -7,7 +7,7 @@
 //! admin API and logged.
 
 use crate::engine::Engine;
-use crate::pipeline::{self, EndReason, Stages, Stats};
+use crate::pipeline::{self, EndReason, StageRef, Stages, Stats};
 use crate::protocol::{self, ConnectError, Stage, jsonsocket};
 use crate::router::{self, RouteError};
 use crate::snapshot::Snapshot;
@@ -263,13 +263,22 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         engine.offload().offer(&info.name, &stages);
     }
     let route_name = route.cfg.name.clone();
-    // A stream destination is reconnected mid-session with `disconnect`/`always`; not an HTTP request's (its
-    // exchange is answered once).
-    let reconnect = retry.reconnects()
-        && retry.num_retries > 0
-        && exchange.is_none()
-        && matches!(stages.destination, Stage::Stream { .. });
-    let destination = dest_name;
+    // Stream stages are reconnected mid-session with `disconnect`/`always`; not those of an HTTP request (its
+    // exchange is answered once), nor Stdio (the agent's own stdin/stdout cannot be reopened).
+    let reconnects = retry.reconnects() && retry.num_retries > 0 && exchange.is_none();
+    let cluster_of = |which: StageRef| -> Option<&str> {
+        match which {
+            StageRef::Destination => Some(dest_name.as_str()),
+            StageRef::Ingress(i) => route.cfg.ingress.get(i).map(String::as_str),
+            StageRef::Egress(i) => route.cfg.egress.get(i).map(String::as_str),
+        }
+    };
+    let reconnect = |which: StageRef| {
+        reconnects
+            && cluster_of(which)
+                .and_then(|c| snap.clusters.get(c))
+                .is_some_and(|c| !matches!(c.cfg.spec, l7mp_api::ClusterSpec::Stdio))
+    };
     let mut pumps = pipeline::assemble(stages, metadata.clone(), info.stats.clone(), || {
         if !route.warned_boundaries.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -284,22 +293,41 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         idle: s.idle_timeout,
         half_closed: engine.options().half_close_timeout,
     };
-    let mut connected_at = Instant::now();
-    // Reconnects of the current disconnect episode: a destination that fails again within `backoff.max` of being
-    // reconnected continues the episode (and its back-off); one that lived longer starts a new one.
-    let mut budget = Budget::new(retry.num_retries);
+    // Per lost stage: when it was last (re)connected and the reconnects of its current disconnect episode. A stage
+    // that is lost again within `backoff.max` of being reconnected continues the episode (and its back-off); one
+    // that lived longer starts a new one. Allocated at the first loss only.
+    let started = Instant::now();
+    let mut episodes: Vec<(StageRef, Instant, Budget)> = Vec::new();
     let reason = loop {
-        let reason = pipeline::run(&mut pumps, &info.stats, timeouts, &info.cancel, reconnect).await;
-        let EndReason::DestinationLost(error) = reason else {
+        let reason = pipeline::run(&mut pumps, &info.stats, timeouts, &info.cancel, &reconnect).await;
+        let EndReason::StageLost(which, error) = reason else {
             break reason;
         };
+        let Some(cluster) = cluster_of(which) else {
+            break EndReason::Failed(std::io::Error::other(format!("lost an unknown stage {which:?}")));
+        };
+        let stage = match which {
+            StageRef::Destination => "destination".to_owned(),
+            StageRef::Ingress(i) => format!("ingress stage {i}"),
+            StageRef::Egress(i) => format!("egress stage {i}"),
+        };
         let why = match &error {
-            Some(e) => format!("destination {destination:?} failed: {e}"),
-            None => format!("destination {destination:?} closed while the source still sends"),
+            Some(e) => format!("{stage} (cluster {cluster:?}) failed: {e}"),
+            None => format!("{stage} (cluster {cluster:?}) closed while data still flows to it"),
         };
         info.event("DISCONNECT", why.clone());
+        let at = match episodes.iter().position(|(s, ..)| *s == which) {
+            Some(at) => at,
+            None => {
+                episodes.push((which, started, Budget::new(retry.num_retries)));
+                episodes.len() - 1
+            }
+        };
+        let Some((_, connected_at, budget)) = episodes.get_mut(at) else {
+            break EndReason::Failed(std::io::Error::other(why));
+        };
         if connected_at.elapsed() >= retry.backoff.max {
-            budget = Budget::new(retry.num_retries);
+            *budget = Budget::new(retry.num_retries);
         }
         if budget.left == 0 {
             tracing::info!(session = %info.name, "{why}; no reconnect left");
@@ -316,19 +344,19 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
                 budget.pauses += 1;
             }
             let snap = engine.snapshot();
-            open(&snap, &destination, &metadata, &info.name, &retry, &mut budget, None).await
+            open(&snap, cluster, &metadata, &info.name, &retry, budget, None).await
         };
-        let stage = tokio::select! {
+        let opened = tokio::select! {
             _ = info.cancel.cancelled() => break EndReason::Cancelled,
             r = reopen => r,
         };
-        match stage.map(|stage| pipeline::replace_destination(&mut pumps, stage)) {
+        match opened.map(|new| pipeline::replace_stage(&mut pumps, which, new)) {
             Ok(true) => {
-                connected_at = Instant::now();
-                info.event("RECONNECT", format!("destination {destination:?} reconnected"));
-                tracing::info!(session = %info.name, "destination {destination:?} reconnected");
+                *connected_at = Instant::now();
+                info.event("RECONNECT", format!("{stage} (cluster {cluster:?}) reconnected"));
+                tracing::info!(session = %info.name, "{stage} (cluster {cluster:?}) reconnected");
             }
-            Ok(false) => break EndReason::Failed(std::io::Error::other("the destination is no longer a stream")),
+            Ok(false) => break EndReason::Failed(std::io::Error::other(format!("{stage} is no longer a stream"))),
             Err(e) => {
                 info.event("ERROR", e.to_string());
                 break EndReason::Failed(std::io::Error::other(e.to_string()));

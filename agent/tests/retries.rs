@@ -167,7 +167,7 @@ fn disconnect_reconnects_the_destination_after_a_backend_restart() {
     drop(first);
     // The agent saw the close and retries while the backend is down. What the client sends meanwhile waits in the
     // agent's socket buffer and goes to the new backend.
-    agent.wait_log("closed while the source still sends; reconnecting");
+    agent.wait_log("closed while data still flows to it; reconnecting");
     c.write_all(b"two").unwrap();
     thread::sleep(Duration::from_millis(250));
     let _second = Backend::start(port, b"B:", false);
@@ -243,4 +243,38 @@ fn backoff_pauses_grow_as_configured() {
     for (g, w) in gaps.iter().zip(want) {
         assert!(*g + 10 >= w && *g < w + 400, "gaps {gaps:?}, wanted about {want:?}");
     }
+}
+
+#[test]
+fn disconnect_reconnects_a_chain_stage_after_a_restart() {
+    // source → ingress TCP service → Echo (the destination loops back) → source: the service is the only network
+    // stage, and it is the one restarted.
+    let (port, sport) = (free_port(), free_port());
+    let agent = Agent::start(&format!(
+        r#"
+listeners:
+  - name: tcp-in
+    spec: {{ protocol: TCP, port: {port}, address: 127.0.0.1 }}
+    rules:
+      - action:
+          route:
+            destination: {{ spec: {{ protocol: Echo }} }}
+            ingress: [svc]
+            retry: {{ retry_on: always, num_retries: 30, timeout: 100 }}
+clusters:
+  - name: svc
+    spec: {{ protocol: TCP, port: {sport} }}
+    endpoints: [{{ spec: {{ address: 127.0.0.1 }} }}]
+"#
+    ));
+    let mut first = Backend::start(sport, b"A:", false);
+    let mut c = tcp_client(port);
+    c.write_all(b"one").unwrap();
+    assert_eq!(read_n(&mut c, 5), b"A:one");
+    first.kill();
+    agent.wait_log("ingress stage 0 (cluster \"svc\") closed while data still flows to it; reconnecting");
+    let _second = Backend::start(sport, b"B:", false);
+    agent.wait_log("reconnected");
+    c.write_all(b"two").unwrap();
+    assert_eq!(read_n(&mut c, 5), b"B:two");
 }
