@@ -78,6 +78,8 @@ pub struct Pump {
     /// The batch being written, kept here so that a pump stopped midway (to reconnect the destination) resumes
     /// where it was instead of losing or cutting it.
     batch: Batch,
+    /// `batch` is being written (a stopped run left it half written), not being read.
+    writing: bool,
     arena: BytesMut,
     /// The splice buffer once the pump carries bulk data (what it holds is written out first when the pump resumes).
     pipe: Option<Pipe>,
@@ -156,13 +158,15 @@ impl Pump {
     async fn run_copying(&mut self) -> PumpEnd {
         let spliceable =
             self.via.is_empty() && Sock::of_reader(&self.from).is_some() && Sock::of_writer(&self.to).is_some();
-        // A batch a stopped run did not finish writing.
-        if !self.batch.is_empty() {
+        // A batch a stopped run did not finish writing goes first; one it was reading is dropped (readers fill a
+        // batch at once, so that is nothing).
+        if self.writing {
             if let Err(e) = self.to.write(&mut self.batch).await {
                 return PumpEnd::Failed(e, Side::Write);
             }
-            self.batch.clear();
+            self.writing = false;
         }
+        self.batch.clear();
         loop {
             let batch = &mut self.batch;
             match self.from.read(&mut self.arena, batch).await {
@@ -192,9 +196,11 @@ impl Pump {
                     .fetch_add(batch.iter().map(|m| m.len() as u64).sum(), Relaxed);
             }
             let bulk = spliceable && batch.first().is_some_and(|m| m.len() >= SPLICE_AFTER);
+            self.writing = true;
             if let Err(e) = self.to.write(batch).await {
                 return PumpEnd::Failed(e, Side::Write);
             }
+            self.writing = false;
             batch.clear();
             if bulk && let Ok(pipe) = Pipe::new() {
                 self.pipe = Some(pipe);
@@ -285,6 +291,7 @@ pub fn replace_stage(pumps: &mut [Pump], which: StageRef, stage: Stage) -> bool 
         p.done = false;
         // What was on its way to the lost stage is dropped (a new upstream should not get half a message).
         p.batch.clear();
+        p.writing = false;
         p.pipe = None;
     }
     if let Some(p) = pumps.get_mut(down) {
@@ -347,6 +354,7 @@ impl<F: FnMut()> Assembler<F> {
             into,
             done: false,
             batch: Vec::with_capacity(BATCH),
+            writing: false,
             arena: BytesMut::new(),
             pipe: None,
         });
