@@ -278,3 +278,15 @@ clusters:
     c.write_all(b"two").unwrap();
     assert_eq!(read_n(&mut c, 5), b"B:two");
 }
+
+#[test]
+fn a_normal_end_is_not_a_disconnect() {
+    // The client half-closes, the backend answers and closes: under `always` the session ends as usual, with no
+    // reconnect.
+    let (port, upstream) = (free_port(), tcp_echo_server());
+    let agent = agent(port, upstream, "{ retry_on: always, num_retries: 3, timeout: 100 }");
+    let data = pattern(200_000, 5);
+    assert_eq!(round_trip(tcp_client(port), data.clone()), data);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(agent.count_log("reconnecting"), 0, "{:?}", agent.log_lines());
+}
