@@ -2,9 +2,9 @@
 //! pipeline and ends it.
 //!
 //! Lifecycle: `INIT` (emitted) → `LOOKUP SUCCESS` (a rule matched, metadata rewritten) → `CONNECTED` (every stage
-//! connected) → (`DISCONNECT` → `RECONNECT`, a destination lost and reconnected mid-session under `retry_on:
-//! disconnect`/`always`) → `END` or `ERROR` → `DESTROYED` (removed from the engine). Events are kept with timestamps for the
-//! admin API and logged.
+//! connected) → (`DISCONNECT` → `RECONNECT`: a stage lost and reconnected mid-session under `retry_on:
+//! disconnect`/`always`) → `END` or `ERROR` → `DESTROYED` (removed from the engine). Events are kept with timestamps
+//! for the admin API and logged.
 
 use crate::engine::Engine;
 use crate::pipeline::{self, EndReason, StageRef, Stages, Stats};
