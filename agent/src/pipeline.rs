@@ -8,6 +8,12 @@
 //! End of stream travels like TCP half-close: a pump that reads EOF shuts its writer down and stops. When the writer
 //! cannot carry EOF (a datagram socket), or a pump fails, or the session is idle for too long or cancelled, the whole
 //! session ends and every stream is closed.
+//!
+//! With a route that reconnects (`retry_on: disconnect`/`always`), a stream stage (the destination or a chain stage)
+//! that fails, or reaches end of stream while the pump into it still runs, stops the pumps instead
+//! ([`EndReason::StageLost`]); the session puts a new stage into the two pumps that touch it ([`replace_stage`]) and
+//! runs them again.
+//! The pumps only borrow their streams while they run, so stopping them loses at most the batch each had in flight.
 
 use crate::protocol::Stage;
 use crate::protocol::transform::Transform;
@@ -63,31 +69,74 @@ pub struct Pump {
     count: Count,
     /// Cut read messages to at most this many bytes: a byte stream feeding a writer with a datagram size limit.
     cut: Option<usize>,
+    /// The stage (a stream other than the source) this pump reads, if any.
+    out_of: Option<StageRef>,
+    /// The stage (a stream other than the source) this pump writes, if any.
+    into: Option<StageRef>,
+    /// The reader reached end of stream and the writer was shut down: the pump does not run again.
+    done: bool,
+    /// The batch being written, kept here so that a pump stopped midway (to reconnect the destination) resumes
+    /// where it was instead of losing or cutting it.
+    batch: Batch,
+    /// `batch` is being written (a stopped run left it half written), not being read.
+    writing: bool,
+    arena: BytesMut,
+    /// The splice buffer once the pump carries bulk data (what it holds is written out first when the pump resumes).
+    pipe: Option<Pipe>,
+}
+
+/// One end of a pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Read,
+    Write,
+}
+
+/// A stream stage of a session other than its source: the destination, or the cluster at this index of the route's
+/// ingress or egress chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageRef {
+    Destination,
+    Ingress(usize),
+    Egress(usize),
 }
 
 /// How a pump stopped.
 pub enum PumpEnd {
-    /// The reader reached end of stream. The writer comes back so the session can pass the EOF on (or, when the
-    /// session is over anyway, just close it: a close sends the FIN too, one syscall fewer).
-    Eof(Writer),
-    Failed(io::Error),
+    /// The reader reached end of stream. The writer stays in the pump, open, so the session can pass the EOF on (or,
+    /// when the session is over anyway, just close it: a close sends the FIN too, one syscall fewer).
+    Eof,
+    Failed(io::Error, Side),
 }
 
 impl Pump {
-    async fn run(self) -> PumpEnd {
+    /// Runs the pump until its reader ends or a stream fails. Dropping the future midway loses nothing: the batch
+    /// being written (or the splice pipe) stays in the pump and goes out first when it runs again.
+    async fn run(&mut self) -> PumpEnd {
+        if self.pipe.is_some() {
+            return self.run_spliced().await;
+        }
         self.run_copying().await
     }
 
     /// Socket to socket with nothing to transform: splice(2), no copy through user space.
-    async fn run_spliced(self, mut pipe: Pipe) -> PumpEnd {
+    async fn run_spliced(&mut self) -> PumpEnd {
         loop {
-            let (Some(from), Some(to)) = (Sock::of_reader(&self.from), Sock::of_writer(&self.to)) else {
-                return PumpEnd::Failed(io::Error::other("splice pump lost its sockets"));
+            let (Some(from), Some(to), Some(pipe)) = (
+                Sock::of_reader(&self.from),
+                Sock::of_writer(&self.to),
+                self.pipe.as_mut(),
+            ) else {
+                return PumpEnd::Failed(io::Error::other("splice pump lost its sockets"), Side::Read);
             };
+            // What the last fill (or a stopped run) left in the pipe.
+            if let Err(e) = pipe.drain(to).await {
+                return PumpEnd::Failed(e, Side::Write);
+            }
             let n = match pipe.fill(from).await {
-                Ok(0) => return PumpEnd::Eof(self.to),
+                Ok(0) => return PumpEnd::Eof,
                 Ok(n) => n as u64,
-                Err(e) => return PumpEnd::Failed(e),
+                Err(e) => return PumpEnd::Failed(e, Side::Read),
             };
             match self.count {
                 Count::UpIn => {
@@ -100,25 +149,30 @@ impl Pump {
                 }
                 Count::None => {}
             }
-            if let Err(e) = pipe.drain(to).await {
-                return PumpEnd::Failed(e);
-            }
         }
     }
 
     /// Reads batches, transforms them and writes them on. A pump between two stream sockets with nothing to
     /// transform switches to splice(2) once a read shows bulk data (a full chunk); short exchanges (a request, a
     /// reply) never pay for the pipe.
-    async fn run_copying(mut self) -> PumpEnd {
-        let mut arena = BytesMut::new();
-        let mut batch: Batch = Vec::with_capacity(BATCH);
+    async fn run_copying(&mut self) -> PumpEnd {
         let spliceable =
             self.via.is_empty() && Sock::of_reader(&self.from).is_some() && Sock::of_writer(&self.to).is_some();
+        // A batch a stopped run did not finish writing goes first; one it was reading is dropped (readers fill a
+        // batch at once, so that is nothing).
+        if self.writing {
+            if let Err(e) = self.to.write(&mut self.batch).await {
+                return PumpEnd::Failed(e, Side::Write);
+            }
+            self.writing = false;
+        }
+        self.batch.clear();
         loop {
-            match self.from.read(&mut arena, &mut batch).await {
+            let batch = &mut self.batch;
+            match self.from.read(&mut self.arena, batch).await {
                 Ok(true) => {}
-                Ok(false) => return PumpEnd::Eof(self.to),
-                Err(e) => return PumpEnd::Failed(e),
+                Ok(false) => return PumpEnd::Eof,
+                Err(e) => return PumpEnd::Failed(e, Side::Read),
             }
             if let Count::UpIn = self.count {
                 self.stats.up_msgs.fetch_add(batch.len() as u64, Relaxed);
@@ -127,10 +181,10 @@ impl Pump {
                     .fetch_add(batch.iter().map(|m| m.len() as u64).sum(), Relaxed);
             }
             if let Some(max) = self.cut {
-                cut(&mut batch, max);
+                cut(batch, max);
             }
             for t in &self.via {
-                t.apply(&mut batch, &self.metadata);
+                t.apply(batch, &self.metadata);
             }
             if batch.is_empty() {
                 continue;
@@ -142,12 +196,15 @@ impl Pump {
                     .fetch_add(batch.iter().map(|m| m.len() as u64).sum(), Relaxed);
             }
             let bulk = spliceable && batch.first().is_some_and(|m| m.len() >= SPLICE_AFTER);
-            if let Err(e) = self.to.write(&mut batch).await {
-                return PumpEnd::Failed(e);
+            self.writing = true;
+            if let Err(e) = self.to.write(batch).await {
+                return PumpEnd::Failed(e, Side::Write);
             }
+            self.writing = false;
             batch.clear();
             if bulk && let Ok(pipe) = Pipe::new() {
-                return self.run_spliced(pipe).await;
+                self.pipe = Some(pipe);
+                return self.run_spliced().await;
             }
         }
     }
@@ -188,11 +245,14 @@ pub fn assemble(stages: Stages, metadata: Arc<Value>, stats: Arc<Stats>, boundar
     };
     let (src_r, src_w) = stages.source;
     // Uplink: source → ingress… → destination.
-    let up = a.through(Lane::new(src_r, Count::UpIn), stages.ingress);
+    let up = a.through(Lane::new(src_r, Count::UpIn), stages.ingress, StageRef::Ingress);
     let down = match stages.destination {
         Stage::Stream { reader, writer, .. } => {
-            a.pump(up, writer);
-            Lane::new(reader, Count::None)
+            a.pump(up, writer, Some(StageRef::Destination));
+            Lane {
+                stage: Some(StageRef::Destination),
+                ..Lane::new(reader, Count::None)
+            }
         }
         Stage::Transform(t) => {
             // The destination loops the uplink back into the downlink through a channel.
@@ -200,7 +260,7 @@ pub fn assemble(stages: Stages, metadata: Arc<Value>, stats: Arc<Stats>, boundar
             let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
             let mut up = up;
             up.via.push(t);
-            a.pump(up, Writer::Chan(Some(tx)));
+            a.pump(up, Writer::Chan(Some(tx)), None);
             Lane {
                 kind,
                 ..Lane::new(Reader::Chan(rx), Count::None)
@@ -208,16 +268,45 @@ pub fn assemble(stages: Stages, metadata: Arc<Value>, stats: Arc<Stats>, boundar
         }
     };
     // Downlink: destination → egress… → source.
-    let mut down = a.through(down, stages.egress);
+    let mut down = a.through(down, stages.egress, StageRef::Egress);
     down.count = Count::DownOut;
-    a.pump(down, src_w);
+    a.pump(down, src_w, None);
     a.pumps
+}
+
+/// Puts a reopened stage in place of the one that was lost: its writer into the pump that fed the old one, its
+/// reader into the pump that read it. Returns `false` (and closes the new stage) when the pumps have no such stream
+/// stage or the new stage is not a stream.
+pub fn replace_stage(pumps: &mut [Pump], which: StageRef, stage: Stage) -> bool {
+    let Stage::Stream { reader, writer, .. } = stage else {
+        return false;
+    };
+    let up = pumps.iter().position(|p| p.into == Some(which));
+    let down = pumps.iter().position(|p| p.out_of == Some(which));
+    let (Some(up), Some(down)) = (up, down) else {
+        return false;
+    };
+    if let Some(p) = pumps.get_mut(up) {
+        p.to = writer;
+        p.done = false;
+        // What was on its way to the lost stage is dropped (a new upstream should not get half a message).
+        p.batch.clear();
+        p.writing = false;
+        p.pipe = None;
+    }
+    if let Some(p) = pumps.get_mut(down) {
+        p.from = reader;
+        p.done = false;
+    }
+    true
 }
 
 /// Data on its way to the next real stream: where it is read, the transforms it still has to pass, and the kind of
 /// stream it came from (an in-process channel keeps the kind of what feeds it).
 struct Lane {
     reader: Reader,
+    /// The stage the reader belongs to (`None`: the source, or an in-process channel).
+    stage: Option<StageRef>,
     kind: StreamKind,
     via: Vec<Transform>,
     count: Count,
@@ -228,6 +317,7 @@ impl Lane {
         Lane {
             kind: reader.kind(),
             reader,
+            stage: None,
             via: Vec::new(),
             count,
         }
@@ -242,8 +332,8 @@ struct Assembler<F> {
 }
 
 impl<F: FnMut()> Assembler<F> {
-    /// Ends `lane` in a pump into `to`.
-    fn pump(&mut self, lane: Lane, to: Writer) {
+    /// Ends `lane` in a pump into `to`, the writer of stage `into` (`None`: the source, or a channel).
+    fn pump(&mut self, lane: Lane, to: Writer, into: Option<StageRef>) {
         if lane.kind == StreamKind::Datagram && to.kind() == StreamKind::ByteStream {
             (self.boundary_loss)();
         }
@@ -260,18 +350,28 @@ impl<F: FnMut()> Assembler<F> {
             stats: self.stats.clone(),
             count: lane.count,
             cut,
+            out_of: lane.stage,
+            into,
+            done: false,
+            batch: Vec::with_capacity(BATCH),
+            writing: false,
+            arena: BytesMut::new(),
+            pipe: None,
         });
     }
 
     /// Passes `lane` through a chain: transforms join the lane, each stream stage ends it in a pump and starts a
     /// new lane at its reader.
-    fn through(&mut self, mut lane: Lane, chain: Vec<Stage>) -> Lane {
-        for stage in chain {
+    fn through(&mut self, mut lane: Lane, chain: Vec<Stage>, at: fn(usize) -> StageRef) -> Lane {
+        for (i, stage) in chain.into_iter().enumerate() {
             match stage {
                 Stage::Transform(t) => lane.via.push(t),
                 Stage::Stream { reader, writer, .. } => {
-                    self.pump(lane, writer);
-                    lane = Lane::new(reader, Count::None);
+                    self.pump(lane, writer, Some(at(i)));
+                    lane = Lane {
+                        stage: Some(at(i)),
+                        ..Lane::new(reader, Count::None)
+                    };
                 }
             }
         }
@@ -287,6 +387,9 @@ pub enum EndReason {
     Idle(Duration),
     Cancelled,
     Failed(io::Error),
+    /// A stream stage failed (`Some`) or closed (`None`) while the data towards it still flows, and the caller asked
+    /// to reconnect it: the pumps are stopped but every stream is still open.
+    StageLost(StageRef, Option<io::Error>),
 }
 
 /// When a session with no traffic ends.
@@ -299,17 +402,46 @@ pub struct Timeouts {
     pub half_closed: Duration,
 }
 
-/// Runs the pumps until the session is over, then closes every stream.
-pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &CancellationToken) -> EndReason {
+async fn drive(p: &mut Pump) -> (&mut Pump, PumpEnd) {
+    let end = p.run().await;
+    (p, end)
+}
+
+/// Runs the pumps until the session is over. The streams stay open in `pumps` (the caller closes them by dropping
+/// the pumps). A stage for which `reconnect` says yes that fails, or reaches end of stream while the pump into it
+/// still runs, stops the pumps with [`EndReason::StageLost`] instead of ending the session: the caller may put a new
+/// stage in place ([`replace_stage`]) and run the pumps again.
+pub async fn run(
+    pumps: &mut [Pump],
+    stats: &Stats,
+    timeouts: Timeouts,
+    cancel: &CancellationToken,
+    reconnect: &(dyn Fn(StageRef) -> bool + Sync),
+) -> EndReason {
+    // Stages whose input ended (the pump into them reached end of stream): their own end of stream is a normal one.
+    // (Only reconnectable ones are listed: nothing is allocated for a session that never reconnects.)
+    let mut input_ended: Vec<StageRef> = pumps
+        .iter()
+        .filter(|p| p.done)
+        .filter_map(|p| p.into)
+        .filter(|s| reconnect(*s))
+        .collect();
+    let half_closed = pumps.iter().any(|p| p.done);
     // The pumps run inside the session's task (no task per pump): only the pump that was woken is polled.
-    let mut set: FuturesUnordered<_> = pumps.into_iter().map(|p| Box::pin(p.run())).collect();
+    let mut set: FuturesUnordered<_> = pumps
+        .iter_mut()
+        .filter(|p| !p.done)
+        .map(|p| Box::pin(drive(p)))
+        .collect();
     let ticker_for = |d: Duration| tokio::time::interval((d / 4).max(Duration::from_millis(10)));
     let mut limit = timeouts.idle;
+    if half_closed && limit.is_none_or(|l| timeouts.half_closed < l) {
+        limit = Some(timeouts.half_closed);
+    }
     let mut ticker = limit.map(ticker_for);
     let mut seen = stats.activity();
     let mut last_change = Instant::now();
-    let mut finished_writers = Vec::new();
-    let reason = loop {
+    loop {
         let tick = async {
             match &mut ticker {
                 Some(t) => {
@@ -331,18 +463,27 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &C
             }
             r = set.next() => match r {
                 None => break EndReason::Finished,
-                Some(PumpEnd::Eof(mut writer)) => {
+                Some((pump, PumpEnd::Eof)) => {
+                    if let Some(s) = pump.out_of && !input_ended.contains(&s) && reconnect(s) {
+                        // The stage closed while data towards it still flows: a disconnect.
+                        break EndReason::StageLost(s, None);
+                    }
+                    if let Some(s) = pump.into
+                        && reconnect(s)
+                    {
+                        input_ended.push(s);
+                    }
                     if set.is_empty() {
-                        if writer.needs_graceful_close() {
-                            writer.shutdown().await;
+                        if pump.to.needs_graceful_close() {
+                            pump.to.shutdown().await;
                         }
                         break EndReason::Finished;
                     }
-                    if !writer.shutdown().await {
+                    if !pump.to.shutdown().await {
                         break EndReason::Finished;
                     }
-                    // The writer must stay open until the session ends (dropping it would close the socket).
-                    finished_writers.push(writer);
+                    // The writer stays open in the pump until the session ends (closing it would close the socket).
+                    pump.done = true;
                     let half = timeouts.half_closed;
                     if limit.is_none_or(|l| half < l) {
                         limit = Some(half);
@@ -350,13 +491,19 @@ pub async fn run(pumps: Vec<Pump>, stats: &Stats, timeouts: Timeouts, cancel: &C
                         last_change = Instant::now();
                     }
                 }
-                Some(PumpEnd::Failed(e)) => break EndReason::Failed(e),
+                Some((pump, PumpEnd::Failed(e, side))) => {
+                    let stage = match side {
+                        Side::Read => pump.out_of,
+                        Side::Write => pump.into,
+                    };
+                    if let Some(s) = stage && !input_ended.contains(&s) && reconnect(s) {
+                        break EndReason::StageLost(s, Some(e));
+                    }
+                    break EndReason::Failed(e);
+                }
             },
         }
-    };
-    // Dropping the pumps closes every stream.
-    drop(set);
-    reason
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! pipeline and ends it.
 //!
 //! Lifecycle: `INIT` (emitted) → `LOOKUP SUCCESS` (a rule matched, metadata rewritten) → `CONNECTED` (every stage
-//! connected) → `END` or `ERROR` → `DESTROYED` (removed from the engine). Events are kept with timestamps for the
-//! admin API and logged.
+//! connected) → (`DISCONNECT` → `RECONNECT`: a stage lost and reconnected mid-session under `retry_on:
+//! disconnect`/`always`) → `END` or `ERROR` → `DESTROYED` (removed from the engine). Events are kept with timestamps
+//! for the admin API and logged.
 
 use crate::engine::Engine;
-use crate::pipeline::{self, EndReason, Stages, Stats};
+use crate::pipeline::{self, EndReason, StageRef, Stages, Stats};
 use crate::protocol::{self, ConnectError, Stage, jsonsocket};
 use crate::router::{self, RouteError};
 use crate::snapshot::Snapshot;
@@ -15,7 +16,7 @@ use l7mp_api::{Listener, ListenerSpec, Retry, RetryOn, StreamKind};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// What a listener hands the engine for each new peer.
@@ -200,7 +201,8 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         st.route = Some(route.cfg.name.clone());
     });
     // A weighted split picks the destination cluster here, once per session.
-    let destination = route.destination();
+    let dest_name = route.destination().to_owned();
+    let destination = dest_name.as_str();
     match &route.cfg.destination {
         l7mp_api::Destination::Split(_) => info.event(
             "LOOKUP SUCCESS",
@@ -222,15 +224,22 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
             to_http,
         );
     }
+    let attempts = match retry.retry_on {
+        RetryOn::ConnectFailure | RetryOn::Always => 1 + retry.num_retries,
+        RetryOn::Never | RetryOn::Disconnect => 1,
+    };
     let opened = async {
-        let destination = open(&snap, destination, &metadata, &info.name, &retry, exchange.as_ref()).await?;
+        let b = &mut Budget::new(attempts);
+        let destination = open(&snap, destination, &metadata, &info.name, &retry, b, exchange.as_ref()).await?;
         let mut ingress = Vec::with_capacity(route.cfg.ingress.len());
         for c in &route.cfg.ingress {
-            ingress.push(open(&snap, c, &metadata, &info.name, &retry, None).await?);
+            let b = &mut Budget::new(attempts);
+            ingress.push(open(&snap, c, &metadata, &info.name, &retry, b, None).await?);
         }
         let mut egress = Vec::with_capacity(route.cfg.egress.len());
         for c in &route.cfg.egress {
-            egress.push(open(&snap, c, &metadata, &info.name, &retry, None).await?);
+            let b = &mut Budget::new(attempts);
+            egress.push(open(&snap, c, &metadata, &info.name, &retry, b, None).await?);
         }
         Ok::<_, SessionError>((destination, ingress, egress))
     };
@@ -254,7 +263,23 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         engine.offload().offer(&info.name, &stages);
     }
     let route_name = route.cfg.name.clone();
-    let pumps = pipeline::assemble(stages, metadata, info.stats.clone(), || {
+    // Stream stages are reconnected mid-session with `disconnect`/`always`; not those of an HTTP request (its
+    // exchange is answered once), nor Stdio (the agent's own stdin/stdout cannot be reopened).
+    let reconnects = retry.reconnects() && retry.num_retries > 0 && exchange.is_none();
+    let cluster_of = |which: StageRef| -> Option<&str> {
+        match which {
+            StageRef::Destination => Some(dest_name.as_str()),
+            StageRef::Ingress(i) => route.cfg.ingress.get(i).map(String::as_str),
+            StageRef::Egress(i) => route.cfg.egress.get(i).map(String::as_str),
+        }
+    };
+    let reconnect = |which: StageRef| {
+        reconnects
+            && cluster_of(which)
+                .and_then(|c| snap.clusters.get(c))
+                .is_some_and(|c| !matches!(c.cfg.spec, l7mp_api::ClusterSpec::Stdio))
+    };
+    let mut pumps = pipeline::assemble(stages, metadata.clone(), info.stats.clone(), || {
         if !route.warned_boundaries.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 route = %route_name,
@@ -268,7 +293,78 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         idle: s.idle_timeout,
         half_closed: engine.options().half_close_timeout,
     };
-    let reason = pipeline::run(pumps, &info.stats, timeouts, &info.cancel).await;
+    // Per lost stage: when it was last (re)connected and the reconnects of its current disconnect episode. A stage
+    // that is lost again within `backoff.max` of being reconnected continues the episode (and its back-off); one
+    // that lived longer starts a new one. Allocated at the first loss only.
+    let started = Instant::now();
+    let mut episodes: Vec<(StageRef, Instant, Budget)> = Vec::new();
+    let reason = loop {
+        let reason = pipeline::run(&mut pumps, &info.stats, timeouts, &info.cancel, &reconnect).await;
+        let EndReason::StageLost(which, error) = reason else {
+            break reason;
+        };
+        let Some(cluster) = cluster_of(which) else {
+            break EndReason::Failed(std::io::Error::other(format!("lost an unknown stage {which:?}")));
+        };
+        let stage = match which {
+            StageRef::Destination => "destination".to_owned(),
+            StageRef::Ingress(i) => format!("ingress stage {i}"),
+            StageRef::Egress(i) => format!("egress stage {i}"),
+        };
+        let why = match &error {
+            Some(e) => format!("{stage} (cluster {cluster:?}) failed: {e}"),
+            None => format!("{stage} (cluster {cluster:?}) closed while data still flows to it"),
+        };
+        info.event("DISCONNECT", why.clone());
+        let at = match episodes.iter().position(|(s, ..)| *s == which) {
+            Some(at) => at,
+            None => {
+                episodes.push((which, started, Budget::new(retry.num_retries)));
+                episodes.len() - 1
+            }
+        };
+        let Some((_, connected_at, budget)) = episodes.get_mut(at) else {
+            break EndReason::Failed(std::io::Error::other(why));
+        };
+        if connected_at.elapsed() >= retry.backoff.max {
+            *budget = Budget::new(retry.num_retries);
+        }
+        if budget.left == 0 {
+            tracing::info!(session = %info.name, "{why}; no reconnect left");
+            break EndReason::Failed(std::io::Error::other(format!(
+                "{why} after {} reconnect(s)",
+                retry.num_retries
+            )));
+        }
+        tracing::info!(session = %info.name, "{why}; reconnecting");
+        let reopen = async {
+            // The first reconnect of an episode goes at once, the others after the next back-off pause.
+            if budget.left < retry.num_retries {
+                tokio::time::sleep(retry.backoff.pause(budget.pauses)).await;
+                budget.pauses += 1;
+            }
+            let snap = engine.snapshot();
+            open(&snap, cluster, &metadata, &info.name, &retry, budget, None).await
+        };
+        let opened = tokio::select! {
+            _ = info.cancel.cancelled() => break EndReason::Cancelled,
+            r = reopen => r,
+        };
+        match opened.map(|new| pipeline::replace_stage(&mut pumps, which, new)) {
+            Ok(true) => {
+                *connected_at = Instant::now();
+                info.event("RECONNECT", format!("{stage} (cluster {cluster:?}) reconnected"));
+                tracing::info!(session = %info.name, "{stage} (cluster {cluster:?}) reconnected");
+            }
+            Ok(false) => break EndReason::Failed(std::io::Error::other(format!("{stage} is no longer a stream"))),
+            Err(e) => {
+                info.event("ERROR", e.to_string());
+                break EndReason::Failed(std::io::Error::other(e.to_string()));
+            }
+        }
+    };
+    // Dropping the pumps closes every stream.
+    drop(pumps);
     info.set(|st| st.status = Status::Finalizing);
     Ok(reason)
 }
@@ -305,34 +401,48 @@ impl SessionError {
     }
 }
 
-/// Opens a stage of cluster `name`, retrying connect failures as the route's retry policy says: with
-/// `connect-failure` or `always`, up to `num_retries` more attempts, `timeout` apart. A retry goes to another
-/// endpoint while the cluster has one that this session has not tried, and then without the pause.
+/// The connect attempts a stage has left, and how many back-off pauses it took so far (the next pause is
+/// `backoff.pause(pauses)`).
+struct Budget {
+    left: u32,
+    pauses: u32,
+}
+
+impl Budget {
+    fn new(attempts: u32) -> Budget {
+        Budget {
+            left: attempts,
+            pauses: 0,
+        }
+    }
+}
+
+/// Opens a stage of cluster `name` with the attempts left in `budget` (at least one), each bounded by the route's
+/// `connect_timeout`, the back-off's pauses apart. A retry goes to another endpoint while the cluster has one that
+/// this session has not tried, and then without the pause.
 async fn open(
     snap: &Snapshot,
     name: &str,
     metadata: &Value,
     session: &str,
     retry: &Retry,
+    budget: &mut Budget,
     exchange: Option<&Arc<crate::protocol::http::Exchange>>,
 ) -> Result<Stage, SessionError> {
     let cluster = snap
         .clusters
         .get(name)
         .ok_or_else(|| SessionError::UnknownCluster(name.to_owned()))?;
-    let attempts = match retry.retry_on {
-        RetryOn::ConnectFailure | RetryOn::Always => 1 + retry.num_retries,
-        RetryOn::Never | RetryOn::Disconnect => 1,
-    };
     let mut n = 0;
     let mut tried = Vec::new();
     loop {
         n += 1;
+        budget.left = budget.left.saturating_sub(1);
         // Boxed: the connect futures of all protocols are large, and the session future is moved when spawned.
         match Box::pin(protocol::connect(
             cluster,
             metadata,
-            retry.timeout,
+            retry.connect_timeout,
             exchange,
             &mut tried,
         ))
@@ -347,7 +457,7 @@ async fn open(
                     source,
                 });
             }
-            Err(e) if n < attempts => {
+            Err(e) if budget.left > 0 => {
                 // Another endpoint is tried at once; the same one again after the pause.
                 if cluster.lb.has_untried(&tried) {
                     tracing::debug!(
@@ -357,8 +467,15 @@ async fn open(
                         "connect failed, trying another endpoint: {e}"
                     );
                 } else {
-                    tracing::debug!(session, cluster = name, attempt = n, "connect failed, retrying: {e}");
-                    tokio::time::sleep(retry.timeout).await;
+                    let pause = retry.backoff.pause(budget.pauses);
+                    budget.pauses += 1;
+                    tracing::debug!(
+                        session,
+                        cluster = name,
+                        attempt = n,
+                        "connect failed, retrying in {pause:?}: {e}"
+                    );
+                    tokio::time::sleep(pause).await;
                 }
             }
             Err(source) => {

@@ -429,9 +429,44 @@ fn send_to_unix(sock: &UnixDatagram, msg: &[u8], peer: &std::os::unix::net::Sock
     view.send_to_addr(msg, peer)
 }
 
+/// Writes every message of `batch` in order, then clears it. Written bytes are taken off the messages as they go, so
+/// when the future is dropped midway, `batch` holds exactly what is still to be written.
 async fn write_bytes<W: AsyncWriteExt + Unpin>(w: &mut W, batch: &mut Batch) -> io::Result<()> {
-    for m in batch.drain(..) {
-        w.write_all(&m).await?;
+    for m in batch.iter_mut() {
+        while !m.is_empty() {
+            let n = w.write(m).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped taking data"));
+            }
+            bytes::Buf::advance(m, n);
+        }
     }
+    batch.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_stopped_byte_stream_write_leaves_exactly_the_rest_in_the_batch() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(100).collect();
+        let mut batch: Batch = data.chunks(30).map(Bytes::copy_from_slice).collect();
+        // A 16-byte pipe nobody reads: the write stops after 16 bytes and is dropped there.
+        let (mut w, mut r) = tokio::io::duplex(16);
+        let stopped = tokio::time::timeout(std::time::Duration::from_millis(20), write_bytes(&mut w, &mut batch)).await;
+        assert!(stopped.is_err(), "the write cannot have finished");
+        let left: usize = batch.iter().map(Bytes::len).sum();
+        assert_eq!(left, 100 - 16);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.map(|_| got)
+        });
+        write_bytes(&mut w, &mut batch).await.expect("resumed write");
+        assert!(batch.is_empty());
+        drop(w);
+        assert_eq!(reader.await.expect("reader").expect("read"), data);
+    }
 }

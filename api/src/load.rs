@@ -1266,8 +1266,13 @@ impl Builder {
     }
 
     fn retry(&mut self, v: &Value, path: &FieldPath) -> Option<Retry> {
-        let o = self.d.object(v, path, &["retry_on", "num_retries", "timeout"])?;
+        let o = self.d.object(
+            v,
+            path,
+            &["retry_on", "num_retries", "timeout", "connect_timeout", "backoff"],
+        )?;
         let mut r = Retry::default();
+        let mut ok = true;
         if let Some(on) = o.get("retry_on") {
             r.retry_on = match self.d.string(on, &o.at("retry_on"))?.as_str() {
                 "never" => RetryOn::Never,
@@ -1286,10 +1291,83 @@ impl Builder {
         if let Some(n) = o.get("num_retries") {
             r.num_retries = self.d.int_in(n, &o.at("num_retries"), 0, 1000)? as u32;
         }
-        if let Some(t) = o.get("timeout") {
-            r.timeout = Duration::from_millis(self.d.int_in(t, &o.at("timeout"), 1, 3_600_000)? as u64);
+        let ms = |b: &mut Self, key: &str| -> Option<Option<Duration>> {
+            match o.get(key) {
+                None => Some(None),
+                Some(t) => {
+                    b.d.int_in(t, &o.at(key), 1, 3_600_000)
+                        .map(|t| Some(Duration::from_millis(t as u64)))
+                }
+            }
+        };
+        if let Some(t) = ms(self, "timeout")? {
+            r.timeout = t;
         }
-        Some(r)
+        // Both default to `timeout`, as in the original.
+        r.connect_timeout = ms(self, "connect_timeout")?.unwrap_or(r.timeout);
+        r.backoff = Backoff::fixed(r.timeout);
+        if let Some(b) = o.get("backoff") {
+            match self.backoff(b, &o.at("backoff"), r.timeout) {
+                Some(b) => r.backoff = b,
+                None => ok = false,
+            }
+        }
+        ok.then_some(r)
+    }
+
+    /// `backoff: {initial: ms, max: ms, multiplier: x}`; `initial` defaults to the retry's `timeout`, `max` to 30 s
+    /// (or `initial` when that is longer), `multiplier` to 2.
+    fn backoff(&mut self, v: &Value, path: &FieldPath, timeout: Duration) -> Option<Backoff> {
+        let o = self.d.object(v, path, &["initial", "max", "multiplier"])?;
+        let ms = |b: &mut Self, key: &str| -> Option<Option<Duration>> {
+            match o.get(key) {
+                None => Some(None),
+                Some(t) => {
+                    b.d.int_in(t, &o.at(key), 1, 3_600_000)
+                        .map(|t| Some(Duration::from_millis(t as u64)))
+                }
+            }
+        };
+        let initial = ms(self, "initial");
+        let max = ms(self, "max");
+        let multiplier = match o.get("multiplier") {
+            None => Some(2.0),
+            Some(m) => match m.as_f64() {
+                Some(x) if (1.0..=100.0).contains(&x) => Some(x),
+                _ => {
+                    self.d.error(
+                        &o.at("multiplier"),
+                        format!(
+                            "expected a number 1..100 (1 keeps the pause fixed), got {}",
+                            describe(m)
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let (initial, max, multiplier) = (initial?, max?, multiplier?);
+        let initial = initial.unwrap_or(timeout);
+        let max = match max {
+            Some(m) if m < initial => {
+                self.d.error(
+                    &o.at("max"),
+                    format!(
+                        "the longest pause ({} ms) is shorter than the first one (initial: {} ms)",
+                        m.as_millis(),
+                        initial.as_millis()
+                    ),
+                );
+                return None;
+            }
+            Some(m) => m,
+            None => DEFAULT_BACKOFF_MAX.max(initial),
+        };
+        Some(Backoff {
+            initial,
+            max,
+            multiplier,
+        })
     }
 }
 
@@ -1597,6 +1675,68 @@ rulelists:
                 ..Retry::default()
             }
         );
+    }
+
+    #[test]
+    fn connect_timeout_and_backoff_default_to_timeout() {
+        let r = |retry: &str| {
+            load(&format!(
+                "clusters: [{{name: e, spec: {{protocol: Echo}}}}]\nroutes:\n  - {{name: r, destination: e, retry: {retry}}}\n"
+            ))
+            .expect("valid")
+            .routes[0]
+                .retry
+                .clone()
+        };
+        let ms = Duration::from_millis;
+        let plain = r("{timeout: 300}");
+        assert_eq!(plain.connect_timeout, ms(300));
+        assert_eq!(plain.backoff, Backoff::fixed(ms(300)));
+        assert_eq!(plain.backoff.pause(5), ms(300));
+        let own = r("{timeout: 300, connect_timeout: 50, backoff: {initial: 100, max: 500, multiplier: 2}}");
+        assert_eq!(own.connect_timeout, ms(50));
+        let pauses: Vec<_> = (0..5).map(|n| own.backoff.pause(n)).collect();
+        assert_eq!(pauses, [ms(100), ms(200), ms(400), ms(500), ms(500)]);
+        let defaults = r("{timeout: 300, backoff: {}}");
+        assert_eq!(
+            defaults.backoff,
+            Backoff {
+                initial: ms(300),
+                max: DEFAULT_BACKOFF_MAX,
+                multiplier: 2.0
+            }
+        );
+        assert_eq!(
+            r("{backoff: {multiplier: 1.5, initial: 10}}").backoff.pause(2),
+            ms(22) + Duration::from_micros(500)
+        );
+    }
+
+    #[test]
+    fn bad_connect_timeout_and_backoff_name_the_field() {
+        let e = |retry: &str| {
+            errors(&format!(
+                "clusters: [{{name: e, spec: {{protocol: Echo}}}}]\nroutes:\n  - {{name: r, destination: e, retry: {retry}}}\n"
+            ))
+            .join("\n")
+        };
+        assert!(
+            e("{connect_timeout: 0}")
+                .contains("routes[0].retry.connect_timeout: expected an integer 1..3600000, got 0"),
+            "{}",
+            e("{connect_timeout: 0}")
+        );
+        let m = e("{backoff: {multiplier: 0.5}}");
+        assert!(
+            m.contains("routes[0].retry.backoff.multiplier: expected a number 1..100"),
+            "{m}"
+        );
+        let m = e("{backoff: {initial: 500, max: 100}}");
+        assert!(m.contains("routes[0].retry.backoff.max: the longest pause (100 ms) is shorter than the first one (initial: 500 ms)"), "{m}");
+        let m = e("{backoff: {start: 5}}");
+        assert!(m.contains("routes[0].retry.backoff"), "{m}");
+        let m = e("{backoff: 100}");
+        assert!(m.contains("routes[0].retry.backoff"), "{m}");
     }
 
     #[test]

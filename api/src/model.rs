@@ -520,16 +520,63 @@ pub enum RetryOn {
 pub struct Retry {
     pub retry_on: RetryOn,
     pub num_retries: u32,
-    /// Per-attempt connect timeout and the delay between attempts.
+    /// The original's single knob: the default of both `connect_timeout` and the back-off pause.
     pub timeout: Duration,
+    /// How long one connect attempt may take.
+    pub connect_timeout: Duration,
+    /// The pauses between attempts.
+    pub backoff: Backoff,
 }
 
 impl Default for Retry {
     fn default() -> Self {
+        let t = Duration::from_millis(2000);
         Self {
             retry_on: RetryOn::Never,
             num_retries: 1,
-            timeout: Duration::from_millis(2000),
+            timeout: t,
+            connect_timeout: t,
+            backoff: Backoff::fixed(t),
+        }
+    }
+}
+
+impl Retry {
+    /// Whether a stage that fails or closes mid-session is reconnected (`disconnect`, `always`).
+    pub fn reconnects(&self) -> bool {
+        matches!(self.retry_on, RetryOn::Disconnect | RetryOn::Always)
+    }
+}
+
+/// Exponential back-off: the `n`-th pause (from 0) is `initial * multiplier^n`, at most `max`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+}
+
+/// The cap on a back-off pause when a `backoff` sets none.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(30_000);
+
+impl Backoff {
+    /// The same pause every time (the original's behaviour, with `timeout`).
+    pub fn fixed(pause: Duration) -> Backoff {
+        Backoff {
+            initial: pause,
+            max: pause,
+            multiplier: 1.0,
+        }
+    }
+
+    /// The pause before attempt `n + 2` (`n` = 0 is the first pause).
+    pub fn pause(&self, n: u32) -> Duration {
+        let factor = self.multiplier.powi(n.min(1000) as i32);
+        let ms = self.initial.as_secs_f64() * factor;
+        if !ms.is_finite() || ms >= self.max.as_secs_f64() {
+            self.max
+        } else {
+            Duration::from_secs_f64(ms)
         }
     }
 }
