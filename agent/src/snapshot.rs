@@ -7,7 +7,7 @@ use crate::protocol::http::client::Pool as HttpPool;
 use crate::protocol::sync::SyncHub;
 use crate::protocol::transform::LogSink;
 use l7mp_api::lookup::{RouteError, RuleTable};
-use l7mp_api::{Cluster, ClusterSpec, Config, Destination, Listener, Route, Rule, RuleList};
+use l7mp_api::{Cluster, ClusterSpec, Config, Destination, Listener, Route};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -69,8 +69,6 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub listeners: HashMap<String, Arc<Listener>>,
     pub clusters: HashMap<String, Arc<ClusterRt>>,
-    pub rulelists: HashMap<String, Arc<RuleList>>,
-    pub rules: HashMap<String, Arc<Rule>>,
     /// The rulelists with their rules and `apply` targets resolved: what session lookups walk.
     pub rule_table: RuleTable,
     pub routes: HashMap<String, Arc<RouteRt>>,
@@ -97,8 +95,6 @@ impl Snapshot {
             config: Arc::new(Config::default()),
             listeners: HashMap::new(),
             clusters: HashMap::new(),
-            rulelists: HashMap::new(),
-            rules: HashMap::new(),
             rule_table: RuleTable::default(),
             routes: HashMap::new(),
             route_list: Vec::new(),
@@ -148,16 +144,6 @@ impl Snapshot {
                 .listeners
                 .iter()
                 .map(|l| (l.name.clone(), Arc::new(l.clone())))
-                .collect(),
-            rulelists: config
-                .rulelists
-                .iter()
-                .map(|l| (l.name.clone(), Arc::new(l.clone())))
-                .collect(),
-            rules: config
-                .rules
-                .iter()
-                .map(|r| (r.name.clone(), Arc::new(r.clone())))
                 .collect(),
             clusters,
             config: Arc::new(config),

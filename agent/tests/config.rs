@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 #[test]
 fn every_broken_config_exits_1_naming_the_field() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/broken");
+    let dir = manifest_dir().join("tests/broken");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("dir")
         .map(|e| e.expect("entry").path())

@@ -5,10 +5,12 @@
 
 use l7mp_api::predicate::OPERATORS;
 use l7mp_api::{Format, parse_config};
-use std::path::Path;
+use std::path::PathBuf;
 
 fn page() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/rules.md")).unwrap()
+    // The directory `cargo test` runs in (a binary reused from a shared build cache may come from another checkout).
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    std::fs::read_to_string(dir.join("../docs/rules.md")).unwrap()
 }
 
 fn yaml_blocks(text: &str) -> Vec<String> {

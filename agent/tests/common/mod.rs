@@ -486,10 +486,7 @@ pub fn skip_netns() -> bool {
 
 /// The repository root (for examples/).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("root")
-        .to_path_buf()
+    manifest_dir().parent().expect("root").to_path_buf()
 }
 
 /// The interpreter with the independent clients (`e2e/clients/requirements.txt`), or `None` (test skipped) where
@@ -509,4 +506,10 @@ pub fn python_with(module: &str) -> Option<String> {
     );
     eprintln!("{py} has no {module} module; skipping (bash .ci/run installs it)");
     None
+}
+
+/// The agent crate's directory: the one `cargo test` runs in (set at run time), so a test binary reused from the
+/// shared build cache of another checkout still reads this checkout's files; the build-time value otherwise.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
