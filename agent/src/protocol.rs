@@ -61,6 +61,8 @@ pub enum ConnectError {
         address: String,
         source: io::Error,
     },
+    #[error("cluster protocol {protocol} is not available in this agent: {reason}")]
+    Unavailable { protocol: &'static str, reason: String },
     #[error("connecting to {endpoint} ({address}) timed out after {timeout:?}")]
     Timeout {
         endpoint: String,
@@ -148,6 +150,12 @@ pub async fn connect(
                 reader,
                 writer,
                 endpoint: None,
+            });
+        }
+        ClusterSpec::L7mpController | ClusterSpec::Prometheus | ClusterSpec::Metric => {
+            return Err(ConnectError::Unavailable {
+                protocol: spec.protocol(),
+                reason: "not implemented yet".into(),
             });
         }
         _ => {}

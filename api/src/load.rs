@@ -306,7 +306,7 @@ impl Builder {
         if known.contains(&p.as_str()) {
             return Some(p);
         }
-        const LATER: &[&str] = &["L7mpController", "Prometheus", "Metric", "Test"];
+        const LATER: &[&str] = &["Test"];
         if LATER.contains(&p.as_str()) {
             self.d.error(
                 &ppath,
@@ -655,6 +655,9 @@ impl Builder {
             "StdioFork",
             "STDIO-fork",
             "Sync",
+            "L7mpController",
+            "Prometheus",
+            "Metric",
             "UnixDgram",
             "UNIX/dgram",
             "WebSocket",
@@ -783,6 +786,11 @@ impl Builder {
                     }
                 }
             }
+            "Metric" => {
+                // The original's schema has counter names, which its code ignored: the counters are fixed.
+                self.d.object(v, path, &["protocol", "byteCounterName", "packetCounterName"])?;
+                Some(ClusterSpec::Metric)
+            }
             other => {
                 self.d.object(v, path, &["protocol"])?;
                 Some(match other {
@@ -793,6 +801,8 @@ impl Builder {
                     "Discard" => ClusterSpec::Discard,
                     "Stdio" => ClusterSpec::Stdio,
                     "JSONEncap" => ClusterSpec::JsonEncap,
+                    "L7mpController" => ClusterSpec::L7mpController,
+                    "Prometheus" => ClusterSpec::Prometheus,
                     _ => ClusterSpec::JsonDecap,
                 })
             }

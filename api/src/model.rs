@@ -261,6 +261,14 @@ pub enum ClusterSpec {
         port: u16,
         bind: Option<Bind>,
     },
+    /// The agent's REST API (`/api/v1`) as a cluster: an HTTP listener routed here serves the API, as in the
+    /// original.
+    L7mpController,
+    /// The agent's metrics in the Prometheus text format: each request gets one scrape as its response.
+    Prometheus,
+    /// A pass-through that counts the session's bytes and messages into `session_byte_counter_total` and
+    /// `session_packet_counter_total` (the original's names).
+    Metric,
 }
 
 impl ClusterSpec {
@@ -284,6 +292,9 @@ impl ClusterSpec {
             ClusterSpec::Pipe => "PIPE",
             ClusterSpec::AfPacket { .. } => "AF_PACKET",
             ClusterSpec::Sctp { .. } => "SCTP",
+            ClusterSpec::L7mpController => "L7mpController",
+            ClusterSpec::Prometheus => "Prometheus",
+            ClusterSpec::Metric => "Metric",
         }
     }
 
@@ -319,7 +330,9 @@ impl ClusterSpec {
             | ClusterSpec::UnixDomainSocket
             | ClusterSpec::Pipe
             | ClusterSpec::Stdio
-            | ClusterSpec::StdioFork { .. } => Some(StreamKind::ByteStream),
+            | ClusterSpec::StdioFork { .. }
+            | ClusterSpec::L7mpController
+            | ClusterSpec::Prometheus => Some(StreamKind::ByteStream),
             _ => None,
         }
     }
