@@ -11,8 +11,8 @@ use crate::session::{self, NewSession, SessionInfo};
 use crate::snapshot::{BuildError, Snapshot};
 use arc_swap::ArcSwap;
 use l7mp_api::{Config, Listener};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -31,6 +31,16 @@ pub enum ApplyError {
         what: String,
         error: std::io::Error,
     },
+}
+
+/// Why a change to the running configuration was not made: the change itself was wrong (`E`, e.g. a failed
+/// validation), or the configuration it produced could not be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Edit(E),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
 }
 
 struct RunningListener {
@@ -59,11 +69,19 @@ pub struct Engine {
     snapshot: ArcSwap<Snapshot>,
     listeners: tokio::sync::Mutex<HashMap<String, RunningListener>>,
     sessions: Mutex<HashMap<String, Arc<SessionInfo>>>,
+    /// Ended sessions of listeners with `options.track`, oldest first, each with the time it stops being listed.
+    tracked: Mutex<VecDeque<(tokio::time::Instant, Arc<SessionInfo>)>>,
+    /// Serialises read-modify-apply changes ([`Engine::update`]).
+    edit: tokio::sync::Mutex<()>,
+    /// A configuration was put in force.
+    ready: AtomicBool,
     sessions_changed: tokio::sync::Notify,
     seq: AtomicU64,
     /// Parent of every session's cancellation token.
     sessions_cancel: CancellationToken,
     offload: Box<dyn Offload>,
+    /// The REST API router, for `L7mpController` clusters (set once the admin API is built).
+    controller: std::sync::OnceLock<axum::Router>,
 }
 
 impl Engine {
@@ -73,10 +91,14 @@ impl Engine {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            tracked: Mutex::new(VecDeque::new()),
+            edit: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
             sessions_changed: tokio::sync::Notify::new(),
             seq: AtomicU64::new(0),
             sessions_cancel: CancellationToken::new(),
             offload: Box::new(NoOffload),
+            controller: std::sync::OnceLock::new(),
         })
     }
 
@@ -93,6 +115,16 @@ impl Engine {
         self.offload.as_ref()
     }
 
+    /// Gives `L7mpController` clusters the REST API to serve (once; later calls are ignored).
+    pub fn set_controller(&self, router: axum::Router) {
+        let _ = self.controller.set(router);
+    }
+
+    /// The REST API router, if the agent has one.
+    pub fn controller(&self) -> Option<axum::Router> {
+        self.controller.get().cloned()
+    }
+
     /// A process-unique number for session names.
     pub fn next_id(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed)
@@ -102,8 +134,32 @@ impl Engine {
         self.sessions_cancel.child_token()
     }
 
-    /// Puts a configuration in force, or changes nothing and says why.
+    /// Whether a configuration was put in force (the agent serves traffic).
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Changes the running configuration: `edit` turns the configuration in force into a new one (or says why it
+    /// cannot), which is then put in force. Changes are serialised, so two concurrent edits never lose one another;
+    /// a failing edit or apply leaves everything as it was.
+    pub async fn update<E: std::error::Error + 'static>(
+        self: &Arc<Self>,
+        edit: impl FnOnce(&Config) -> Result<Config, E>,
+    ) -> Result<(), UpdateError<E>> {
+        let _serial = self.edit.lock().await;
+        let current = self.snapshot().config.clone();
+        let next = edit(&current).map_err(UpdateError::Edit)?;
+        self.apply_now(next).await?;
+        Ok(())
+    }
+
+    /// Puts a whole configuration in force, or changes nothing and says why.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
+        let _serial = self.edit.lock().await;
+        self.apply_now(config).await
+    }
+
+    async fn apply_now(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
         let snap = Arc::new(Snapshot::build(config)?);
         warn_unsupported(&snap);
         let mut running = self.listeners.lock().await;
@@ -136,6 +192,7 @@ impl Engine {
             }
         }
         self.snapshot.store(snap.clone());
+        self.ready.store(true, Ordering::Relaxed);
         for (cfg, b) in bound {
             let cancel = CancellationToken::new();
             let task = tokio::spawn(b.run(self.clone(), cfg.clone(), cancel.clone()));
@@ -157,18 +214,60 @@ impl Engine {
     }
 
     pub(crate) fn unregister(&self, name: &str) {
-        if let Ok(mut m) = self.sessions.lock() {
-            m.remove(name);
+        let info = self.sessions.lock().ok().and_then(|mut m| m.remove(name));
+        if let Some(info) = info
+            && let Some(track) = info.track
+            && let Ok(mut t) = self.tracked.lock()
+        {
+            t.push_back((tokio::time::Instant::now() + track, info));
         }
         self.sessions_changed.notify_waiters();
     }
 
-    /// The live sessions.
+    /// The ended sessions still listed (`options.track`), after dropping those whose time is up.
+    fn tracked(&self) -> Vec<Arc<SessionInfo>> {
+        let Ok(mut t) = self.tracked.lock() else {
+            return Vec::new();
+        };
+        let now = tokio::time::Instant::now();
+        while t.front().is_some_and(|(until, _)| *until <= now) {
+            t.pop_front();
+        }
+        t.iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// The live sessions, then the ended ones kept visible by their listener's `options.track`.
     pub fn sessions(&self) -> Vec<Arc<SessionInfo>> {
-        self.sessions
+        let mut all: Vec<Arc<SessionInfo>> = self
+            .sessions
             .lock()
             .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.extend(self.tracked());
+        all
+    }
+
+    /// A live or tracked session by name.
+    pub fn session(&self, name: &str) -> Option<Arc<SessionInfo>> {
+        if let Some(s) = self.sessions.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Some(s);
+        }
+        self.tracked().into_iter().rev().find(|s| s.name == name)
+    }
+
+    /// Ends a live session (its streams are closed), or forgets a tracked one. Returns whether it existed.
+    pub fn end_session(&self, name: &str) -> bool {
+        if let Some(s) = self.sessions.lock().ok().and_then(|m| m.get(name).cloned()) {
+            s.cancel.cancel();
+            return true;
+        }
+        let Ok(mut t) = self.tracked.lock() else {
+            return false;
+        };
+        let before = t.len();
+        t.retain(|(_, s)| s.name != name);
+        t.len() != before
     }
 
     pub fn session_count(&self) -> usize {

@@ -3,8 +3,9 @@
 //! Listeners ([`protocol`]) accept peers and emit sessions ([`session`]); the [`router`] matches a session's
 //! metadata against the listener's rules and picks a route; the session connects the route's clusters and runs a
 //! [`pipeline`] of pumps between [`stream`]s. The [`engine`] holds the configuration [`snapshot`] in force and swaps
-//! it atomically when a source (the static file today) applies a new one.
+//! it atomically when a source (the static file or the REST API, [`admin`]) applies a new one.
 
+pub mod admin;
 pub mod cli;
 pub mod engine;
 pub mod lb;

@@ -3,6 +3,7 @@
 //! [`connect`], a stream arm in `stream.rs`, a docs page and tests.
 
 pub mod af_packet;
+pub mod controller;
 pub mod http;
 pub mod jsonsocket;
 pub mod pipe;

@@ -40,6 +40,37 @@ pub enum Status {
     Destroyed,
 }
 
+impl Status {
+    /// The original's name of the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Init => "INIT",
+            Status::Connected => "CONNECTED",
+            Status::Finalizing => "FINALIZING",
+            Status::Destroyed => "DESTROYED",
+        }
+    }
+}
+
+/// The role of a stage in a session's pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Destination,
+    Ingress,
+    Egress,
+}
+
+/// What the admin API shows of one stage: the cluster it belongs to, the endpoint it reached, its state.
+#[derive(Debug, Clone)]
+pub struct StageInfo {
+    pub role: Role,
+    pub cluster: String,
+    /// The endpoint's name (network clusters only).
+    pub endpoint: Option<String>,
+    /// CONNECTED, RETRYING (reconnecting after a loss) or END.
+    pub status: &'static str,
+}
+
 #[derive(Debug, Clone)]
 pub struct Event {
     pub at: SystemTime,
@@ -56,6 +87,11 @@ pub struct SessionInfo {
     /// The source keeps message boundaries (UDP...): nothing is in flight between datagrams, so a shutdown need not
     /// wait for such a session.
     pub datagram_source: bool,
+    /// The listener (as it was when it emitted the session).
+    pub listener_cfg: Arc<Listener>,
+    /// How long the session stays listed once ended (the listener's `options.track`).
+    pub track: Option<Duration>,
+    pub started: SystemTime,
     state: Mutex<SessionState>,
 }
 
@@ -65,6 +101,8 @@ struct SessionState {
     metadata: Arc<Value>,
     route: Option<String>,
     events: Vec<Event>,
+    stages: Vec<StageInfo>,
+    ended: Option<SystemTime>,
 }
 
 impl SessionInfo {
@@ -99,6 +137,24 @@ impl SessionInfo {
     pub fn events(&self) -> Vec<Event> {
         self.state.lock().map(|s| s.events.clone()).unwrap_or_default()
     }
+
+    /// The stages (destination first, then ingress and egress), once connected.
+    pub fn stages(&self) -> Vec<StageInfo> {
+        self.state.lock().map(|s| s.stages.clone()).unwrap_or_default()
+    }
+
+    /// When the session ended, once it has.
+    pub fn ended(&self) -> Option<SystemTime> {
+        self.state.lock().ok().and_then(|s| s.ended)
+    }
+
+    fn stage_status(&self, role: Role, index: usize, status: &'static str) {
+        self.set(|st| {
+            if let Some(s) = st.stages.iter_mut().filter(|s| s.role == role).nth(index) {
+                s.status = status;
+            }
+        });
+    }
 }
 
 /// Why a session failed before or while it ran.
@@ -126,11 +182,16 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
         stats: Arc::new(Stats::default()),
         cancel: engine.session_token(),
         datagram_source: s.reader.kind() == l7mp_api::StreamKind::Datagram,
+        track: s.listener.options.track.filter(|t| !t.is_zero()),
+        listener_cfg: s.listener.clone(),
+        started: SystemTime::now(),
         state: Mutex::new(SessionState {
             status: Status::Init,
-            metadata: Arc::new(Value::Null),
+            metadata: Arc::new(s.metadata.clone()),
             route: None,
             events: vec![],
+            stages: vec![],
+            ended: None,
         }),
     });
     info.event("INIT", format!("session emitted by listener {:?}", s.listener.name));
@@ -152,7 +213,13 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
             tracing::warn!(session = %info.name, listener = %info.listener, "session failed: {e}");
         }
     }
-    info.set(|st| st.status = Status::Destroyed);
+    info.set(|st| {
+        st.status = Status::Destroyed;
+        st.ended = Some(SystemTime::now());
+        for s in &mut st.stages {
+            s.status = "END";
+        }
+    });
     if let Some(f) = on_end {
         f();
     }
@@ -203,6 +270,7 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     // A weighted split picks the destination cluster here, once per session.
     let dest_name = route.destination().to_owned();
     let destination = dest_name.as_str();
+    let destination_name = destination;
     match &route.cfg.destination {
         l7mp_api::Destination::Split(_) => info.event(
             "LOOKUP SUCCESS",
@@ -250,6 +318,19 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
             return Err(e);
         }
     };
+    let stage_info = |role: Role, cluster: &str, stage: &Stage| StageInfo {
+        role,
+        cluster: cluster.to_owned(),
+        endpoint: match stage {
+            Stage::Stream { endpoint, .. } => endpoint.clone(),
+            Stage::Transform(_) => None,
+        },
+        status: "CONNECTED",
+    };
+    let mut infos = vec![stage_info(Role::Destination, destination_name, &destination)];
+    infos.extend(ingress.iter().zip(&route.cfg.ingress).map(|(s, c)| stage_info(Role::Ingress, c, s)));
+    infos.extend(egress.iter().zip(&route.cfg.egress).map(|(s, c)| stage_info(Role::Egress, c, s)));
+    info.set(|st| st.stages = infos);
     if jsonsocket && let Err(e) = jsonsocket::answer(&mut s.writer, 200, "OK").await {
         tracing::debug!(session = %info.name, "cannot answer the JSONSocket header: {e}");
     }
@@ -316,6 +397,12 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
             None => format!("{stage} (cluster {cluster:?}) closed while data still flows to it"),
         };
         info.event("DISCONNECT", why.clone());
+        let (role, index) = match which {
+            StageRef::Destination => (Role::Destination, 0),
+            StageRef::Ingress(i) => (Role::Ingress, i),
+            StageRef::Egress(i) => (Role::Egress, i),
+        };
+        info.stage_status(role, index, "RETRYING");
         let at = match episodes.iter().position(|(s, ..)| *s == which) {
             Some(at) => at,
             None => {
@@ -350,9 +437,19 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
             _ = info.cancel.cancelled() => break EndReason::Cancelled,
             r = reopen => r,
         };
+        let endpoint = match &opened {
+            Ok(Stage::Stream { endpoint, .. }) => endpoint.clone(),
+            _ => None,
+        };
         match opened.map(|new| pipeline::replace_stage(&mut pumps, which, new)) {
             Ok(true) => {
                 *connected_at = Instant::now();
+                info.set(|st| {
+                    if let Some(s) = st.stages.iter_mut().filter(|s| s.role == role).nth(index) {
+                        s.status = "CONNECTED";
+                        s.endpoint = endpoint;
+                    }
+                });
                 info.event("RECONNECT", format!("{stage} (cluster {cluster:?}) reconnected"));
                 tracing::info!(session = %info.name, "{stage} (cluster {cluster:?}) reconnected");
             }

@@ -171,17 +171,23 @@ impl Exchange {
 
 /// The JSON error response of the original l7mp (body indented by four spaces, reason phrase = message).
 pub fn error_response(status: StatusCode, content: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(error_body(status, content))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The body of the original's JSON errors: `{"status", "message", "content"}` indented by four spaces, where
+/// `message` is the status's reason phrase.
+pub fn error_body(status: StatusCode, content: &str) -> Vec<u8> {
     let message = status.canonical_reason().unwrap_or("Error");
     let v = json!({ "status": status.as_u16(), "message": message, "content": content });
     let mut out = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
     let _ = serde::Serialize::serialize(&v, &mut ser); // writing to a Vec cannot fail
-    let mut resp = Response::new(ProxyBody::full(Bytes::from(out)));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    out
 }
 
 /// Headers that describe one hop's connection, never forwarded (RFC 9110 section 7.6.1), plus those the
