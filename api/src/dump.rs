@@ -218,7 +218,10 @@ pub fn listener_spec(spec: &ListenerSpec) -> Value {
     match spec {
         ListenerSpec::Udp(u) => {
             o.insert("address".into(), json!(u.address.to_string()));
-            o.insert("port".into(), json!(u.port));
+            // Port 0 (an ephemeral port) is written by leaving `port` out: the loader reads ports as 1..65535.
+            if u.port != 0 {
+                o.insert("port".into(), json!(u.port));
+            }
             let mut connect = Map::new();
             if let Some(a) = u.connect_address {
                 connect.insert("address".into(), json!(a.to_string()));
