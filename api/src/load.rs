@@ -12,7 +12,7 @@ use crate::path::FieldPath;
 use crate::pointer::Pointer;
 use crate::predicate::Predicate;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -57,29 +57,7 @@ pub fn config_from_value(doc: &Value) -> Result<Config, ConfigError> {
     b.finish()
 }
 
-/// Object kinds, each with its own namespace and name counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    Listener,
-    Cluster,
-    RuleList,
-    Rule,
-    Route,
-    Endpoint,
-}
-
-impl Kind {
-    fn noun(self) -> &'static str {
-        match self {
-            Kind::Listener => "listener",
-            Kind::Cluster => "cluster",
-            Kind::RuleList => "rulelist",
-            Kind::Rule => "rule",
-            Kind::Route => "route",
-            Kind::Endpoint => "endpoint",
-        }
-    }
-}
+use ObjectKind as Kind;
 
 #[derive(Default)]
 struct Builder {
@@ -92,6 +70,9 @@ struct Builder {
     refs: Vec<(Kind, String, FieldPath)>,
     /// Where each rule's `apply` is written, by rule name (for loop errors).
     apply_paths: HashMap<String, FieldPath>,
+    /// Every name written explicitly anywhere in the document: generated names avoid them, so that an inline object
+    /// decoded before an explicitly named one of the same kind cannot take its name.
+    reserved: HashSet<(Kind, String)>,
 }
 
 const TOP: &[&str] = &[
@@ -134,6 +115,7 @@ impl Builder {
         let Some(o) = self.d.object(doc, &root, TOP) else {
             return;
         };
+        reserve_names(doc, &mut self.reserved);
         if let Some(a) = o.get("admin") {
             self.admin(a, &o.at("admin"));
         }
@@ -177,10 +159,11 @@ impl Builder {
         *n += 1;
         let mut name = base.clone();
         let mut i = 1;
-        while self.defined.contains_key(&(kind, name.clone())) {
+        while self.defined.contains_key(&(kind, name.clone())) || self.reserved.contains(&(kind, name.clone())) {
             name = format!("{base}_{i}");
             i += 1;
         }
+        self.cfg.generated.insert((kind, name.clone()));
         name
     }
 
@@ -788,7 +771,8 @@ impl Builder {
             }
             "Metric" => {
                 // The original's schema has counter names, which its code ignored: the counters are fixed.
-                self.d.object(v, path, &["protocol", "byteCounterName", "packetCounterName"])?;
+                self.d
+                    .object(v, path, &["protocol", "byteCounterName", "packetCounterName"])?;
                 Some(ClusterSpec::Metric)
             }
             other => {
@@ -1073,6 +1057,8 @@ impl Builder {
         }
         let (matcher, match_source) = match o.get("match") {
             None | Some(Value::String(_)) => (None, None),
+            // How the original dumps a wildcard rule.
+            Some(Value::Object(m)) if m.len() == 1 && m.get("match").is_some_and(Value::is_string) => (None, None),
             Some(m) => (
                 Some(Predicate::decode(&mut self.d, m, &o.at("match"))?),
                 Some(m.clone()),
@@ -1457,6 +1443,67 @@ fn apply_loops(cfg: &Config, apply_paths: &HashMap<String, FieldPath>) -> Vec<Fi
         }
     }
     errors
+}
+
+/// Collects every explicit `name` of every object the loader decodes, following the document's structure (and
+/// skipping whatever does not have the expected shape: the decoder reports that).
+fn reserve_names(doc: &Value, out: &mut HashSet<(Kind, String)>) {
+    fn name(v: &Value, kind: Kind, out: &mut HashSet<(Kind, String)>) {
+        if let Some(n) = v.get("name").and_then(Value::as_str) {
+            out.insert((kind, n.to_owned()));
+        }
+    }
+    fn items(v: Option<&Value>) -> &[Value] {
+        v.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    }
+    fn cluster(v: &Value, out: &mut HashSet<(Kind, String)>) {
+        if !v.is_object() {
+            return;
+        }
+        name(v, Kind::Cluster, out);
+        for e in items(v.get("endpoints")) {
+            name(e, Kind::Endpoint, out);
+        }
+    }
+    fn route(v: &Value, out: &mut HashSet<(Kind, String)>) {
+        if !v.is_object() {
+            return;
+        }
+        name(v, Kind::Route, out);
+        match v.get("destination").or(v.get("cluster")) {
+            Some(Value::Array(split)) => split
+                .iter()
+                .filter_map(|w| w.get("cluster"))
+                .for_each(|c| cluster(c, out)),
+            Some(c) => cluster(c, out),
+            None => {}
+        }
+        for key in ["ingress", "egress"] {
+            items(v.get(key)).iter().for_each(|c| cluster(c, out));
+        }
+    }
+    fn rule(v: &Value, out: &mut HashSet<(Kind, String)>) {
+        if !v.is_object() {
+            return;
+        }
+        name(v, Kind::Rule, out);
+        if let Some(r) = v.get("action").and_then(|a| a.get("route")) {
+            route(r, out);
+        }
+    }
+    for c in items(doc.get("clusters")) {
+        cluster(c, out);
+    }
+    for l in items(doc.get("listeners")) {
+        name(l, Kind::Listener, out);
+        items(l.get("rules")).iter().for_each(|r| rule(r, out));
+    }
+    for l in items(doc.get("rulelists")) {
+        name(l, Kind::RuleList, out);
+        items(l.get("rules")).iter().for_each(|r| rule(r, out));
+    }
+    items(doc.get("rules")).iter().for_each(|r| rule(r, out));
+    items(doc.get("routes")).iter().for_each(|r| route(r, out));
 }
 
 fn interface_problem(name: &str) -> Option<&'static str> {
