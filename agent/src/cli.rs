@@ -90,6 +90,12 @@ pub struct Args {
         help_heading = "Runtime"
     )]
     pub half_close_timeout: f64,
+
+    /// Serve the admin API on this address: the REST API (`/api/v1`, the original l7mp's, with an OpenAPI document
+    /// at `/api/v1/openapi.json`), `/live`, `/ready`, `/metrics` (Prometheus) and `/config` (the configuration in
+    /// force). Off by default; anyone who can reach it can reconfigure the agent, so keep it on loopback.
+    #[arg(long, env = "L7MP_ADMIN", value_name = "ADDR:PORT", help_heading = "Admin API")]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Maps the original's log level names (npmlog) to a tracing filter; anything else is used as a filter as is.

@@ -160,7 +160,7 @@ impl Engine {
     }
 
     async fn apply_now(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
-        let snap = Arc::new(Snapshot::build(config)?);
+        let snap = Arc::new(Snapshot::build_from(config, &self.snapshot())?);
         warn_unsupported(&snap);
         let mut running = self.listeners.lock().await;
         let wanted: HashMap<&str, &Arc<Listener>> = snap.listeners.iter().map(|(k, v)| (k.as_str(), v)).collect();

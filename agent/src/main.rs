@@ -3,7 +3,9 @@
 use anyhow::Context;
 use clap::Parser;
 use l7mp_agent::engine::{Engine, EngineOptions};
+use l7mp_agent::admin::{self, AdminState};
 use l7mp_agent::{cli, sys};
+use tokio_util::sync::CancellationToken;
 use l7mp_api::{Config, Format, parse_config};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -82,12 +84,19 @@ fn run(args: cli::Args, config: Config) -> anyhow::Result<()> {
             .apply(config)
             .await
             .context("cannot put the configuration in force")?;
+        let admin = AdminState::new(engine.clone(), None);
+        engine.set_controller(l7mp_agent::admin::router(admin.clone()));
+        let admin_stop = CancellationToken::new();
+        if let Some(addr) = args.admin {
+            admin::server::start(addr, admin, admin_stop.clone()).await?;
+        }
         // Handlers first: a SIGTERM right after "running" must stop the agent gracefully, not kill it.
         let signals = Signals::install()?;
         tracing::info!(config = %args.config.display(), threads, "l7mp-agent running");
         signals.wait().await;
         let drain = Duration::from_secs_f64(args.drain_timeout.clamp(0.0, 3600.0));
         tracing::info!(sessions = engine.session_count(), ?drain, "shutting down");
+        admin_stop.cancel();
         engine.shutdown(drain).await;
         Ok(())
     })

@@ -102,8 +102,20 @@ impl Snapshot {
     }
 
     pub fn build(config: Config) -> Result<Snapshot, BuildError> {
+        Self::build_from(config, &Snapshot::empty())
+    }
+
+    /// Builds the snapshot of `config`, keeping the run-time state of every cluster and route that `prev` has
+    /// with the same configuration: an unchanged cluster keeps its connection pool, Sync groups, open log,
+    /// load-balancer turn and outlier-detection state, an unchanged split route its turn, across any change to
+    /// other objects.
+    pub fn build_from(config: Config, prev: &Snapshot) -> Result<Snapshot, BuildError> {
         let mut clusters = HashMap::new();
         for c in &config.clusters {
+            if let Some(old) = prev.clusters.get(&c.name).filter(|old| old.cfg == *c) {
+                clusters.insert(c.name.clone(), old.clone());
+                continue;
+            }
             let sink = match &c.spec {
                 ClusterSpec::Logger { log_file, .. } => Some(Arc::new(LogSink::open(log_file).map_err(|source| {
                     BuildError::LogFile {
@@ -134,7 +146,10 @@ impl Snapshot {
         let route_list: Vec<Arc<RouteRt>> = config
             .routes
             .iter()
-            .map(|r| Arc::new(RouteRt::new(r.clone())))
+            .map(|r| match prev.routes.get(&r.name).filter(|old| old.cfg == *r) {
+                Some(old) => old.clone(),
+                None => Arc::new(RouteRt::new(r.clone())),
+            })
             .collect();
         Ok(Snapshot {
             rule_table,

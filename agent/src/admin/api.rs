@@ -15,7 +15,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use axum::routing::MethodRouter;
-use l7mp_api::edit::{self, Edit, EditError, ObjectKind, RuleRef};
+use l7mp_api::ObjectKind;
+use l7mp_api::edit::{self, Edit, EditError, RuleRef};
 use l7mp_api::{Config, dump};
 use serde_json::Value;
 use std::sync::Arc;
@@ -324,7 +325,7 @@ async fn get_config(State(st): St, r: ApiRequest) -> Result<Response, ApiError> 
         o.insert("admin".into(), admin_json(&st, &cfg));
         let endpoints: Vec<Value> = cfg.clusters.iter().flat_map(|c| c.endpoints.iter().map(dump::endpoint)).collect();
         o.insert("endpoints".into(), Value::Array(endpoints));
-        o.insert("sessions".into(), Value::Array(sessions(&st, &cfg)));
+        o.insert("sessions".into(), Value::Array(sessions(&st)));
     }
     Ok(reply::json(&v, r.opts.format))
 }
@@ -577,28 +578,22 @@ async fn remove_rule(State(st): St, Name2(list, which): Name2, r: ApiRequest) ->
     change(&st, "remove", "rule", edit, r.opts).await
 }
 
-fn sessions(st: &AdminState, cfg: &Config) -> Vec<Value> {
-    st.engine.sessions().iter().map(|s| one_session(s, cfg)).collect()
+fn sessions(st: &AdminState) -> Vec<Value> {
+    st.engine.sessions().iter().map(|s| one_session(s)).collect()
 }
 
-fn one_session(s: &crate::session::SessionInfo, cfg: &Config) -> Value {
-    let spec = dump::listener(cfg, &s.listener_cfg, false)
-        .get("spec")
-        .cloned()
-        .unwrap_or(Value::Null);
-    session_json(s, spec)
+fn one_session(s: &crate::session::SessionInfo) -> Value {
+    session_json(s, dump::listener_spec(&s.listener_cfg.spec))
 }
 
 async fn list_sessions(State(st): St, r: ApiRequest) -> Result<Response, ApiError> {
-    let cfg = config(&st);
-    Ok(reply::json(&Value::Array(sessions(&st, &cfg)), r.opts.format))
+    Ok(reply::json(&Value::Array(sessions(&st)), r.opts.format))
 }
 
 async fn get_session(State(st): St, Name(name): Name, r: ApiRequest) -> Result<Response, ApiError> {
-    let cfg = config(&st);
     st.engine
         .session(&name)
-        .map(|s| reply::json(&one_session(&s, &cfg), r.opts.format))
+        .map(|s| reply::json(&one_session(&s), r.opts.format))
         .ok_or_else(|| ApiError::not_found(format!("session {name:?} does not exist")))
 }
 

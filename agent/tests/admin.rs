@@ -1,0 +1,428 @@
+//! The admin API end to end, through the real agent: every `/api/v1` route with its success and error paths (status
+//! codes and `{status, message, content}` bodies), the admin listener's `/live`, `/ready` and `/config`, the API
+//! served the original's way (an HTTP listener routed to an `L7mpController` cluster), sessions (listing, stages,
+//! counters, `DELETE`, `options.track`), and changes that take effect on traffic.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// One HTTP/1.1 request (`Connection: close`); returns the status, the content type and the body.
+fn http(port: u16, method: &str, path: &str, ctype: Option<&str>, body: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(ct) = ctype {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, ctype, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// A JSON API call: status and parsed body.
+fn call(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (status, ctype, text) = match &body {
+        Some(b) => http(port, method, path, Some("application/json"), &b.to_string()),
+        None => http(port, method, path, None, ""),
+    };
+    assert!(ctype.starts_with("application/json"), "{method} {path}: content type {ctype:?}: {text}");
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text:?}"));
+    (status, v)
+}
+
+/// Asserts an error body: the status, and that `content` mentions `needle`.
+fn assert_error(port: u16, method: &str, path: &str, body: Option<Value>, status: u16, needle: &str) {
+    let (s, v) = call(port, method, path, body);
+    assert_eq!(s, status, "{method} {path}: {v}");
+    assert_eq!(v["status"], status, "{v}");
+    let content = v["content"].as_str().unwrap_or_default();
+    assert!(content.contains(needle), "{method} {path}: {content:?} lacks {needle:?}");
+}
+
+fn assert_ok(port: u16, method: &str, path: &str, body: Option<Value>) {
+    let (s, v) = call(port, method, path, body);
+    assert_eq!((s, &v), (200, &json!({"status": 200, "message": "OK"})), "{method} {path}");
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn udp_echo_once(port: u16, msg: &[u8]) -> Vec<u8> {
+    let s = udp_client(port);
+    s.send(msg).unwrap();
+    recv(&s)
+}
+
+fn start(yaml: &str) -> (Agent, u16) {
+    let admin = quiet_port();
+    let agent = Agent::start_with(yaml, &["--admin", &format!("127.0.0.1:{admin}")]);
+    agent.wait_log("admin listener started");
+    (agent, admin)
+}
+
+#[test]
+fn objects_crud_with_the_original_status_codes_and_the_fixes() {
+    let (udp, tcp_up) = (quiet_port(), tcp_echo_server());
+    let yaml = format!(
+        "
+listeners:
+  - name: udp
+    spec: {{ protocol: UDP, port: {udp} }}
+    rules:
+      - action: {{ route: {{ destination: echo }} }}
+clusters:
+  - name: echo
+    spec: {{ protocol: Echo }}
+  - name: up
+    spec: {{ protocol: TCP, port: {tcp_up} }}
+    endpoints: [ {{ name: up-1, spec: {{ address: 127.0.0.1 }} }} ]
+"
+    );
+    let (_agent, p) = start(&yaml);
+
+    // Health and the configuration in force.
+    assert_eq!(call(p, "GET", "/live", None), (200, json!({"live": true})));
+    assert_eq!(call(p, "GET", "/ready", None), (200, json!({"ready": true})));
+    let (s, cfg) = call(p, "GET", "/api/v1/config", None);
+    assert_eq!(s, 200);
+    for key in ["admin", "listeners", "clusters", "rulelists", "rules", "routes", "endpoints", "sessions"] {
+        assert!(cfg.get(key).is_some(), "config lacks {key}: {cfg}");
+    }
+    assert_eq!(names(&cfg["endpoints"]), ["up-1"]);
+    let (s, admin) = call(p, "GET", "/api/v1/admin", None);
+    assert_eq!(s, 200);
+    assert!(admin["version"].is_string(), "{admin}");
+
+    // Listeners: list, get, add (inline rules get generated names), errors.
+    let (_, ls) = call(p, "GET", "/api/v1/listeners", None);
+    assert_eq!(names(&ls), ["udp"]);
+    assert_eq!(call(p, "GET", "/api/v1/listeners/udp", None).1["spec"]["port"], udp);
+    assert_error(p, "GET", "/api/v1/listeners/nope", None, 404, "\"nope\"");
+    let tcp = quiet_port();
+    let listener = json!({"listener": {"name": "tcp", "spec": {"protocol": "TCP", "port": tcp},
+        "rules": [{"action": {"route": {"destination": "up"}}}]}});
+    assert_ok(p, "POST", "/api/v1/listeners", Some(listener.clone()));
+    assert_eq!(round_trip(tcp_client(tcp), b"hello".to_vec()), b"hello");
+    assert_error(p, "POST", "/api/v1/listeners", Some(listener), 400, "already exists");
+    let bad = json!({"listener": {"name": "bad", "spec": {"protocol": "TCP", "port": "abc"}, "rules": "x"}});
+    assert_error(p, "POST", "/api/v1/listeners", Some(bad), 400, "listener.spec.port");
+    assert_error(p, "POST", "/api/v1/listeners", Some(json!({"lisener": {}})), 400, "listener: missing");
+    // A port in use: validated, but cannot be put in force; nothing changes.
+    let taken = json!({"listener": {"name": "dup-port", "spec": {"protocol": "TCP", "port": tcp},
+        "rules": [{"action": {"route": {"destination": "echo"}}}]}});
+    assert_error(p, "POST", "/api/v1/listeners", Some(taken), 400, "cannot listen");
+    assert_eq!(names(&call(p, "GET", "/api/v1/listeners", None).1), ["udp", "tcp"]);
+    // Wrong and missing content types are 415 (the original answered 500).
+    let (s, _, body) = http(p, "POST", "/api/v1/listeners", Some("text/plain"), "{}");
+    assert_eq!(s, 415, "{body}");
+    let (s, _, _) = http(p, "POST", "/api/v1/listeners", None, "{}");
+    assert_eq!(s, 415);
+    // YAML bodies.
+    let (s, _, body) = http(
+        p,
+        "POST",
+        "/api/v1/clusters",
+        Some("text/yaml"),
+        "cluster:\n  name: discard\n  spec: {protocol: Discard}\n",
+    );
+    assert_eq!(s, 200, "{body}");
+
+    // PUT updates in place: the listener keeps its port, its new rules route to Echo.
+    let put = json!({"listener": {"name": "tcp", "spec": {"protocol": "TCP", "port": tcp},
+        "rules": [{"action": {"route": {"destination": "echo"}}}]}});
+    assert_ok(p, "PUT", "/api/v1/listeners/tcp", Some(put.clone()));
+    assert_eq!(round_trip(tcp_client(tcp), b"again".to_vec()), b"again");
+    assert_error(p, "PUT", "/api/v1/listeners/other", Some(put), 400, "named");
+    assert_error(
+        p,
+        "PUT",
+        "/api/v1/listeners/ghost",
+        Some(json!({"listener": {"name": "ghost", "spec": {"protocol": "TCP", "port": 1}, "rules": "x"}})),
+        404,
+        "ghost",
+    );
+
+    // Clusters and endpoints (GET /endpoints/{name} works; the original always failed).
+    let (_, cs) = call(p, "GET", "/api/v1/clusters", None);
+    assert_eq!(names(&cs), ["echo", "up", "discard"]);
+    assert_eq!(call(p, "GET", "/api/v1/clusters/up", None).1["endpoints"], 1);
+    assert_eq!(call(p, "GET", "/api/v1/clusters/up?recursive=true", None).1["endpoints"][0]["name"], "up-1");
+    assert_eq!(names(&call(p, "GET", "/api/v1/clusters/up/endpoints", None).1), ["up-1"]);
+    assert_error(p, "GET", "/api/v1/clusters/nope/endpoints", None, 404, "nope");
+    assert_ok(
+        p,
+        "POST",
+        "/api/v1/clusters/up/endpoints",
+        Some(json!({"endpoint": {"name": "up-2", "spec": {"address": "127.0.0.2"}, "weight": 2}})),
+    );
+    assert_eq!(call(p, "GET", "/api/v1/endpoints/up-2", None), (200, json!({"name": "up-2",
+        "spec": {"address": "127.0.0.2"}, "weight": 2})));
+    assert_ok(
+        p,
+        "PUT",
+        "/api/v1/endpoints/up-2",
+        Some(json!({"endpoint": {"name": "up-2", "spec": {"address": "127.0.0.3"}, "weight": 5}})),
+    );
+    assert_eq!(call(p, "GET", "/api/v1/endpoints/up-2", None).1["weight"], 5);
+    assert_eq!(names(&call(p, "GET", "/api/v1/endpoints", None).1), ["up-1", "up-2"]);
+    assert_ok(p, "DELETE", "/api/v1/endpoints/up-2", None);
+    assert_error(p, "GET", "/api/v1/endpoints/up-2", None, 404, "up-2");
+    assert_error(p, "DELETE", "/api/v1/endpoints/up-2", None, 404, "up-2");
+    // A cluster still referenced by a route cannot go; the error names the route.
+    assert_error(p, "DELETE", "/api/v1/clusters/echo", None, 400, "not defined");
+    assert_ok(p, "DELETE", "/api/v1/clusters/discard", None);
+    assert_error(p, "DELETE", "/api/v1/clusters/discard", None, 404, "discard");
+
+    // Rules, routes and rulelists, and rules at positions.
+    let (_, rls) = call(p, "GET", "/api/v1/rulelists", None);
+    let tcp_list = format!("{}", rls[1]["name"].as_str().unwrap());
+    assert_eq!(call(p, "GET", "/api/v1/listeners/tcp", None).1["rules"], tcp_list.as_str());
+    assert_ok(
+        p,
+        "POST",
+        "/api/v1/routes",
+        Some(json!({"route": {"name": "to-up", "destination": "up"}})),
+    );
+    assert_ok(
+        p,
+        "POST",
+        "/api/v1/rules",
+        Some(json!({"rule": {"name": "r-up", "match": {"op": "test", "path": "/TCP/dst_port", "value": 1},
+            "action": {"route": "to-up"}}})),
+    );
+    assert_error(p, "POST", "/api/v1/rules", Some(json!({"rule": {"name": "r-bad", "action": {"route": "nope"}}})),
+        400, "route \"nope\" is not defined");
+    let at = |i: usize| format!("/api/v1/rulelists/{tcp_list}/rules/{i}");
+    assert_ok(p, "POST", &at(0), Some(json!({"rule": "r-up"})));
+    assert_eq!(call(p, "GET", &at(0), None).1["name"], "r-up");
+    assert_eq!(call(p, "GET", &format!("{}?recursive=true", at(0)), None).1["action"]["route"]["name"], "to-up");
+    assert_error(p, "GET", &at(9), None, 404, "no rule at position 9");
+    assert_error(p, "POST", &at(9), Some(json!({"rule": "r-up"})), 400, "position 9");
+    assert_ok(
+        p,
+        "POST",
+        &at(2),
+        Some(json!({"rule": {"name": "r-last", "action": {"route": "to-up"}}})),
+    );
+    assert_eq!(call(p, "GET", &format!("/api/v1/rulelists/{tcp_list}"), None).1["rules"].as_array().unwrap().len(), 3);
+    assert_ok(p, "DELETE", &format!("/api/v1/rulelists/{tcp_list}/rules/r-last"), None);
+    assert_ok(p, "DELETE", &at(0), None);
+    assert_error(p, "DELETE", &at(5), None, 400, "position 5");
+    // PUT a route's destination; PUT a rule.
+    assert_ok(p, "PUT", "/api/v1/routes/to-up", Some(json!({"route": {"name": "to-up", "destination": "echo"}})));
+    assert_eq!(call(p, "GET", "/api/v1/routes/to-up", None).1["destination"], "echo");
+    assert_ok(p, "PUT", "/api/v1/rules/r-up", Some(json!({"rule": {"name": "r-up", "action": {"route": "to-up"}}})));
+    assert_ok(p, "POST", "/api/v1/rulelists", Some(json!({"rulelist": {"name": "rl", "rules": ["r-up"]}})));
+    assert_eq!(call(p, "GET", "/api/v1/rulelists/rl", None).1["rules"], json!(["r-up"]));
+    assert_error(p, "DELETE", "/api/v1/rules/r-up", None, 400, "not defined");
+    assert_ok(p, "DELETE", "/api/v1/rulelists/rl", None);
+    assert_ok(p, "DELETE", "/api/v1/rules/r-up", None);
+    assert_ok(p, "DELETE", "/api/v1/routes/to-up", None);
+    assert_error(p, "GET", "/api/v1/routes/to-up", None, 404, "to-up");
+    assert_error(p, "GET", "/api/v1/rules/r-up", None, 404, "r-up");
+    assert_error(p, "GET", "/api/v1/rulelists/rl", None, 404, "rl");
+
+    // Recursive delete takes the listener's generated rulelist, rules and routes along.
+    assert_ok(p, "DELETE", "/api/v1/listeners/tcp?recursive=true", None);
+    assert_error(p, "GET", &format!("/api/v1/rulelists/{tcp_list}"), None, 404, &tcp_list);
+    assert!(TcpStream::connect(("127.0.0.1", tcp)).is_err(), "the listener still accepts");
+    assert_error(p, "DELETE", "/api/v1/listeners/tcp", None, 404, "tcp");
+
+    // Query parameters, unknown routes and methods.
+    let (_, _, terse) = http(p, "GET", "/api/v1/listeners?format=terse", None, "");
+    assert!(!terse.contains('\n'), "{terse}");
+    assert_error(p, "GET", "/api/v1/listeners?format=pretty", None, 400, "format");
+    assert_error(p, "GET", "/api/v1/nothing", None, 404, "Unknown API operation");
+    assert_error(p, "PATCH", "/api/v1/listeners", None, 405, "method");
+    let (s, doc) = call(p, "GET", "/api/v1/openapi.json", None);
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    assert!(doc["paths"]["/api/v1/listeners/{name}"]["put"].is_object());
+
+    // The UDP listener never stopped.
+    assert_eq!(udp_echo_once(udp, b"still"), b"still");
+}
+
+#[test]
+fn whole_config_replace_is_atomic_and_config_dump_loads_back() {
+    let (a, b) = (quiet_port(), quiet_port());
+    let yaml = format!(
+        "
+listeners:
+  - name: a
+    spec: {{ protocol: UDP, port: {a} }}
+    rules: [ {{ action: {{ route: {{ destination: echo }} }} }} ]
+clusters:
+  - name: echo
+    spec: {{ protocol: Echo }}
+"
+    );
+    let (_agent, p) = start(&yaml);
+    // The dump of the configuration in force is a valid configuration: replace with it plus a listener.
+    let (_, mut doc) = call(p, "GET", "/config", None);
+    doc["listeners"].as_array_mut().unwrap().push(json!({"name": "b", "spec": {"protocol": "UDP", "port": b},
+        "rules": [{"action": {"route": {"destination": "echo"}}}]}));
+    assert_ok(p, "POST", "/api/v1/config", Some(doc.clone()));
+    assert_eq!(udp_echo_once(b, b"to b"), b"to b");
+    // An invalid whole configuration changes nothing.
+    doc["listeners"][1]["spec"]["port"] = json!(-1);
+    doc["listeners"][0]["spec"]["port"] = json!(quiet_port());
+    assert_error(p, "POST", "/api/v1/config", Some(doc), 400, "port");
+    assert_eq!(udp_echo_once(a, b"to a"), b"to a");
+    assert_eq!(udp_echo_once(b, b"to b"), b"to b");
+    // YAML dump, too.
+    let (s, ctype, yaml) = http(p, "GET", "/config?format=yaml", None, "");
+    assert_eq!(s, 200);
+    assert!(ctype.contains("yaml"), "{ctype}");
+    let (s, _, body) = http(p, "POST", "/api/v1/config", Some("application/yaml"), &yaml);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(udp_echo_once(a, b"yaml"), b"yaml");
+}
+
+#[test]
+fn api_through_an_http_listener_routed_to_l7mp_controller() {
+    let api = quiet_port();
+    let yaml = format!(
+        "
+listeners:
+  - name: controller
+    spec: {{ protocol: HTTP, port: {api} }}
+    rules:
+      - action: {{ route: {{ destination: l7mp-controller }} }}
+clusters:
+  - name: l7mp-controller
+    spec: {{ protocol: L7mpController }}
+  - name: echo
+    spec: {{ protocol: Echo }}
+"
+    );
+    let _agent = Agent::start(&yaml);
+    let (s, v) = call(api, "GET", "/api/v1/clusters", None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(names(&v), ["l7mp-controller", "echo"]);
+    let udp = quiet_port();
+    assert_ok(
+        api,
+        "POST",
+        "/api/v1/listeners",
+        Some(json!({"listener": {"name": "u", "spec": {"protocol": "UDP", "port": udp},
+            "rules": [{"action": {"route": {"destination": "echo"}}}]}})),
+    );
+    assert_eq!(udp_echo_once(udp, b"via controller"), b"via controller");
+    assert_error(api, "GET", "/api/v1/listeners/nope", None, 404, "nope");
+    let (s, _, _) = http(api, "POST", "/api/v1/listeners", Some("text/plain"), "x");
+    assert_eq!(s, 415);
+}
+
+#[test]
+fn sessions_are_listed_deleted_and_tracked() {
+    let (tcp, tracked) = (quiet_port(), quiet_port());
+    let up = tcp_echo_server();
+    let yaml = format!(
+        "
+listeners:
+  - name: tcp
+    spec: {{ protocol: TCP, port: {tcp} }}
+    rules: [ {{ action: {{ route: {{ destination: up }} }} }} ]
+  - name: tracked
+    spec: {{ protocol: TCP, port: {tracked} }}
+    rules: [ {{ action: {{ route: {{ destination: echo, ingress: [ echo ] }} }} }} ]
+    options: {{ track: 60 }}
+clusters:
+  - name: up
+    spec: {{ protocol: TCP, port: {up} }}
+    endpoints: [ {{ name: up-1, spec: {{ address: 127.0.0.1 }} }} ]
+  - name: echo
+    spec: {{ protocol: Echo }}
+"
+    );
+    let (_agent, p) = start(&yaml);
+    let mut c = tcp_client(tcp);
+    c.write_all(b"12345").unwrap();
+    let mut buf = [0u8; 5];
+    c.read_exact(&mut buf).unwrap();
+    let (_, list) = call(p, "GET", "/api/v1/sessions", None);
+    let s = list.as_array().unwrap().iter().find(|s| s["source"]["origin"] == "tcp").unwrap().clone();
+    assert_eq!(s["status"], "CONNECTED", "{s}");
+    assert_eq!(s["destination"]["origin"], "up");
+    assert_eq!(s["destination"]["endpoint"]["name"], "up-1");
+    assert_eq!(s["destination"]["status"], "CONNECTED");
+    assert_eq!(s["traffic"]["from_source"]["bytes"], 5);
+    assert_eq!(s["traffic"]["to_source"]["bytes"], 5);
+    assert_eq!(s["source"]["listener"]["protocol"], "TCP");
+    assert!(s["metadata"]["TCP"]["dst_port"] == tcp, "{s}");
+    let events: Vec<&str> = s["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["INIT", "LOOKUP SUCCESS", "CONNECT"]);
+    assert!(s["events"][0]["timestamp"].as_str().unwrap().ends_with('Z'));
+    let name = s["name"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/sessions/{}", name.replace(':', "%3A"));
+    assert_eq!(call(p, "GET", &path, None).1["name"], name.as_str());
+    // DELETE ends it: the client sees its connection close.
+    assert_ok(p, "DELETE", &path, None);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(c.read(&mut buf).unwrap_or(0), 0, "the session's connection is still open");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while call(p, "GET", &path, None).0 != 404 {
+        assert!(Instant::now() < deadline, "the deleted session is still listed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_error(p, "DELETE", &path, None, 404, "does not exist");
+
+    // options.track keeps an ended session listed, with its chain stage and final counters.
+    assert_eq!(round_trip(tcp_client(tracked), b"tracked".to_vec()), b"tracked");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ended = loop {
+        let (_, list) = call(p, "GET", "/api/v1/sessions", None);
+        if let Some(s) = list.as_array().unwrap().iter().find(|s| s["source"]["origin"] == "tracked" && s["status"] == "DESTROYED") {
+            break s.clone();
+        }
+        assert!(Instant::now() < deadline, "no ended tracked session in {list}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ended["ingress"][0]["origin"], "echo", "{ended}");
+    assert_eq!(ended["traffic"]["from_source"]["bytes"], 7);
+    assert!(ended["ended"].is_string());
+    let events: Vec<&str> = ended["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events.last(), Some(&"END"), "{ended}");
+}
