@@ -64,6 +64,8 @@ struct SessionState {
     /// The metadata as routed (after rewrites); the listener's until the lookup is done.
     metadata: Arc<Value>,
     route: Option<String>,
+    /// The destination cluster once routed, and its endpoint once connected (for the access log).
+    destination: (Option<String>, Option<String>),
     events: Vec<Event>,
 }
 
@@ -94,6 +96,11 @@ impl SessionInfo {
 
     pub fn route(&self) -> Option<String> {
         self.state.lock().ok().and_then(|s| s.route.clone())
+    }
+
+    /// The destination cluster (once routed) and its endpoint (once connected, if it has one).
+    pub fn destination(&self) -> (Option<String>, Option<String>) {
+        self.state.lock().map(|s| s.destination.clone()).unwrap_or_default()
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -130,13 +137,16 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
             status: Status::Init,
             metadata: Arc::new(Value::Null),
             route: None,
+            destination: (None, None),
             events: vec![],
         }),
     });
     info.event("INIT", format!("session emitted by listener {:?}", s.listener.name));
     engine.register(info.clone());
     let on_end = s.on_end.take();
-    match drive(&engine, &info, s).await {
+    let access = engine.options().access_log.as_ref().map(|log| log.start(&s));
+    let result = drive(&engine, &info, s).await;
+    match &result {
         Ok(reason) => {
             info.event("END", format!("{reason:?}"));
             match &reason {
@@ -153,6 +163,9 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
         }
     }
     info.set(|st| st.status = Status::Destroyed);
+    if let Some(a) = access {
+        a.finish(&info, &result);
+    }
     if let Some(f) = on_end {
         f();
     }
@@ -203,6 +216,7 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     // A weighted split picks the destination cluster here, once per session.
     let dest_name = route.destination().to_owned();
     let destination = dest_name.as_str();
+    info.set(|st| st.destination.0 = Some(dest_name.clone()));
     match &route.cfg.destination {
         l7mp_api::Destination::Split(_) => info.event(
             "LOOKUP SUCCESS",
@@ -250,6 +264,9 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
             return Err(e);
         }
     };
+    if let protocol::Stage::Stream { endpoint: Some(ep), .. } = &destination {
+        info.set(|st| st.destination.1 = Some(ep.clone()));
+    }
     if jsonsocket && let Err(e) = jsonsocket::answer(&mut s.writer, 200, "OK").await {
         tracing::debug!(session = %info.name, "cannot answer the JSONSocket header: {e}");
     }
