@@ -96,7 +96,8 @@ pub struct Args {
     pub log_file: Option<String>,
 
     /// Write one JSON line per session when it ends (peer, route, cluster, endpoint, status, duration, bytes and
-    /// messages each way) to this file (appended to), or to stdout with `-`. Overrides `admin.access_log_path`.
+    /// messages each way) to this file (appended to), or to stdout with `-`. Overrides `admin.access_log_path`. The
+    /// line format is in docs/configuration.md (Logging).
     #[arg(
         long = "access-log",
         env = "L7MP_ACCESS_LOG",
@@ -131,18 +132,10 @@ pub struct Args {
     pub half_close_timeout: f64,
 }
 
-/// Maps the original's log level names (npmlog) to a tracing filter; anything else is used as a filter as is.
+/// Maps one of the original's log level names (npmlog) to a tracing level; anything else is returned as is. The
+/// agent parses levels with [`crate::logging::parse_filter`], which applies this to every directive.
 pub fn log_filter(level: &str) -> String {
-    match level {
-        "silly" => "trace",
-        "verbose" => "debug",
-        "info" | "notice" | "http" => "info",
-        "warn" => "warn",
-        "error" => "error",
-        "silent" => "off",
-        other => other,
-    }
-    .to_owned()
+    crate::logging::translate(level).to_owned()
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ impl LogHandle {
 }
 
 /// Translates one of the original's level names into a tracing level; anything else is returned as is.
-fn translate(word: &str) -> &str {
+pub(crate) fn translate(word: &str) -> &str {
     match word {
         "silly" => "trace",
         "verbose" => "debug",

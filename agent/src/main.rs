@@ -82,7 +82,11 @@ fn setup_logging(args: &cli::Args, config: &Config) -> anyhow::Result<(Arc<LogHa
         target,
     })?;
     let access_log = match args.access_log.as_deref().or(config.admin.access_log_path.as_deref()) {
-        Some(path) => Some(AccessLog::open(path)?),
+        Some(path) => {
+            let log = AccessLog::open(path)?;
+            tracing::info!(access_log = path, "access log enabled");
+            Some(log)
+        }
         None => None,
     };
     Ok((Arc::new(handle), access_log))
