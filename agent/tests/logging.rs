@@ -330,3 +330,44 @@ fn help_documents_the_logging_flags() {
         assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
     }
 }
+
+#[test]
+fn a_session_that_cannot_connect_is_logged_as_failed_with_the_reason() {
+    let port = free_port();
+    // A port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let yaml = format!(
+        "listeners:
+  - name: tcp-in
+    spec: {{ protocol: TCP, port: {port}, address: 127.0.0.1 }}
+    rules: [ {{ action: {{ route: {{ destination: down, retry: {{ retry_on: never }} }} }} }} ]
+clusters:
+  - name: down
+    spec: {{ protocol: TCP, port: {closed} }}
+    endpoints: [ {{ name: nobody, spec: {{ address: 127.0.0.1 }} }} ]
+"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = dir.path().join("access.log");
+    let access_arg = access.display().to_string();
+    let mut agent = Agent::start_with(&yaml, &["--access-log", &access_arg]);
+    let mut c = tcp_client(port);
+    let peer = c.local_addr().expect("addr").to_string();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    agent.wait_log("session failed");
+    assert!(agent.terminate().success());
+    let lines = access_lines(&access);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert_eq!(l["peer"], peer.as_str());
+    assert_eq!(l["status"], "failed");
+    assert_eq!(l["cluster"], "down");
+    assert_eq!(l["endpoint"], Value::Null);
+    let reason = l["reason"].as_str().expect("reason");
+    assert!(reason.starts_with("cannot connect cluster \"down\""), "{reason}");
+    assert_eq!(l["up_bytes"], 0);
+}
