@@ -1,6 +1,7 @@
 //! Command-line flags of `l7mp-agent`, compatible with the original `l7mp` (`-c`, `-l`, `-s`), each with an
 //! `L7MP_*` environment variable.
 
+pub use crate::logging::LogFormat;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -22,6 +23,11 @@ EXAMPLE
     YAML
     $ l7mp-agent -c echo.yaml -l info
     $ socat - UDP:127.0.0.1:9001      # type a line, get it back
+
+  The same with JSON logs in a file, debug messages from sessions only, and an access log on stdout:
+
+    $ l7mp-agent -c echo.yaml --log-format json --log-file agent.log \
+        -l info,l7mp_agent::session=debug --access-log -
 
   More configurations are in examples/; the format is documented in docs/configuration.md.
 
@@ -55,8 +61,9 @@ pub struct Args {
     #[arg(short = 's', long, env = "L7MP_STRICT", help_heading = "Configuration")]
     pub strict: bool,
 
-    /// Log level: silly, verbose, info, notice, warn, error, silent (the original's names), or a tracing filter
-    /// such as `debug` or `l7mp_agent::session=debug,info`. Overrides `admin.log_level`.
+    /// Log level: silly, verbose, info, notice, warn, error, silent (the original's names), trace, debug, or a list
+    /// of `target=level` directives after a default level, such as `info,l7mp_agent::session=debug` (per-module
+    /// levels). Overrides `admin.log_level`; the default is info.
     #[arg(
         short = 'l',
         long = "log-level",
@@ -65,6 +72,39 @@ pub struct Args {
         help_heading = "Logging"
     )]
     pub log_level: Option<String>,
+
+    /// Log line format: `text` (human-readable) or `json` (one object per line with timestamp, level, target and
+    /// fields, for log collectors).
+    #[arg(
+        long = "log-format",
+        env = "L7MP_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        help_heading = "Logging"
+    )]
+    pub log_format: LogFormat,
+
+    /// Where the agent's log goes: `stderr`, `stdout`, or a file (created if missing, appended to). Overrides
+    /// `admin.log_file`; the default is stderr.
+    #[arg(
+        long = "log-file",
+        env = "L7MP_LOG_FILE",
+        value_name = "PATH",
+        help_heading = "Logging"
+    )]
+    pub log_file: Option<String>,
+
+    /// Write one JSON line per session when it ends (peer, route, cluster, endpoint, status, duration, bytes and
+    /// messages each way) to this file (appended to), or to stdout with `-`. Overrides `admin.access_log_path`. The
+    /// line format is in docs/configuration.md (Logging).
+    #[arg(
+        long = "access-log",
+        env = "L7MP_ACCESS_LOG",
+        value_name = "PATH",
+        help_heading = "Logging"
+    )]
+    pub access_log: Option<String>,
 
     /// Worker threads of the data plane (default: one per CPU core).
     #[arg(long, env = "L7MP_THREADS", value_name = "N", help_heading = "Runtime")]
@@ -98,18 +138,10 @@ pub struct Args {
     pub admin: Option<std::net::SocketAddr>,
 }
 
-/// Maps the original's log level names (npmlog) to a tracing filter; anything else is used as a filter as is.
+/// Maps one of the original's log level names (npmlog) to a tracing level; anything else is returned as is. The
+/// agent parses levels with [`crate::logging::parse_filter`], which applies this to every directive.
 pub fn log_filter(level: &str) -> String {
-    match level {
-        "silly" => "trace",
-        "verbose" => "debug",
-        "info" | "notice" | "http" => "info",
-        "warn" => "warn",
-        "error" => "error",
-        "silent" => "off",
-        other => other,
-    }
-    .to_owned()
+    crate::logging::translate(level).to_owned()
 }
 
 #[cfg(test)]

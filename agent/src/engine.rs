@@ -54,12 +54,18 @@ struct RunningListener {
 pub struct EngineOptions {
     /// How long a half-closed session (one direction ended) may stay without traffic.
     pub half_close_timeout: Duration,
+    /// Where each session writes a line when it ends (`--access-log`, `admin.access_log_path`).
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// The logger's filter, for whoever changes the level at run time (the admin API).
+    pub log: Option<Arc<crate::logging::LogHandle>>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             half_close_timeout: Duration::from_secs(60),
+            access_log: None,
+            log: None,
         }
     }
 }

@@ -5,10 +5,12 @@
 //! [`pipeline`] of pumps between [`stream`]s. The [`engine`] holds the configuration [`snapshot`] in force and swaps
 //! it atomically when a source (the static file or the REST API, [`admin`]) applies a new one.
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod engine;
 pub mod lb;
+pub mod logging;
 pub mod offload;
 pub mod pipeline;
 pub mod protocol;

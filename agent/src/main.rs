@@ -2,14 +2,16 @@
 
 use anyhow::Context;
 use clap::Parser;
+use l7mp_agent::access_log::AccessLog;
 use l7mp_agent::engine::{Engine, EngineOptions};
 use l7mp_agent::admin::{self, AdminState};
+use l7mp_agent::logging::{self, LogHandle, LogOptions, LogTarget};
 use l7mp_agent::{cli, sys};
 use tokio_util::sync::CancellationToken;
 use l7mp_api::{Config, Format, parse_config};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
@@ -32,21 +34,20 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let level = args
-        .log_level
-        .clone()
-        .or(config.admin.log_level.clone())
-        .unwrap_or_else(|| "info".into());
-    let filter = EnvFilter::try_new(cli::log_filter(&level)).unwrap_or_else(|e| {
-        eprintln!("l7mp-agent: invalid log level {level:?} ({e}); using info");
-        EnvFilter::new("info")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let (log, access_log) = match setup_logging(&args, &config) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("l7mp-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
     sys::raise_fd_limit();
-    match run(args, config) {
+    let result = run(args, config, log, access_log.clone());
+    // Every session has ended by now: write out the last access log lines.
+    if let Some(a) = access_log {
+        a.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -63,7 +64,37 @@ fn load(args: &cli::Args) -> anyhow::Result<Config> {
     parse_config(&text, Format::from_path(&path)).with_context(|| format!("invalid configuration in {path}"))
 }
 
-fn run(args: cli::Args, config: Config) -> anyhow::Result<()> {
+/// Installs the logger and opens the access log. Precedence: command line (or its environment variable), then the
+/// configuration's `admin` section, then the defaults (info, stderr, no access log).
+fn setup_logging(args: &cli::Args, config: &Config) -> anyhow::Result<(Arc<LogHandle>, Option<Arc<AccessLog>>)> {
+    let level = args
+        .log_level
+        .clone()
+        .or(config.admin.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    let target = args
+        .log_file
+        .as_deref()
+        .or(config.admin.log_file.as_deref())
+        .map(LogTarget::parse)
+        .unwrap_or_default();
+    let handle = logging::init(&LogOptions {
+        level,
+        format: args.log_format,
+        target,
+    })?;
+    let access_log = match args.access_log.as_deref().or(config.admin.access_log_path.as_deref()) {
+        Some(path) => {
+            let log = AccessLog::open(path)?;
+            tracing::info!(access_log = path, "access log enabled");
+            Some(log)
+        }
+        None => None,
+    };
+    Ok((Arc::new(handle), access_log))
+}
+
+fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<Arc<AccessLog>>) -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -79,12 +110,14 @@ fn run(args: cli::Args, config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let engine = Engine::new(EngineOptions {
             half_close_timeout: Duration::from_secs_f64(args.half_close_timeout.clamp(0.01, 86_400.0)),
+            access_log,
+            log: Some(log),
         });
         engine
             .apply(config)
             .await
             .context("cannot put the configuration in force")?;
-        let admin = AdminState::new(engine.clone(), None);
+        let admin = AdminState::new(engine.clone());
         engine.set_controller(l7mp_agent::admin::router(admin.clone()));
         let admin_stop = CancellationToken::new();
         if let Some(addr) = args.admin {

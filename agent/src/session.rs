@@ -100,6 +100,8 @@ struct SessionState {
     /// The metadata as routed (after rewrites); the listener's until the lookup is done.
     metadata: Arc<Value>,
     route: Option<String>,
+    /// The destination cluster once routed, and its endpoint once connected (for the access log).
+    destination: (Option<String>, Option<String>),
     events: Vec<Event>,
     stages: Vec<StageInfo>,
     ended: Option<SystemTime>,
@@ -132,6 +134,11 @@ impl SessionInfo {
 
     pub fn route(&self) -> Option<String> {
         self.state.lock().ok().and_then(|s| s.route.clone())
+    }
+
+    /// The destination cluster (once routed) and its endpoint (once connected, if it has one).
+    pub fn destination(&self) -> (Option<String>, Option<String>) {
+        self.state.lock().map(|s| s.destination.clone()).unwrap_or_default()
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -189,6 +196,7 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
             status: Status::Init,
             metadata: Arc::new(s.metadata.clone()),
             route: None,
+            destination: (None, None),
             events: vec![],
             stages: vec![],
             ended: None,
@@ -197,7 +205,9 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
     info.event("INIT", format!("session emitted by listener {:?}", s.listener.name));
     engine.register(info.clone());
     let on_end = s.on_end.take();
-    match drive(&engine, &info, s).await {
+    let access = engine.options().access_log.as_ref().map(|log| log.start(&s));
+    let result = drive(&engine, &info, s).await;
+    match &result {
         Ok(reason) => {
             info.event("END", format!("{reason:?}"));
             match &reason {
@@ -220,6 +230,9 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
             s.status = "END";
         }
     });
+    if let Some(a) = access {
+        a.finish(&info, &result);
+    }
     if let Some(f) = on_end {
         f();
     }
@@ -271,6 +284,7 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     let dest_name = route.destination().to_owned();
     let destination = dest_name.as_str();
     let destination_name = destination;
+    info.set(|st| st.destination.0 = Some(dest_name.clone()));
     match &route.cfg.destination {
         l7mp_api::Destination::Split(_) => info.event(
             "LOOKUP SUCCESS",
@@ -330,7 +344,10 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     let mut infos = vec![stage_info(Role::Destination, destination_name, &destination)];
     infos.extend(ingress.iter().zip(&route.cfg.ingress).map(|(s, c)| stage_info(Role::Ingress, c, s)));
     infos.extend(egress.iter().zip(&route.cfg.egress).map(|(s, c)| stage_info(Role::Egress, c, s)));
-    info.set(|st| st.stages = infos);
+    info.set(|st| {
+        st.destination.1 = infos.first().and_then(|d| d.endpoint.clone());
+        st.stages = infos;
+    });
     if jsonsocket && let Err(e) = jsonsocket::answer(&mut s.writer, 200, "OK").await {
         tracing::debug!(session = %info.name, "cannot answer the JSONSocket header: {e}");
     }

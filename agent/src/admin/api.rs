@@ -391,7 +391,7 @@ async fn post_admin(State(st): St, r: ApiRequest) -> Result<Response, ApiError> 
         let Some(log) = &st.log else {
             return Err(ApiError::bad_request("admin.log_level: this agent's log level cannot be changed"));
         };
-        log.set_level(&crate::cli::log_filter(&level))
+        log.set_level(&level)
             .map_err(|e| ApiError::bad_request(format!("admin.log_level: {e}")))?;
         tracing::info!(%level, "log level changed through the admin API");
         let _ = st

@@ -16,24 +16,19 @@ pub mod server;
 pub mod sessions;
 
 use crate::engine::Engine;
+use crate::logging::LogHandle;
 use std::sync::Arc;
-
-/// Run-time control of logging, as the admin API needs it (implemented by the agent's logging setup).
-pub trait LogControl: Send + Sync {
-    /// The filter in force (e.g. `info` or `info,l7mp_agent::session=debug`).
-    fn level(&self) -> String;
-    /// Puts a new level or filter in force, or says why it is invalid and changes nothing.
-    fn set_level(&self, level: &str) -> Result<(), String>;
-}
 
 /// What every admin route works on.
 pub struct AdminState {
     pub engine: Arc<Engine>,
-    pub log: Option<Arc<dyn LogControl>>,
+    /// The logger's filter (from the engine's options), changed by `POST /api/v1/admin`.
+    pub log: Option<Arc<LogHandle>>,
 }
 
 impl AdminState {
-    pub fn new(engine: Arc<Engine>, log: Option<Arc<dyn LogControl>>) -> Arc<AdminState> {
+    pub fn new(engine: Arc<Engine>) -> Arc<AdminState> {
+        let log = engine.options().log.clone();
         Arc::new(AdminState { engine, log })
     }
 }
