@@ -118,9 +118,11 @@ pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
             {
                 return Err(already(kind, name));
             }
-            let list = table_mut(&mut doc, table);
-            list.push(object.clone());
-            let focus = vec![Segment::Key(table.into()), Segment::Index(list.len() - 1)];
+            let mut focus = vec![Segment::Key(table.into())];
+            if let Some(list) = table_mut(&mut doc, table) {
+                list.push(object.clone());
+                focus.push(Segment::Index(list.len() - 1));
+            }
             load(cfg, &doc, Some((&focus, kind)))
         }
         Edit::Update { kind, name, object } => update(cfg, doc, kind, name, object),
@@ -228,15 +230,15 @@ pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
 /// PUT: the object replaced in place. The generated descendants of the old object that the new one (or anything
 /// else) no longer refers to are removed, so that the new object's inline children can take their names.
 fn update(cfg: &Config, mut doc: Value, kind: ObjectKind, name: &str, object: &Value) -> Result<Config, EditError> {
-    if let Some(body) = object.get("name") {
-        let body_name = body.as_str().map_or_else(|| body.to_string(), str::to_owned);
-        if body_name != name {
-            return Err(EditError::NameMismatch {
-                kind,
-                path: name.to_owned(),
-                body: body_name,
-            });
-        }
+    // A `name` that is not a string is left to the loader, which says so at `<kind>.name`.
+    if let Some(body) = object.get("name").and_then(Value::as_str)
+        && body != name
+    {
+        return Err(EditError::NameMismatch {
+            kind,
+            path: name.to_owned(),
+            body: body.to_owned(),
+        });
     }
     let mut body = object.clone();
     if let Value::Object(o) = &mut body {
@@ -435,15 +437,12 @@ fn unreachable(
     candidates.difference(&seen).cloned().collect()
 }
 
-fn table_mut<'a>(doc: &'a mut Value, table: &str) -> &'a mut Vec<Value> {
-    let slot = &mut doc[table];
-    if !slot.is_array() {
-        *slot = Value::Array(Vec::new());
-    }
-    match slot {
-        Value::Array(a) => a,
-        _ => unreachable!("just made an array"),
-    }
+/// The document's `table` array (every dump has one per kind).
+fn table_mut<'a>(doc: &'a mut Value, table: &str) -> Option<&'a mut Vec<Value>> {
+    doc.as_object_mut()?
+        .entry(table)
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
 }
 
 /// The index of the element named `name` in the document's `table`.

@@ -3,7 +3,10 @@
 //!
 //! Generated names follow the original: `<listener>-RuleList-N`, `<rulelist>-Rule-N`, `<rule>-Route-N`,
 //! `<route>-Cluster-N`, `<route>-ingress-Cluster-N`, `<route>-egress-Cluster-N`, `<cluster>-EndPoint-N`, where N is
-//! a per-kind counter starting at 0 and `_1`, `_2`... is appended on a collision.
+//! a per-kind counter starting at 0 and `_1`, `_2`... is appended on a collision (with a name defined so far, or with
+//! any name written explicitly anywhere in the document). Every generated name is recorded in
+//! [`Config::generated`]. A rule's `match` may be missing, any string, or `{"match": "*"}` (how the original dumps
+//! a wildcard): all three match every session.
 
 use crate::decode::{Decoder, Obj, describe};
 use crate::error::{ConfigError, FieldError};
@@ -1624,6 +1627,25 @@ clusters:
         assert_eq!(route.egress, vec!["echo"]);
         let dest = cfg.cluster(destination).expect("dest");
         assert_eq!(dest.endpoints[0].name, format!("{destination}-EndPoint-0"));
+        // Every generated name is listed, and nothing else.
+        let generated: Vec<(ObjectKind, &str)> = cfg.generated.iter().map(|(k, n)| (*k, n.as_str())).collect();
+        assert_eq!(
+            generated,
+            [
+                (ObjectKind::Cluster, "udp-in-RuleList-0-Rule-0-Route-0-Cluster-0"),
+                (
+                    ObjectKind::Cluster,
+                    "udp-in-RuleList-0-Rule-0-Route-0-ingress-Cluster-1"
+                ),
+                (ObjectKind::RuleList, "udp-in-RuleList-0"),
+                (ObjectKind::Rule, "udp-in-RuleList-0-Rule-0"),
+                (ObjectKind::Route, "udp-in-RuleList-0-Rule-0-Route-0"),
+                (
+                    ObjectKind::Endpoint,
+                    "udp-in-RuleList-0-Rule-0-Route-0-Cluster-0-EndPoint-0"
+                ),
+            ]
+        );
         assert!(matches!(
             cfg.listeners[0].spec,
             ListenerSpec::Udp(UdpListenerSpec {
