@@ -13,10 +13,10 @@
 
 use crate::dump;
 use crate::error::{ConfigError, FieldError};
-use crate::load::config_from_value;
+use crate::load::{config_from_value, explicit_names};
 use crate::model::*;
 use crate::path::{FieldPath, Segment};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
 /// A rule in a RuleList, by position or by name.
@@ -118,6 +118,7 @@ pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
             {
                 return Err(already(kind, name));
             }
+            taken_names(cfg, &json!({ table: [object] }))?;
             let mut focus = vec![Segment::Key(table.into())];
             if let Some(list) = table_mut(&mut doc, table) {
                 list.push(object.clone());
@@ -183,13 +184,7 @@ pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
             }
             match rule {
                 Value::String(name) if cfg.rule(name).is_none() => return Err(not_found(ObjectKind::Rule, name)),
-                Value::Object(o) => {
-                    if let Some(name) = o.get("name").and_then(Value::as_str)
-                        && cfg.rule(name).is_some()
-                    {
-                        return Err(already(ObjectKind::Rule, name));
-                    }
-                }
+                Value::Object(_) => taken_names(cfg, &json!({ "rules": [rule] }))?,
                 _ => {}
             }
             if let Some(rules) = rules_mut(&mut doc, li) {
@@ -279,6 +274,14 @@ fn update(cfg: &Config, mut doc: Value, kind: ObjectKind, name: &str, object: &V
         None => focus,
     };
     load(cfg, &doc, Some((&focus, kind)))
+}
+
+/// `Exists` for the first explicit name in `doc` (the request's object and its inline children) that is taken.
+fn taken_names(cfg: &Config, doc: &Value) -> Result<(), EditError> {
+    match explicit_names(doc).into_iter().find(|(k, n)| exists(cfg, *k, n)) {
+        Some((kind, name)) => Err(EditError::Exists { kind, name }),
+        None => Ok(()),
+    }
 }
 
 fn not_found(kind: ObjectKind, name: &str) -> EditError {

@@ -15,7 +15,7 @@ use crate::path::FieldPath;
 use crate::pointer::Pointer;
 use crate::predicate::Predicate;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -75,7 +75,7 @@ struct Builder {
     apply_paths: HashMap<String, FieldPath>,
     /// Every name written explicitly anywhere in the document: generated names avoid them, so that an inline object
     /// decoded before an explicitly named one of the same kind cannot take its name.
-    reserved: HashSet<(Kind, String)>,
+    reserved: BTreeSet<(Kind, String)>,
 }
 
 const TOP: &[&str] = &[
@@ -118,7 +118,7 @@ impl Builder {
         let Some(o) = self.d.object(doc, &root, TOP) else {
             return;
         };
-        reserve_names(doc, &mut self.reserved);
+        self.reserved = explicit_names(doc);
         if let Some(a) = o.get("admin") {
             self.admin(a, &o.at("admin"));
         }
@@ -1448,10 +1448,16 @@ fn apply_loops(cfg: &Config, apply_paths: &HashMap<String, FieldPath>) -> Vec<Fi
     errors
 }
 
-/// Collects every explicit `name` of every object the loader decodes, following the document's structure (and
-/// skipping whatever does not have the expected shape: the decoder reports that).
-fn reserve_names(doc: &Value, out: &mut HashSet<(Kind, String)>) {
-    fn name(v: &Value, kind: Kind, out: &mut HashSet<(Kind, String)>) {
+/// Every explicit `name` of every object the loader would decode in `doc`, inline ones included, following the
+/// document's structure (and skipping whatever does not have the expected shape: the decoder reports that).
+pub(crate) fn explicit_names(doc: &Value) -> BTreeSet<(Kind, String)> {
+    let mut out = BTreeSet::new();
+    collect_names(doc, &mut out);
+    out
+}
+
+fn collect_names(doc: &Value, out: &mut BTreeSet<(Kind, String)>) {
+    fn name(v: &Value, kind: Kind, out: &mut BTreeSet<(Kind, String)>) {
         if let Some(n) = v.get("name").and_then(Value::as_str) {
             out.insert((kind, n.to_owned()));
         }
@@ -1459,7 +1465,7 @@ fn reserve_names(doc: &Value, out: &mut HashSet<(Kind, String)>) {
     fn items(v: Option<&Value>) -> &[Value] {
         v.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
     }
-    fn cluster(v: &Value, out: &mut HashSet<(Kind, String)>) {
+    fn cluster(v: &Value, out: &mut BTreeSet<(Kind, String)>) {
         if !v.is_object() {
             return;
         }
@@ -1468,7 +1474,7 @@ fn reserve_names(doc: &Value, out: &mut HashSet<(Kind, String)>) {
             name(e, Kind::Endpoint, out);
         }
     }
-    fn route(v: &Value, out: &mut HashSet<(Kind, String)>) {
+    fn route(v: &Value, out: &mut BTreeSet<(Kind, String)>) {
         if !v.is_object() {
             return;
         }
@@ -1485,7 +1491,7 @@ fn reserve_names(doc: &Value, out: &mut HashSet<(Kind, String)>) {
             items(v.get(key)).iter().for_each(|c| cluster(c, out));
         }
     }
-    fn rule(v: &Value, out: &mut HashSet<(Kind, String)>) {
+    fn rule(v: &Value, out: &mut BTreeSet<(Kind, String)>) {
         if !v.is_object() {
             return;
         }

@@ -158,6 +158,23 @@ fn adding_a_name_that_exists_is_refused() {
             name: "l1".into()
         }
     );
+    // An inline child named like an existing object.
+    let e = edit::apply(
+        &base(),
+        Edit::Add {
+            kind: ObjectKind::Listener,
+            object: &json!({"name": "l9", "spec": {"protocol": "TCP", "port": 3000},
+                            "rules": [{"action": {"route": {"name": "r1", "destination": "c1"}}}]}),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        EditError::Exists {
+            kind: ObjectKind::Route,
+            name: "r1".into()
+        }
+    );
     let e = edit::apply(
         &base(),
         Edit::Add {
