@@ -40,7 +40,9 @@ pub enum Edit<'a> {
         name: &'a str,
         object: &'a Value,
     },
-    /// Removes object `name`; `recursive` also removes its generated descendants nothing else refers to.
+    /// Removes object `name`; `recursive` also removes its generated descendants nothing else refers to. An
+    /// endpoint is found in whichever cluster has it (`recursive` changes nothing there: ending the sessions that
+    /// use it is the caller's business).
     Delete {
         kind: ObjectKind,
         name: &'a str,
@@ -104,9 +106,14 @@ pub fn exists(cfg: &Config, kind: ObjectKind, name: &str) -> bool {
 
 /// The configuration with `edit` applied, or why it cannot be.
 pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
+    // The caller's own document: its error paths (indices included) are already the caller's.
+    let replace = |v: &Value| config_from_value(v).map_err(EditError::Invalid);
+    if let Edit::Replace(v) = edit {
+        return replace(v);
+    }
     let mut doc = dump::config(cfg);
     match edit {
-        Edit::Replace(v) => config_from_value(v).map_err(EditError::Invalid),
+        Edit::Replace(v) => replace(v),
         Edit::Add { kind, object } => {
             let Some(table) = kind.table() else {
                 return Err(EditError::Unsupported(
@@ -147,7 +154,7 @@ pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
             } else {
                 BTreeSet::new()
             };
-            let mut gone = unreachable(cfg, &candidates, Some((kind, name)));
+            let mut gone = orphans(cfg, &candidates, Some((kind, name)));
             gone.insert((kind, name.to_owned()));
             remove_objects(&mut doc, &gone);
             load(cfg, &doc, None)
@@ -261,7 +268,7 @@ fn update(cfg: &Config, mut doc: Value, kind: ObjectKind, name: &str, object: &V
     // refers to any more.
     let first = load(cfg, &doc, Some((&focus, kind)))?;
     let candidates = generated_descendants(cfg, kind, name);
-    let gone = unreachable(&first, &candidates, None);
+    let gone = orphans(&first, &candidates, None);
     if gone.is_empty() {
         return Ok(first);
     }
@@ -409,7 +416,7 @@ pub fn generated_descendants(cfg: &Config, kind: ObjectKind, name: &str) -> BTre
 
 /// The `candidates` that nothing outside the candidates (and `excluded`, the object being deleted) refers to,
 /// directly or through other objects.
-fn unreachable(
+fn orphans(
     cfg: &Config,
     candidates: &BTreeSet<(ObjectKind, String)>,
     excluded: Option<(ObjectKind, &str)>,
