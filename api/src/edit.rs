@@ -13,10 +13,10 @@
 
 use crate::dump;
 use crate::error::{ConfigError, FieldError};
-use crate::load::config_from_value;
+use crate::load::{config_from_value, explicit_names};
 use crate::model::*;
 use crate::path::{FieldPath, Segment};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
 /// A rule in a RuleList, by position or by name.
@@ -40,7 +40,9 @@ pub enum Edit<'a> {
         name: &'a str,
         object: &'a Value,
     },
-    /// Removes object `name`; `recursive` also removes its generated descendants nothing else refers to.
+    /// Removes object `name`; `recursive` also removes its generated descendants nothing else refers to. An
+    /// endpoint is found in whichever cluster has it (`recursive` changes nothing there: ending the sessions that
+    /// use it is the caller's business).
     Delete {
         kind: ObjectKind,
         name: &'a str,
@@ -104,9 +106,14 @@ pub fn exists(cfg: &Config, kind: ObjectKind, name: &str) -> bool {
 
 /// The configuration with `edit` applied, or why it cannot be.
 pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
+    // The caller's own document: its error paths (indices included) are already the caller's.
+    let replace = |v: &Value| config_from_value(v).map_err(EditError::Invalid);
+    if let Edit::Replace(v) = edit {
+        return replace(v);
+    }
     let mut doc = dump::config(cfg);
     match edit {
-        Edit::Replace(v) => config_from_value(v).map_err(EditError::Invalid),
+        Edit::Replace(v) => replace(v),
         Edit::Add { kind, object } => {
             let Some(table) = kind.table() else {
                 return Err(EditError::Unsupported(
@@ -118,9 +125,12 @@ pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
             {
                 return Err(already(kind, name));
             }
-            let list = table_mut(&mut doc, table);
-            list.push(object.clone());
-            let focus = vec![Segment::Key(table.into()), Segment::Index(list.len() - 1)];
+            taken_names(cfg, &json!({ table: [object] }))?;
+            let mut focus = vec![Segment::Key(table.into())];
+            if let Some(list) = table_mut(&mut doc, table) {
+                list.push(object.clone());
+                focus.push(Segment::Index(list.len() - 1));
+            }
             load(cfg, &doc, Some((&focus, kind)))
         }
         Edit::Update { kind, name, object } => update(cfg, doc, kind, name, object),
@@ -144,7 +154,7 @@ pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
             } else {
                 BTreeSet::new()
             };
-            let mut gone = unreachable(cfg, &candidates, Some((kind, name)));
+            let mut gone = orphans(cfg, &candidates, Some((kind, name)));
             gone.insert((kind, name.to_owned()));
             remove_objects(&mut doc, &gone);
             load(cfg, &doc, None)
@@ -181,13 +191,7 @@ pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
             }
             match rule {
                 Value::String(name) if cfg.rule(name).is_none() => return Err(not_found(ObjectKind::Rule, name)),
-                Value::Object(o) => {
-                    if let Some(name) = o.get("name").and_then(Value::as_str)
-                        && cfg.rule(name).is_some()
-                    {
-                        return Err(already(ObjectKind::Rule, name));
-                    }
-                }
+                Value::Object(_) => taken_names(cfg, &json!({ "rules": [rule] }))?,
                 _ => {}
             }
             if let Some(rules) = rules_mut(&mut doc, li) {
@@ -228,15 +232,15 @@ pub fn apply(cfg: &Config, edit: Edit<'_>) -> Result<Config, EditError> {
 /// PUT: the object replaced in place. The generated descendants of the old object that the new one (or anything
 /// else) no longer refers to are removed, so that the new object's inline children can take their names.
 fn update(cfg: &Config, mut doc: Value, kind: ObjectKind, name: &str, object: &Value) -> Result<Config, EditError> {
-    if let Some(body) = object.get("name") {
-        let body_name = body.as_str().map_or_else(|| body.to_string(), str::to_owned);
-        if body_name != name {
-            return Err(EditError::NameMismatch {
-                kind,
-                path: name.to_owned(),
-                body: body_name,
-            });
-        }
+    // A `name` that is not a string is left to the loader, which says so at `<kind>.name`.
+    if let Some(body) = object.get("name").and_then(Value::as_str)
+        && body != name
+    {
+        return Err(EditError::NameMismatch {
+            kind,
+            path: name.to_owned(),
+            body: body.to_owned(),
+        });
     }
     let mut body = object.clone();
     if let Value::Object(o) = &mut body {
@@ -264,7 +268,7 @@ fn update(cfg: &Config, mut doc: Value, kind: ObjectKind, name: &str, object: &V
     // refers to any more.
     let first = load(cfg, &doc, Some((&focus, kind)))?;
     let candidates = generated_descendants(cfg, kind, name);
-    let gone = unreachable(&first, &candidates, None);
+    let gone = orphans(&first, &candidates, None);
     if gone.is_empty() {
         return Ok(first);
     }
@@ -277,6 +281,14 @@ fn update(cfg: &Config, mut doc: Value, kind: ObjectKind, name: &str, object: &V
         None => focus,
     };
     load(cfg, &doc, Some((&focus, kind)))
+}
+
+/// `Exists` for the first explicit name in `doc` (the request's object and its inline children) that is taken.
+fn taken_names(cfg: &Config, doc: &Value) -> Result<(), EditError> {
+    match explicit_names(doc).into_iter().find(|(k, n)| exists(cfg, *k, n)) {
+        Some((kind, name)) => Err(EditError::Exists { kind, name }),
+        None => Ok(()),
+    }
 }
 
 fn not_found(kind: ObjectKind, name: &str) -> EditError {
@@ -404,7 +416,7 @@ pub fn generated_descendants(cfg: &Config, kind: ObjectKind, name: &str) -> BTre
 
 /// The `candidates` that nothing outside the candidates (and `excluded`, the object being deleted) refers to,
 /// directly or through other objects.
-fn unreachable(
+fn orphans(
     cfg: &Config,
     candidates: &BTreeSet<(ObjectKind, String)>,
     excluded: Option<(ObjectKind, &str)>,
@@ -435,15 +447,12 @@ fn unreachable(
     candidates.difference(&seen).cloned().collect()
 }
 
-fn table_mut<'a>(doc: &'a mut Value, table: &str) -> &'a mut Vec<Value> {
-    let slot = &mut doc[table];
-    if !slot.is_array() {
-        *slot = Value::Array(Vec::new());
-    }
-    match slot {
-        Value::Array(a) => a,
-        _ => unreachable!("just made an array"),
-    }
+/// The document's `table` array (every dump has one per kind).
+fn table_mut<'a>(doc: &'a mut Value, table: &str) -> Option<&'a mut Vec<Value>> {
+    doc.as_object_mut()?
+        .entry(table)
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
 }
 
 /// The index of the element named `name` in the document's `table`.

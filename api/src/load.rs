@@ -3,7 +3,10 @@
 //!
 //! Generated names follow the original: `<listener>-RuleList-N`, `<rulelist>-Rule-N`, `<rule>-Route-N`,
 //! `<route>-Cluster-N`, `<route>-ingress-Cluster-N`, `<route>-egress-Cluster-N`, `<cluster>-EndPoint-N`, where N is
-//! a per-kind counter starting at 0 and `_1`, `_2`... is appended on a collision.
+//! a per-kind counter starting at 0 and `_1`, `_2`... is appended on a collision (with a name defined so far, or with
+//! any name written explicitly anywhere in the document). Every generated name is recorded in
+//! [`Config::generated`]. A rule's `match` may be missing, any string, or `{"match": "*"}` (how the original dumps
+//! a wildcard): all three match every session.
 
 use crate::decode::{Decoder, Obj, describe};
 use crate::error::{ConfigError, FieldError};
@@ -12,7 +15,7 @@ use crate::path::FieldPath;
 use crate::pointer::Pointer;
 use crate::predicate::Predicate;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -72,7 +75,7 @@ struct Builder {
     apply_paths: HashMap<String, FieldPath>,
     /// Every name written explicitly anywhere in the document: generated names avoid them, so that an inline object
     /// decoded before an explicitly named one of the same kind cannot take its name.
-    reserved: HashSet<(Kind, String)>,
+    reserved: BTreeSet<(Kind, String)>,
 }
 
 const TOP: &[&str] = &[
@@ -115,7 +118,7 @@ impl Builder {
         let Some(o) = self.d.object(doc, &root, TOP) else {
             return;
         };
-        reserve_names(doc, &mut self.reserved);
+        self.reserved = explicit_names(doc);
         if let Some(a) = o.get("admin") {
             self.admin(a, &o.at("admin"));
         }
@@ -1445,10 +1448,16 @@ fn apply_loops(cfg: &Config, apply_paths: &HashMap<String, FieldPath>) -> Vec<Fi
     errors
 }
 
-/// Collects every explicit `name` of every object the loader decodes, following the document's structure (and
-/// skipping whatever does not have the expected shape: the decoder reports that).
-fn reserve_names(doc: &Value, out: &mut HashSet<(Kind, String)>) {
-    fn name(v: &Value, kind: Kind, out: &mut HashSet<(Kind, String)>) {
+/// Every explicit `name` of every object the loader would decode in `doc`, inline ones included, following the
+/// document's structure (and skipping whatever does not have the expected shape: the decoder reports that).
+pub(crate) fn explicit_names(doc: &Value) -> BTreeSet<(Kind, String)> {
+    let mut out = BTreeSet::new();
+    collect_names(doc, &mut out);
+    out
+}
+
+fn collect_names(doc: &Value, out: &mut BTreeSet<(Kind, String)>) {
+    fn name(v: &Value, kind: Kind, out: &mut BTreeSet<(Kind, String)>) {
         if let Some(n) = v.get("name").and_then(Value::as_str) {
             out.insert((kind, n.to_owned()));
         }
@@ -1456,7 +1465,7 @@ fn reserve_names(doc: &Value, out: &mut HashSet<(Kind, String)>) {
     fn items(v: Option<&Value>) -> &[Value] {
         v.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
     }
-    fn cluster(v: &Value, out: &mut HashSet<(Kind, String)>) {
+    fn cluster(v: &Value, out: &mut BTreeSet<(Kind, String)>) {
         if !v.is_object() {
             return;
         }
@@ -1465,7 +1474,7 @@ fn reserve_names(doc: &Value, out: &mut HashSet<(Kind, String)>) {
             name(e, Kind::Endpoint, out);
         }
     }
-    fn route(v: &Value, out: &mut HashSet<(Kind, String)>) {
+    fn route(v: &Value, out: &mut BTreeSet<(Kind, String)>) {
         if !v.is_object() {
             return;
         }
@@ -1482,7 +1491,7 @@ fn reserve_names(doc: &Value, out: &mut HashSet<(Kind, String)>) {
             items(v.get(key)).iter().for_each(|c| cluster(c, out));
         }
     }
-    fn rule(v: &Value, out: &mut HashSet<(Kind, String)>) {
+    fn rule(v: &Value, out: &mut BTreeSet<(Kind, String)>) {
         if !v.is_object() {
             return;
         }
@@ -1624,6 +1633,25 @@ clusters:
         assert_eq!(route.egress, vec!["echo"]);
         let dest = cfg.cluster(destination).expect("dest");
         assert_eq!(dest.endpoints[0].name, format!("{destination}-EndPoint-0"));
+        // Every generated name is listed, and nothing else.
+        let generated: Vec<(ObjectKind, &str)> = cfg.generated.iter().map(|(k, n)| (*k, n.as_str())).collect();
+        assert_eq!(
+            generated,
+            [
+                (ObjectKind::Cluster, "udp-in-RuleList-0-Rule-0-Route-0-Cluster-0"),
+                (
+                    ObjectKind::Cluster,
+                    "udp-in-RuleList-0-Rule-0-Route-0-ingress-Cluster-1"
+                ),
+                (ObjectKind::RuleList, "udp-in-RuleList-0"),
+                (ObjectKind::Rule, "udp-in-RuleList-0-Rule-0"),
+                (ObjectKind::Route, "udp-in-RuleList-0-Rule-0-Route-0"),
+                (
+                    ObjectKind::Endpoint,
+                    "udp-in-RuleList-0-Rule-0-Route-0-Cluster-0-EndPoint-0"
+                ),
+            ]
+        );
         assert!(matches!(
             cfg.listeners[0].spec,
             ListenerSpec::Udp(UdpListenerSpec {
