@@ -6,79 +6,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+use common::api::*;
 use common::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// One HTTP/1.1 request (`Connection: close`); returns the status, the content type and the body.
-fn http(port: u16, method: &str, path: &str, ctype: Option<&str>, body: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    if let Some(ct) = ctype {
-        req.push_str(&format!("Content-Type: {ct}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, ctype, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
-/// A JSON API call: status and parsed body.
-fn call(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let (status, ctype, text) = match &body {
-        Some(b) => http(port, method, path, Some("application/json"), &b.to_string()),
-        None => http(port, method, path, None, ""),
-    };
-    assert!(ctype.starts_with("application/json"), "{method} {path}: content type {ctype:?}: {text}");
-    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text:?}"));
-    (status, v)
-}
-
-/// Asserts an error body: the status, and that `content` mentions `needle`.
-fn assert_error(port: u16, method: &str, path: &str, body: Option<Value>, status: u16, needle: &str) {
-    let (s, v) = call(port, method, path, body);
-    assert_eq!(s, status, "{method} {path}: {v}");
-    assert_eq!(v["status"], status, "{v}");
-    let content = v["content"].as_str().unwrap_or_default();
-    assert!(content.contains(needle), "{method} {path}: {content:?} lacks {needle:?}");
-}
-
-fn assert_ok(port: u16, method: &str, path: &str, body: Option<Value>) {
-    let (s, v) = call(port, method, path, body);
-    assert_eq!((s, &v), (200, &json!({"status": 200, "message": "OK"})), "{method} {path}");
-}
 
 fn names(v: &Value) -> Vec<String> {
     v.as_array()
@@ -94,12 +27,6 @@ fn udp_echo_once(port: u16, msg: &[u8]) -> Vec<u8> {
     recv(&s)
 }
 
-fn start(yaml: &str) -> (Agent, u16) {
-    let admin = quiet_port();
-    let agent = Agent::start_with(yaml, &["--admin", &format!("127.0.0.1:{admin}")]);
-    agent.wait_log("admin listener started");
-    (agent, admin)
-}
 
 #[test]
 fn objects_crud_with_the_original_status_codes_and_the_fixes() {
@@ -119,7 +46,7 @@ clusters:
     endpoints: [ {{ name: up-1, spec: {{ address: 127.0.0.1 }} }} ]
 "
     );
-    let (_agent, p) = start(&yaml);
+    let (_agent, p) = start_with_admin(&yaml);
 
     // Health and the configuration in force.
     assert_eq!(call(p, "GET", "/live", None), (200, json!({"live": true})));
@@ -215,9 +142,8 @@ clusters:
     assert_error(p, "DELETE", "/api/v1/clusters/discard", None, 404, "discard");
 
     // Rules, routes and rulelists, and rules at positions.
-    let (_, rls) = call(p, "GET", "/api/v1/rulelists", None);
-    let tcp_list = format!("{}", rls[1]["name"].as_str().unwrap());
-    assert_eq!(call(p, "GET", "/api/v1/listeners/tcp", None).1["rules"], tcp_list.as_str());
+    let tcp_list = call(p, "GET", "/api/v1/listeners/tcp", None).1["rules"].as_str().unwrap().to_owned();
+    assert!(names(&call(p, "GET", "/api/v1/rulelists", None).1).contains(&tcp_list));
     assert_ok(
         p,
         "POST",
@@ -258,6 +184,9 @@ clusters:
     assert_error(p, "DELETE", "/api/v1/rules/r-up", None, 400, "not defined");
     assert_ok(p, "DELETE", "/api/v1/rulelists/rl", None);
     assert_ok(p, "DELETE", "/api/v1/rules/r-up", None);
+    // Removing a rule from a rulelist keeps the rule: it still refers to the route.
+    assert_error(p, "DELETE", "/api/v1/routes/to-up", None, 400, "rules[\"r-last\"].action.route");
+    assert_ok(p, "DELETE", "/api/v1/rules/r-last", None);
     assert_ok(p, "DELETE", "/api/v1/routes/to-up", None);
     assert_error(p, "GET", "/api/v1/routes/to-up", None, 404, "to-up");
     assert_error(p, "GET", "/api/v1/rules/r-up", None, 404, "r-up");
@@ -298,7 +227,7 @@ clusters:
     spec: {{ protocol: Echo }}
 "
     );
-    let (_agent, p) = start(&yaml);
+    let (_agent, p) = start_with_admin(&yaml);
     // The dump of the configuration in force is a valid configuration: replace with it plus a listener.
     let (_, mut doc) = call(p, "GET", "/config", None);
     doc["listeners"].as_array_mut().unwrap().push(json!({"name": "b", "spec": {"protocol": "UDP", "port": b},
@@ -377,7 +306,7 @@ clusters:
     spec: {{ protocol: Echo }}
 "
     );
-    let (_agent, p) = start(&yaml);
+    let (_agent, p) = start_with_admin(&yaml);
     let mut c = tcp_client(tcp);
     c.write_all(b"12345").unwrap();
     let mut buf = [0u8; 5];
@@ -425,4 +354,130 @@ clusters:
     assert!(ended["ended"].is_string());
     let events: Vec<&str> = ended["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events.last(), Some(&"END"), "{ended}");
+}
+
+/// A UDP client that sends a numbered datagram every few milliseconds on its own thread and keeps every answer.
+struct Sender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<Vec<u8>>)>,
+}
+
+impl Sender {
+    fn start(port: u16) -> Sender {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = udp_client(port);
+        s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut sent, mut got) = (0usize, Vec::new());
+            let mut buf = [0u8; 2048];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                s.send(format!("m{sent}").as_bytes()).unwrap();
+                sent += 1;
+                let until = Instant::now() + Duration::from_millis(5);
+                while Instant::now() < until {
+                    if let Ok(n) = s.recv(&mut buf) {
+                        got.push(buf[..n].to_vec());
+                    }
+                }
+            }
+            // Late answers.
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            while let Ok(n) = s.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+            (sent, got)
+        });
+        Sender { stop, thread }
+    }
+
+    fn finish(self) -> (usize, Vec<Vec<u8>>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Who answered a datagram: the upstreams prefix their answers with their name.
+fn via(port: u16, msg: &[u8]) -> String {
+    let answer = udp_echo_once(port, msg);
+    String::from_utf8_lossy(&answer).split(':').next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn live_reconfiguration_under_traffic() {
+    let x = udp_server(|m, _| [b"X:".as_slice(), m].concat());
+    let y = udp_server(|m, _| [b"Y:".as_slice(), m].concat());
+    let (a, b) = (quiet_port(), quiet_port());
+    let yaml = format!(
+        "
+listeners:
+  - name: a
+    spec: {{ protocol: UDP, port: {a} }}
+    rules: a-rules
+rulelists:
+  - name: a-rules
+    rules:
+      - name: default
+        action: {{ route: main }}
+routes:
+  - name: main
+    destination: cx
+clusters:
+  - name: cx
+    spec: {{ protocol: UDP, port: {x} }}
+    endpoints: [ {{ spec: {{ address: 127.0.0.1 }} }} ]
+  - name: cy
+    spec: {{ protocol: UDP, port: {y} }}
+    endpoints: [ {{ spec: {{ address: 127.0.0.1 }} }} ]
+"
+    );
+    let (mut agent, p) = start_with_admin(&yaml);
+    // A client keeps sending through listener a → route main → cx for the whole test.
+    let steady = Sender::start(a);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(via(a, b"before"), "X");
+
+    // 1. Add a listener: it serves at once.
+    assert_ok(
+        p,
+        "POST",
+        "/api/v1/listeners",
+        Some(json!({"listener": {"name": "b", "spec": {"protocol": "UDP", "port": b},
+            "rules": [{"action": {"route": {"destination": "cy"}}}]}})),
+    );
+    assert_eq!(via(b, b"new listener"), "Y");
+
+    // 2. Insert a rule at position 0 that sends one client's new session elsewhere.
+    let special = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let special_port = special.local_addr().unwrap().port();
+    assert_ok(
+        p,
+        "POST",
+        "/api/v1/rulelists/a-rules/rules/0",
+        Some(json!({"rule": {"name": "special", "match": {"op": "test", "path": "/UDP/src_port", "value": special_port},
+            "action": {"route": {"destination": "cy"}}}})),
+    );
+    special.connect(("127.0.0.1", a)).unwrap();
+    special.set_read_timeout(Some(TIMEOUT)).unwrap();
+    special.send(b"special").unwrap();
+    assert!(recv(&special).starts_with(b"Y:"), "the rule at position 0 did not route the new session");
+    assert_eq!(via(a, b"others"), "X", "the rule at position 0 matched another client");
+
+    // 3. PUT the route to a new destination: new sessions go there.
+    assert_ok(p, "PUT", "/api/v1/routes/main", Some(json!({"route": {"name": "main", "destination": "cy"}})));
+    assert_eq!(via(a, b"after put"), "Y");
+
+    // 4. Remove the cluster nothing refers to any more.
+    assert_ok(p, "DELETE", "/api/v1/clusters/cx", None);
+    assert_error(p, "GET", "/api/v1/clusters/cx", None, 404, "cx");
+    assert_eq!(via(a, b"after delete"), "Y");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The session that started before every change kept its route (and the removed cluster's upstream) throughout.
+    let (sent, got) = steady.finish();
+    assert!(sent > 50, "the client sent only {sent} datagrams");
+    assert!(got.iter().all(|m| m.starts_with(b"X:")), "the live session changed route");
+    assert!(got.len() * 100 >= sent * 98, "the live session lost answers: {} of {sent}", got.len());
+    assert!(agent.is_running(), "the agent died");
 }

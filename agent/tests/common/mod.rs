@@ -1,6 +1,8 @@
 //! Test harness: runs the real `l7mp-agent` binary on a configuration and gives tests real sockets to talk to it.
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
