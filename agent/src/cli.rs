@@ -90,6 +90,11 @@ pub struct Args {
         help_heading = "Runtime"
     )]
     pub half_close_timeout: f64,
+
+    /// Keep no Prometheus metrics (to measure their cost): Prometheus clusters answer 404, Metric clusters pass
+    /// messages on without counting.
+    #[arg(long, env = "L7MP_NO_METRICS", help_heading = "Runtime")]
+    pub no_metrics: bool,
 }
 
 /// Maps the original's log level names (npmlog) to a tracing filter; anything else is used as a filter as is.

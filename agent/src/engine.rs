@@ -5,6 +5,7 @@
 //! listeners are bound, and the snapshot is swapped atomically. New sessions use the new snapshot; live sessions keep
 //! the route they were given.
 
+use crate::metrics::Metrics;
 use crate::offload::{NoOffload, Offload};
 use crate::protocol::Bound;
 use crate::session::{self, NewSession, SessionInfo};
@@ -44,12 +45,15 @@ struct RunningListener {
 pub struct EngineOptions {
     /// How long a half-closed session (one direction ended) may stay without traffic.
     pub half_close_timeout: Duration,
+    /// Keep Prometheus metrics (see [`crate::metrics`]); off for overhead comparisons (`--no-metrics`).
+    pub metrics: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             half_close_timeout: Duration::from_secs(60),
+            metrics: true,
         }
     }
 }
@@ -64,11 +68,14 @@ pub struct Engine {
     /// Parent of every session's cancellation token.
     sessions_cancel: CancellationToken,
     offload: Box<dyn Offload>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Engine {
     pub fn new(options: EngineOptions) -> Arc<Engine> {
+        let metrics = crate::metrics::create(options.metrics);
         Arc::new(Engine {
+            metrics,
             options,
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
@@ -89,6 +96,11 @@ impl Engine {
         self.snapshot.load_full()
     }
 
+    /// The agent's metrics (`None` with `--no-metrics`).
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     pub fn offload(&self) -> &dyn Offload {
         self.offload.as_ref()
     }
@@ -104,6 +116,14 @@ impl Engine {
 
     /// Puts a configuration in force, or changes nothing and says why.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
+        let result = self.apply_config(config).await;
+        if let Some(m) = &self.metrics {
+            m.config_applied(result.is_ok());
+        }
+        result
+    }
+
+    async fn apply_config(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
         let snap = Arc::new(Snapshot::build(config)?);
         warn_unsupported(&snap);
         let mut running = self.listeners.lock().await;

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod engine;
 pub mod lb;
+pub mod metrics;
 pub mod offload;
 pub mod pipeline;
 pub mod protocol;

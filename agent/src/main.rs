@@ -77,6 +77,7 @@ fn run(args: cli::Args, config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let engine = Engine::new(EngineOptions {
             half_close_timeout: Duration::from_secs_f64(args.half_close_timeout.clamp(0.01, 86_400.0)),
+            metrics: !args.no_metrics,
         });
         engine
             .apply(config)

@@ -788,7 +788,8 @@ impl Builder {
             }
             "Metric" => {
                 // The original's schema has counter names, which its code ignored: the counters are fixed.
-                self.d.object(v, path, &["protocol", "byteCounterName", "packetCounterName"])?;
+                self.d
+                    .object(v, path, &["protocol", "byteCounterName", "packetCounterName"])?;
                 Some(ClusterSpec::Metric)
             }
             other => {
