@@ -225,7 +225,9 @@ async fn drive(
     // A weighted split picks the destination cluster here, once per session.
     let dest_name = route.destination().to_owned();
     let destination = dest_name.as_str();
-    if let Some(a) = acct {
+    if let Some(a) = acct
+        && snap.clusters.contains_key(destination)
+    {
         a.routed(destination);
     }
     match &route.cfg.destination {
