@@ -136,6 +136,10 @@ pub struct Args {
     /// force). Off by default; anyone who can reach it can reconfigure the agent, so keep it on loopback.
     #[arg(long, env = "L7MP_ADMIN", value_name = "ADDR:PORT", help_heading = "Admin API")]
     pub admin: Option<std::net::SocketAddr>,
+    /// Keep no Prometheus metrics (to measure their cost): Prometheus clusters answer 404, Metric clusters pass
+    /// messages on without counting.
+    #[arg(long, env = "L7MP_NO_METRICS", help_heading = "Runtime")]
+    pub no_metrics: bool,
 }
 
 /// Maps one of the original's log level names (npmlog) to a tracing level; anything else is returned as is. The

@@ -5,6 +5,7 @@
 //! listeners are bound, and the snapshot is swapped atomically. New sessions use the new snapshot; live sessions keep
 //! the route they were given.
 
+use crate::metrics::Metrics;
 use crate::offload::{NoOffload, Offload};
 use crate::protocol::Bound;
 use crate::session::{self, NewSession, SessionInfo};
@@ -58,6 +59,8 @@ pub struct EngineOptions {
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// The logger's filter, for whoever changes the level at run time (the admin API).
     pub log: Option<Arc<crate::logging::LogHandle>>,
+    /// Keep Prometheus metrics (see [`crate::metrics`]); off for overhead comparisons (`--no-metrics`).
+    pub metrics: bool,
 }
 
 impl Default for EngineOptions {
@@ -66,6 +69,7 @@ impl Default for EngineOptions {
             half_close_timeout: Duration::from_secs(60),
             access_log: None,
             log: None,
+            metrics: true,
         }
     }
 }
@@ -88,11 +92,14 @@ pub struct Engine {
     offload: Box<dyn Offload>,
     /// The REST API router, for `L7mpController` clusters (set once the admin API is built).
     controller: std::sync::OnceLock<axum::Router>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Engine {
     pub fn new(options: EngineOptions) -> Arc<Engine> {
+        let metrics = crate::metrics::create(options.metrics);
         Arc::new(Engine {
+            metrics,
             options,
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
@@ -115,6 +122,11 @@ impl Engine {
     /// The configuration in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The agent's metrics (`None` with `--no-metrics`).
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     pub fn offload(&self) -> &dyn Offload {
@@ -154,7 +166,15 @@ impl Engine {
     ) -> Result<(), UpdateError<E>> {
         let _serial = self.edit.lock().await;
         let current = self.snapshot().config.clone();
-        let next = edit(&current).map_err(UpdateError::Edit)?;
+        let next = match edit(&current) {
+            Ok(next) => next,
+            Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.config_applied(false);
+                }
+                return Err(UpdateError::Edit(e));
+            }
+        };
         self.apply_now(next).await?;
         Ok(())
     }
@@ -165,7 +185,16 @@ impl Engine {
         self.apply_now(config).await
     }
 
+    /// Applies under the edit lock, counting the outcome.
     async fn apply_now(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
+        let result = self.apply_config(config).await;
+        if let Some(m) = &self.metrics {
+            m.config_applied(result.is_ok());
+        }
+        result
+    }
+
+    async fn apply_config(self: &Arc<Self>, config: Config) -> Result<(), ApplyError> {
         let snap = Arc::new(Snapshot::build_from(config, &self.snapshot())?);
         warn_unsupported(&snap);
         let mut running = self.listeners.lock().await;

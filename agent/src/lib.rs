@@ -11,6 +11,7 @@ pub mod cli;
 pub mod engine;
 pub mod lb;
 pub mod logging;
+pub mod metrics;
 pub mod offload;
 pub mod pipeline;
 pub mod protocol;

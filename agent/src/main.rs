@@ -3,15 +3,15 @@
 use anyhow::Context;
 use clap::Parser;
 use l7mp_agent::access_log::AccessLog;
-use l7mp_agent::engine::{Engine, EngineOptions};
 use l7mp_agent::admin::{self, AdminState};
+use l7mp_agent::engine::{Engine, EngineOptions};
 use l7mp_agent::logging::{self, LogHandle, LogOptions, LogTarget};
 use l7mp_agent::{cli, sys};
-use tokio_util::sync::CancellationToken;
 use l7mp_api::{Config, Format, parse_config};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
@@ -112,6 +112,7 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
             half_close_timeout: Duration::from_secs_f64(args.half_close_timeout.clamp(0.01, 86_400.0)),
             access_log,
             log: Some(log),
+            metrics: !args.no_metrics,
         });
         engine
             .apply(config)

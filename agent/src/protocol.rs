@@ -8,6 +8,7 @@ pub mod http;
 pub mod jsonsocket;
 pub mod pipe;
 pub mod process;
+pub mod prometheus;
 pub mod sctp;
 pub mod sync;
 pub mod tcp;
@@ -156,7 +157,7 @@ pub async fn connect(
         ClusterSpec::L7mpController | ClusterSpec::Prometheus | ClusterSpec::Metric => {
             return Err(ConnectError::Unavailable {
                 protocol: spec.protocol(),
-                reason: "not implemented yet".into(),
+                reason: "a virtual cluster opened by the session (it needs the engine)".into(),
             });
         }
         _ => {}

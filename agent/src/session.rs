@@ -7,10 +7,11 @@
 //! for the admin API and logged.
 
 use crate::engine::Engine;
+use crate::metrics::SessionMetrics;
 use crate::pipeline::{self, EndReason, StageRef, Stages, Stats};
 use crate::protocol::{self, ConnectError, Stage, jsonsocket};
 use crate::router::{self, RouteError};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ClusterRt, Snapshot};
 use crate::stream::{Reader, Writer};
 use l7mp_api::{Listener, ListenerSpec, Retry, RetryOn, StreamKind};
 use serde_json::Value;
@@ -204,12 +205,23 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
     });
     info.event("INIT", format!("session emitted by listener {:?}", s.listener.name));
     engine.register(info.clone());
+    let acct = engine.metrics().map(|m| {
+        m.session_started(
+            &info.name,
+            &info.listener,
+            s.listener.spec.protocol(),
+            info.stats.clone(),
+        )
+    });
     let on_end = s.on_end.take();
     let access = engine.options().access_log.as_ref().map(|log| log.start(&s));
-    let result = drive(&engine, &info, s).await;
+    let result = drive(&engine, &info, s, acct.as_ref()).await;
     match &result {
         Ok(reason) => {
             info.event("END", format!("{reason:?}"));
+            if let (Some(a), EndReason::Failed(_)) = (&acct, &reason) {
+                a.error("stream_error");
+            }
             match &reason {
                 // A stream that broke (a reset, a peer that stopped reading) ends its session; say why.
                 pipeline::EndReason::Failed(e) => {
@@ -221,8 +233,13 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
         Err(e) => {
             info.event("ERROR", e.to_string());
             tracing::warn!(session = %info.name, listener = %info.listener, "session failed: {e}");
+            if let Some(a) = &acct {
+                a.error(e.metric_reason());
+            }
         }
     }
+    // The session's counts move to the totals (its pumps are gone: they do not change any more).
+    drop(acct);
     info.set(|st| {
         st.status = Status::Destroyed;
         st.ended = Some(SystemTime::now());
@@ -239,7 +256,12 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
     engine.unregister(&info.name);
 }
 
-async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession) -> Result<EndReason, SessionError> {
+async fn drive(
+    engine: &Arc<Engine>,
+    info: &Arc<SessionInfo>,
+    mut s: NewSession,
+    acct: Option<&SessionMetrics>,
+) -> Result<EndReason, SessionError> {
     let snap = engine.snapshot();
     // The listener's current rulelist (it may have been changed since the listener started).
     let rulelist = snap
@@ -285,6 +307,11 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     let destination = dest_name.as_str();
     let destination_name = destination;
     info.set(|st| st.destination.0 = Some(dest_name.clone()));
+    if let Some(a) = acct
+        && snap.clusters.contains_key(destination)
+    {
+        a.routed(destination);
+    }
     match &route.cfg.destination {
         l7mp_api::Destination::Split(_) => info.event(
             "LOOKUP SUCCESS",
@@ -312,16 +339,17 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
     };
     let opened = async {
         let b = &mut Budget::new(attempts);
-        let destination = open(&snap, destination, &metadata, &info.name, &retry, b, exchange.as_ref()).await?;
+        let x = exchange.as_ref();
+        let destination = open(engine, &snap, destination, &metadata, &info.name, &retry, b, x, true).await?;
         let mut ingress = Vec::with_capacity(route.cfg.ingress.len());
         for c in &route.cfg.ingress {
             let b = &mut Budget::new(attempts);
-            ingress.push(open(&snap, c, &metadata, &info.name, &retry, b, None).await?);
+            ingress.push(open(engine, &snap, c, &metadata, &info.name, &retry, b, None, true).await?);
         }
         let mut egress = Vec::with_capacity(route.cfg.egress.len());
         for c in &route.cfg.egress {
             let b = &mut Budget::new(attempts);
-            egress.push(open(&snap, c, &metadata, &info.name, &retry, b, None).await?);
+            egress.push(open(engine, &snap, c, &metadata, &info.name, &retry, b, None, true).await?);
         }
         Ok::<_, SessionError>((destination, ingress, egress))
     };
@@ -342,8 +370,18 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
         status: "CONNECTED",
     };
     let mut infos = vec![stage_info(Role::Destination, destination_name, &destination)];
-    infos.extend(ingress.iter().zip(&route.cfg.ingress).map(|(s, c)| stage_info(Role::Ingress, c, s)));
-    infos.extend(egress.iter().zip(&route.cfg.egress).map(|(s, c)| stage_info(Role::Egress, c, s)));
+    infos.extend(
+        ingress
+            .iter()
+            .zip(&route.cfg.ingress)
+            .map(|(s, c)| stage_info(Role::Ingress, c, s)),
+    );
+    infos.extend(
+        egress
+            .iter()
+            .zip(&route.cfg.egress)
+            .map(|(s, c)| stage_info(Role::Egress, c, s)),
+    );
     info.set(|st| {
         st.destination.1 = infos.first().and_then(|d| d.endpoint.clone());
         st.stages = infos;
@@ -447,8 +485,14 @@ async fn drive(engine: &Arc<Engine>, info: &Arc<SessionInfo>, mut s: NewSession)
                 tokio::time::sleep(retry.backoff.pause(budget.pauses)).await;
                 budget.pauses += 1;
             }
+            if let Some(m) = engine.metrics() {
+                m.retry(cluster, "reconnect");
+            }
             let snap = engine.snapshot();
-            open(&snap, cluster, &metadata, &info.name, &retry, budget, None).await
+            open(
+                engine, &snap, cluster, &metadata, &info.name, &retry, budget, None, false,
+            )
+            .await
         };
         let opened = tokio::select! {
             _ = info.cancel.cancelled() => break EndReason::Cancelled,
@@ -494,6 +538,21 @@ async fn refuse(writer: &mut Writer, jsonsocket: bool, e: &SessionError) {
 }
 
 impl SessionError {
+    /// The `reason` label of `l7mp_session_errors_total` (see [`crate::metrics::ERROR_REASONS`]).
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            SessionError::Route(_) => "no_route",
+            SessionError::JsonSocket(_) => "bad_header",
+            SessionError::UnknownCluster(_) => "unknown_cluster",
+            SessionError::Connect { source, .. } => match source {
+                ConnectError::Timeout { .. } => "connect_timeout",
+                ConnectError::Pick(_) => "no_endpoint",
+                ConnectError::Unavailable { .. } => "unavailable",
+                _ => "connect_failed",
+            },
+        }
+    }
+
     /// The HTTP status that tells a client about this failure.
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode;
@@ -533,8 +592,10 @@ impl Budget {
 
 /// Opens a stage of cluster `name` with the attempts left in `budget` (at least one), each bounded by the route's
 /// `connect_timeout`, the back-off's pauses apart. A retry goes to another endpoint while the cluster has one that
-/// this session has not tried, and then without the pause.
+/// this session has not tried, and then without the pause. `initial`: at session start (not a reconnect).
+#[allow(clippy::too_many_arguments)]
 async fn open(
+    engine: &Engine,
     snap: &Snapshot,
     name: &str,
     metadata: &Value,
@@ -542,6 +603,7 @@ async fn open(
     retry: &Retry,
     budget: &mut Budget,
     exchange: Option<&Arc<crate::protocol::http::Exchange>>,
+    initial: bool,
 ) -> Result<Stage, SessionError> {
     let cluster = snap
         .clusters
@@ -552,17 +614,28 @@ async fn open(
     loop {
         n += 1;
         budget.left = budget.left.saturating_sub(1);
-        // Boxed: the connect futures of all protocols are large, and the session future is moved when spawned.
-        match Box::pin(protocol::connect(
-            cluster,
-            metadata,
-            retry.connect_timeout,
-            exchange,
-            &mut tried,
-        ))
-        .await
-        {
-            Ok(stage) => return Ok(stage),
+        let t0 = Instant::now();
+        let attempt = match open_virtual(engine, cluster, metadata, session, exchange) {
+            Some(r) => r,
+            // Boxed: the connect futures of all protocols are large, and the session future is moved when spawned.
+            None => {
+                Box::pin(protocol::connect(
+                    cluster,
+                    metadata,
+                    retry.connect_timeout,
+                    exchange,
+                    &mut tried,
+                ))
+                .await
+            }
+        };
+        match attempt {
+            Ok(stage) => {
+                if let Some(m) = engine.metrics() {
+                    m.stage_connected(name, cluster.cfg.spec.protocol(), t0.elapsed(), initial);
+                }
+                return Ok(stage);
+            }
             // Nothing another attempt could change.
             Err(source @ ConnectError::Pick(_)) => {
                 return Err(SessionError::Connect {
@@ -572,6 +645,9 @@ async fn open(
                 });
             }
             Err(e) if budget.left > 0 => {
+                if let Some(m) = engine.metrics() {
+                    m.retry(name, "connect");
+                }
                 // Another endpoint is tried at once; the same one again after the pause.
                 if cluster.lb.has_untried(&tried) {
                     tracing::debug!(
@@ -600,5 +676,32 @@ async fn open(
                 });
             }
         }
+    }
+}
+
+/// Opens a stage of a cluster that lives inside the agent and needs the engine (`Prometheus`, `Metric`; the
+/// `L7mpController` goes here too), or returns `None` for every other cluster (opened by [`protocol::connect`]).
+fn open_virtual(
+    engine: &Engine,
+    cluster: &ClusterRt,
+    metadata: &Value,
+    session: &str,
+    exchange: Option<&Arc<crate::protocol::http::Exchange>>,
+) -> Option<Result<Stage, ConnectError>> {
+    match cluster.cfg.spec {
+        l7mp_api::ClusterSpec::L7mpController => Some(match engine.controller() {
+            Some(router) => protocol::controller::open(router, metadata, exchange),
+            None => Err(ConnectError::Unavailable {
+                protocol: "L7mpController",
+                reason: "the agent has no REST API router".into(),
+            }),
+        }),
+        l7mp_api::ClusterSpec::Prometheus => Some(protocol::prometheus::open(engine.metrics(), exchange)),
+        l7mp_api::ClusterSpec::Metric => Some(Ok(protocol::prometheus::metric_stage(
+            engine.metrics(),
+            session,
+            &cluster.cfg.name,
+        ))),
+        _ => None,
     }
 }

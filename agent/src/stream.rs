@@ -342,7 +342,10 @@ impl Writer {
                         Ok(n) => off += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         // Nobody listens upstream (yet): the datagram is lost, as UDP allows.
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => off += 1,
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                            crate::metrics::dropped(crate::metrics::DropReason::Refused, 1);
+                            off += 1
+                        }
                         Err(e) if too_large(&e, batch[off].len()) => off += 1,
                         Err(e) => return Err(e),
                     }
@@ -410,6 +413,7 @@ fn too_large(e: &io::Error, len: usize) -> bool {
     if e.raw_os_error() != Some(libc::EMSGSIZE) {
         return false;
     }
+    crate::metrics::dropped(crate::metrics::DropReason::Oversize, 1);
     if WARNED.swap(true, Ordering::Relaxed) {
         tracing::debug!(len, "message too large for a datagram, dropped");
     } else {

@@ -27,7 +27,6 @@ fn udp_echo_once(port: u16, msg: &[u8]) -> Vec<u8> {
     recv(&s)
 }
 
-
 #[test]
 fn objects_crud_with_the_original_status_codes_and_the_fixes() {
     let (udp, tcp_up) = (quiet_port(), tcp_echo_server());
@@ -53,7 +52,16 @@ clusters:
     assert_eq!(call(p, "GET", "/ready", None), (200, json!({"ready": true})));
     let (s, cfg) = call(p, "GET", "/api/v1/config", None);
     assert_eq!(s, 200);
-    for key in ["admin", "listeners", "clusters", "rulelists", "rules", "routes", "endpoints", "sessions"] {
+    for key in [
+        "admin",
+        "listeners",
+        "clusters",
+        "rulelists",
+        "rules",
+        "routes",
+        "endpoints",
+        "sessions",
+    ] {
         assert!(cfg.get(key).is_some(), "config lacks {key}: {cfg}");
     }
     assert_eq!(names(&cfg["endpoints"]), ["up-1"]);
@@ -74,7 +82,14 @@ clusters:
     assert_error(p, "POST", "/api/v1/listeners", Some(listener), 400, "already exists");
     let bad = json!({"listener": {"name": "bad", "spec": {"protocol": "TCP", "port": "abc"}, "rules": "x"}});
     assert_error(p, "POST", "/api/v1/listeners", Some(bad), 400, "listener.spec.port");
-    assert_error(p, "POST", "/api/v1/listeners", Some(json!({"lisener": {}})), 400, "listener: missing");
+    assert_error(
+        p,
+        "POST",
+        "/api/v1/listeners",
+        Some(json!({"lisener": {}})),
+        400,
+        "listener: missing",
+    );
     // A port in use: validated, but cannot be put in force; nothing changes.
     let taken = json!({"listener": {"name": "dup-port", "spec": {"protocol": "TCP", "port": tcp},
         "rules": [{"action": {"route": {"destination": "echo"}}}]}});
@@ -114,8 +129,14 @@ clusters:
     let (_, cs) = call(p, "GET", "/api/v1/clusters", None);
     assert_eq!(names(&cs), ["echo", "up", "discard"]);
     assert_eq!(call(p, "GET", "/api/v1/clusters/up", None).1["endpoints"], 1);
-    assert_eq!(call(p, "GET", "/api/v1/clusters/up?recursive=true", None).1["endpoints"][0]["name"], "up-1");
-    assert_eq!(names(&call(p, "GET", "/api/v1/clusters/up/endpoints", None).1), ["up-1"]);
+    assert_eq!(
+        call(p, "GET", "/api/v1/clusters/up?recursive=true", None).1["endpoints"][0]["name"],
+        "up-1"
+    );
+    assert_eq!(
+        names(&call(p, "GET", "/api/v1/clusters/up/endpoints", None).1),
+        ["up-1"]
+    );
     assert_error(p, "GET", "/api/v1/clusters/nope/endpoints", None, 404, "nope");
     assert_ok(
         p,
@@ -123,8 +144,14 @@ clusters:
         "/api/v1/clusters/up/endpoints",
         Some(json!({"endpoint": {"name": "up-2", "spec": {"address": "127.0.0.2"}, "weight": 2}})),
     );
-    assert_eq!(call(p, "GET", "/api/v1/endpoints/up-2", None), (200, json!({"name": "up-2",
-        "spec": {"address": "127.0.0.2"}, "weight": 2})));
+    assert_eq!(
+        call(p, "GET", "/api/v1/endpoints/up-2", None),
+        (
+            200,
+            json!({"name": "up-2",
+        "spec": {"address": "127.0.0.2"}, "weight": 2})
+        )
+    );
     assert_ok(
         p,
         "PUT",
@@ -142,7 +169,10 @@ clusters:
     assert_error(p, "DELETE", "/api/v1/clusters/discard", None, 404, "discard");
 
     // Rules, routes and rulelists, and rules at positions.
-    let tcp_list = call(p, "GET", "/api/v1/listeners/tcp", None).1["rules"].as_str().unwrap().to_owned();
+    let tcp_list = call(p, "GET", "/api/v1/listeners/tcp", None).1["rules"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(names(&call(p, "GET", "/api/v1/rulelists", None).1).contains(&tcp_list));
     assert_ok(
         p,
@@ -154,15 +184,26 @@ clusters:
         p,
         "POST",
         "/api/v1/rules",
-        Some(json!({"rule": {"name": "r-up", "match": {"op": "test", "path": "/TCP/dst_port", "value": 1},
-            "action": {"route": "to-up"}}})),
+        Some(
+            json!({"rule": {"name": "r-up", "match": {"op": "test", "path": "/TCP/dst_port", "value": 1},
+            "action": {"route": "to-up"}}}),
+        ),
     );
-    assert_error(p, "POST", "/api/v1/rules", Some(json!({"rule": {"name": "r-bad", "action": {"route": "nope"}}})),
-        400, "route \"nope\" is not defined");
+    assert_error(
+        p,
+        "POST",
+        "/api/v1/rules",
+        Some(json!({"rule": {"name": "r-bad", "action": {"route": "nope"}}})),
+        400,
+        "route \"nope\" is not defined",
+    );
     let at = |i: usize| format!("/api/v1/rulelists/{tcp_list}/rules/{i}");
     assert_ok(p, "POST", &at(0), Some(json!({"rule": "r-up"})));
     assert_eq!(call(p, "GET", &at(0), None).1["name"], "r-up");
-    assert_eq!(call(p, "GET", &format!("{}?recursive=true", at(0)), None).1["action"]["route"]["name"], "to-up");
+    assert_eq!(
+        call(p, "GET", &format!("{}?recursive=true", at(0)), None).1["action"]["route"]["name"],
+        "to-up"
+    );
     assert_error(p, "GET", &at(9), None, 404, "no rule at position 9");
     assert_error(p, "POST", &at(9), Some(json!({"rule": "r-up"})), 400, "position 9");
     assert_ok(
@@ -171,21 +212,49 @@ clusters:
         &at(2),
         Some(json!({"rule": {"name": "r-last", "action": {"route": "to-up"}}})),
     );
-    assert_eq!(call(p, "GET", &format!("/api/v1/rulelists/{tcp_list}"), None).1["rules"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        call(p, "GET", &format!("/api/v1/rulelists/{tcp_list}"), None).1["rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     assert_ok(p, "DELETE", &format!("/api/v1/rulelists/{tcp_list}/rules/r-last"), None);
     assert_ok(p, "DELETE", &at(0), None);
     assert_error(p, "DELETE", &at(5), None, 400, "position 5");
     // PUT a route's destination; PUT a rule.
-    assert_ok(p, "PUT", "/api/v1/routes/to-up", Some(json!({"route": {"name": "to-up", "destination": "echo"}})));
+    assert_ok(
+        p,
+        "PUT",
+        "/api/v1/routes/to-up",
+        Some(json!({"route": {"name": "to-up", "destination": "echo"}})),
+    );
     assert_eq!(call(p, "GET", "/api/v1/routes/to-up", None).1["destination"], "echo");
-    assert_ok(p, "PUT", "/api/v1/rules/r-up", Some(json!({"rule": {"name": "r-up", "action": {"route": "to-up"}}})));
-    assert_ok(p, "POST", "/api/v1/rulelists", Some(json!({"rulelist": {"name": "rl", "rules": ["r-up"]}})));
+    assert_ok(
+        p,
+        "PUT",
+        "/api/v1/rules/r-up",
+        Some(json!({"rule": {"name": "r-up", "action": {"route": "to-up"}}})),
+    );
+    assert_ok(
+        p,
+        "POST",
+        "/api/v1/rulelists",
+        Some(json!({"rulelist": {"name": "rl", "rules": ["r-up"]}})),
+    );
     assert_eq!(call(p, "GET", "/api/v1/rulelists/rl", None).1["rules"], json!(["r-up"]));
     assert_error(p, "DELETE", "/api/v1/rules/r-up", None, 400, "not defined");
     assert_ok(p, "DELETE", "/api/v1/rulelists/rl", None);
     assert_ok(p, "DELETE", "/api/v1/rules/r-up", None);
     // Removing a rule from a rulelist keeps the rule: it still refers to the route.
-    assert_error(p, "DELETE", "/api/v1/routes/to-up", None, 400, "rules[\"r-last\"].action.route");
+    assert_error(
+        p,
+        "DELETE",
+        "/api/v1/routes/to-up",
+        None,
+        400,
+        "rules[\"r-last\"].action.route",
+    );
     assert_ok(p, "DELETE", "/api/v1/rules/r-last", None);
     assert_ok(p, "DELETE", "/api/v1/routes/to-up", None);
     assert_error(p, "GET", "/api/v1/routes/to-up", None, 404, "to-up");
@@ -195,7 +264,10 @@ clusters:
     // Recursive delete takes the listener's generated rulelist, rules and routes along.
     assert_ok(p, "DELETE", "/api/v1/listeners/tcp?recursive=true", None);
     assert_error(p, "GET", &format!("/api/v1/rulelists/{tcp_list}"), None, 404, &tcp_list);
-    assert!(TcpStream::connect(("127.0.0.1", tcp)).is_err(), "the listener still accepts");
+    assert!(
+        TcpStream::connect(("127.0.0.1", tcp)).is_err(),
+        "the listener still accepts"
+    );
     assert_error(p, "DELETE", "/api/v1/listeners/tcp", None, 404, "tcp");
 
     // Query parameters, unknown routes and methods.
@@ -230,7 +302,10 @@ clusters:
     let (_agent, p) = start_with_admin(&yaml);
     // The dump of the configuration in force is a valid configuration: replace with it plus a listener.
     let (_, mut doc) = call(p, "GET", "/config", None);
-    doc["listeners"].as_array_mut().unwrap().push(json!({"name": "b", "spec": {"protocol": "UDP", "port": b},
+    doc["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "b", "spec": {"protocol": "UDP", "port": b},
         "rules": [{"action": {"route": {"destination": "echo"}}}]}));
     assert_ok(p, "POST", "/api/v1/config", Some(doc.clone()));
     assert_eq!(udp_echo_once(b, b"to b"), b"to b");
@@ -275,8 +350,10 @@ clusters:
         api,
         "POST",
         "/api/v1/listeners",
-        Some(json!({"listener": {"name": "u", "spec": {"protocol": "UDP", "port": udp},
-            "rules": [{"action": {"route": {"destination": "echo"}}}]}})),
+        Some(
+            json!({"listener": {"name": "u", "spec": {"protocol": "UDP", "port": udp},
+            "rules": [{"action": {"route": {"destination": "echo"}}}]}}),
+        ),
     );
     assert_eq!(udp_echo_once(udp, b"via controller"), b"via controller");
     assert_error(api, "GET", "/api/v1/listeners/nope", None, 404, "nope");
@@ -312,7 +389,13 @@ clusters:
     let mut buf = [0u8; 5];
     c.read_exact(&mut buf).unwrap();
     let (_, list) = call(p, "GET", "/api/v1/sessions", None);
-    let s = list.as_array().unwrap().iter().find(|s| s["source"]["origin"] == "tcp").unwrap().clone();
+    let s = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"]["origin"] == "tcp")
+        .unwrap()
+        .clone();
     assert_eq!(s["status"], "CONNECTED", "{s}");
     assert_eq!(s["destination"]["origin"], "up");
     assert_eq!(s["destination"]["endpoint"]["name"], "up-1");
@@ -321,7 +404,12 @@ clusters:
     assert_eq!(s["traffic"]["to_source"]["bytes"], 5);
     assert_eq!(s["source"]["listener"]["protocol"], "TCP");
     assert!(s["metadata"]["TCP"]["dst_port"] == tcp, "{s}");
-    let events: Vec<&str> = s["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = s["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(events, ["INIT", "LOOKUP SUCCESS", "CONNECT"]);
     assert!(s["events"][0]["timestamp"].as_str().unwrap().ends_with('Z'));
     let name = s["name"].as_str().unwrap().to_owned();
@@ -330,7 +418,11 @@ clusters:
     // DELETE ends it: the client sees its connection close.
     assert_ok(p, "DELETE", &path, None);
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(c.read(&mut buf).unwrap_or(0), 0, "the session's connection is still open");
+    assert_eq!(
+        c.read(&mut buf).unwrap_or(0),
+        0,
+        "the session's connection is still open"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while call(p, "GET", &path, None).0 != 404 {
         assert!(Instant::now() < deadline, "the deleted session is still listed");
@@ -343,7 +435,12 @@ clusters:
     let deadline = Instant::now() + Duration::from_secs(5);
     let ended = loop {
         let (_, list) = call(p, "GET", "/api/v1/sessions", None);
-        if let Some(s) = list.as_array().unwrap().iter().find(|s| s["source"]["origin"] == "tracked" && s["status"] == "DESTROYED") {
+        if let Some(s) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"]["origin"] == "tracked" && s["status"] == "DESTROYED")
+        {
             break s.clone();
         }
         assert!(Instant::now() < deadline, "no ended tracked session in {list}");
@@ -352,7 +449,12 @@ clusters:
     assert_eq!(ended["ingress"][0]["origin"], "echo", "{ended}");
     assert_eq!(ended["traffic"]["from_source"]["bytes"], 7);
     assert!(ended["ended"].is_string());
-    let events: Vec<&str> = ended["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = ended["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(events.last(), Some(&"END"), "{ended}");
 }
 
@@ -401,7 +503,11 @@ impl Sender {
 /// Who answered a datagram: the upstreams prefix their answers with their name.
 fn via(port: u16, msg: &[u8]) -> String {
     let answer = udp_echo_once(port, msg);
-    String::from_utf8_lossy(&answer).split(':').next().unwrap_or_default().to_owned()
+    String::from_utf8_lossy(&answer)
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
@@ -455,17 +561,27 @@ clusters:
         p,
         "POST",
         "/api/v1/rulelists/a-rules/rules/0",
-        Some(json!({"rule": {"name": "special", "match": {"op": "test", "path": "/UDP/src_port", "value": special_port},
-            "action": {"route": {"destination": "cy"}}}})),
+        Some(
+            json!({"rule": {"name": "special", "match": {"op": "test", "path": "/UDP/src_port", "value": special_port},
+            "action": {"route": {"destination": "cy"}}}}),
+        ),
     );
     special.connect(("127.0.0.1", a)).unwrap();
     special.set_read_timeout(Some(TIMEOUT)).unwrap();
     special.send(b"special").unwrap();
-    assert!(recv(&special).starts_with(b"Y:"), "the rule at position 0 did not route the new session");
+    assert!(
+        recv(&special).starts_with(b"Y:"),
+        "the rule at position 0 did not route the new session"
+    );
     assert_eq!(via(a, b"others"), "X", "the rule at position 0 matched another client");
 
     // 3. PUT the route to a new destination: new sessions go there.
-    assert_ok(p, "PUT", "/api/v1/routes/main", Some(json!({"route": {"name": "main", "destination": "cy"}})));
+    assert_ok(
+        p,
+        "PUT",
+        "/api/v1/routes/main",
+        Some(json!({"route": {"name": "main", "destination": "cy"}})),
+    );
     assert_eq!(via(a, b"after put"), "Y");
 
     // 4. Remove the cluster nothing refers to any more.
@@ -477,7 +593,14 @@ clusters:
     // The session that started before every change kept its route (and the removed cluster's upstream) throughout.
     let (sent, got) = steady.finish();
     assert!(sent > 50, "the client sent only {sent} datagrams");
-    assert!(got.iter().all(|m| m.starts_with(b"X:")), "the live session changed route");
-    assert!(got.len() * 100 >= sent * 98, "the live session lost answers: {} of {sent}", got.len());
+    assert!(
+        got.iter().all(|m| m.starts_with(b"X:")),
+        "the live session changed route"
+    );
+    assert!(
+        got.len() * 100 >= sent * 98,
+        "the live session lost answers: {} of {sent}",
+        got.len()
+    );
     assert!(agent.is_running(), "the agent died");
 }

@@ -143,9 +143,17 @@ impl Kind {
     /// Every object of this kind, dumped.
     fn dump_all(self, cfg: &Config, recursive: bool) -> Vec<Value> {
         match self {
-            Kind::Listener => cfg.listeners.iter().map(|o| dump::listener(cfg, o, recursive)).collect(),
+            Kind::Listener => cfg
+                .listeners
+                .iter()
+                .map(|o| dump::listener(cfg, o, recursive))
+                .collect(),
             Kind::Cluster => cfg.clusters.iter().map(|o| dump::cluster(cfg, o, recursive)).collect(),
-            Kind::RuleList => cfg.rulelists.iter().map(|o| dump::rulelist(cfg, o, recursive)).collect(),
+            Kind::RuleList => cfg
+                .rulelists
+                .iter()
+                .map(|o| dump::rulelist(cfg, o, recursive))
+                .collect(),
             Kind::Rule => cfg.rules.iter().map(|o| dump::rule(cfg, o, recursive)).collect(),
             Kind::Route => cfg.routes.iter().map(|o| dump::route(cfg, o, recursive)).collect(),
         }
@@ -154,11 +162,31 @@ impl Kind {
     /// The object `name`, dumped.
     fn dump_one(self, cfg: &Config, name: &str, recursive: bool) -> Option<Value> {
         match self {
-            Kind::Listener => cfg.listeners.iter().find(|o| o.name == name).map(|o| dump::listener(cfg, o, recursive)),
-            Kind::Cluster => cfg.clusters.iter().find(|o| o.name == name).map(|o| dump::cluster(cfg, o, recursive)),
-            Kind::RuleList => cfg.rulelists.iter().find(|o| o.name == name).map(|o| dump::rulelist(cfg, o, recursive)),
-            Kind::Rule => cfg.rules.iter().find(|o| o.name == name).map(|o| dump::rule(cfg, o, recursive)),
-            Kind::Route => cfg.routes.iter().find(|o| o.name == name).map(|o| dump::route(cfg, o, recursive)),
+            Kind::Listener => cfg
+                .listeners
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| dump::listener(cfg, o, recursive)),
+            Kind::Cluster => cfg
+                .clusters
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| dump::cluster(cfg, o, recursive)),
+            Kind::RuleList => cfg
+                .rulelists
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| dump::rulelist(cfg, o, recursive)),
+            Kind::Rule => cfg
+                .rules
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| dump::rule(cfg, o, recursive)),
+            Kind::Route => cfg
+                .routes
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| dump::route(cfg, o, recursive)),
         }
     }
 }
@@ -223,62 +251,198 @@ const STATUS: Body = Body::One("Status");
 pub fn operations() -> Vec<Operation> {
     use Method as M;
     let mut ops = vec![
-        op(M::GET, "/api/v1/config", "The whole configuration in force, with endpoints and sessions",
-            None, Body::One("ConfigDump"), axum::routing::get(get_config)),
-        op(M::POST, "/api/v1/config", "Replace the whole configuration (validated first; rejected whole on error; \
-             unchanged listeners and their sessions are kept)", Some(Body::One("Config")), STATUS,
-            axum::routing::post(post_config)),
-        op(M::GET, "/api/v1/admin", "Process settings: log level, version", None, Body::One("Admin"),
-            axum::routing::get(get_admin)),
-        op(M::POST, "/api/v1/admin", "Change process settings at run time (the log level)",
-            Some(Body::One("AdminRequest")), STATUS, axum::routing::post(post_admin)),
-        op(M::GET, "/api/v1/openapi.json", "This document", None, Body::One("Object"),
-            axum::routing::get(get_openapi)),
+        op(
+            M::GET,
+            "/api/v1/config",
+            "The whole configuration in force, with endpoints and sessions",
+            None,
+            Body::One("ConfigDump"),
+            axum::routing::get(get_config),
+        ),
+        op(
+            M::POST,
+            "/api/v1/config",
+            "Replace the whole configuration (validated first; rejected whole on error; \
+             unchanged listeners and their sessions are kept)",
+            Some(Body::One("Config")),
+            STATUS,
+            axum::routing::post(post_config),
+        ),
+        op(
+            M::GET,
+            "/api/v1/admin",
+            "Process settings: log level, version",
+            None,
+            Body::One("Admin"),
+            axum::routing::get(get_admin),
+        ),
+        op(
+            M::POST,
+            "/api/v1/admin",
+            "Change process settings at run time (the log level)",
+            Some(Body::One("AdminRequest")),
+            STATUS,
+            axum::routing::post(post_admin),
+        ),
+        op(
+            M::GET,
+            "/api/v1/openapi.json",
+            "This document",
+            None,
+            Body::One("Object"),
+            axum::routing::get(get_openapi),
+        ),
     ];
     for kind in Kind::ALL {
         let (plural, noun, schema) = (kind.plural(), kind.noun(), kind.schema());
         let list = path(format!("/api/v1/{plural}"));
         let one = path(format!("/api/v1/{plural}/{{name}}"));
         let wrapped = Body::One(path(format!("{schema}Request")));
-        ops.push(recursive(op(M::GET, list, format!("List the {plural}"), None, Body::List(schema),
-            axum::routing::get(move |st: St, r: ApiRequest| list_objects(st, kind, r)))));
-        ops.push(op(M::POST, list, format!("Add a {noun} (inline objects in it get generated names)"),
-            Some(wrapped), STATUS, axum::routing::post(move |st: St, r: ApiRequest| add_object(st, kind, r))));
-        ops.push(recursive(op(M::GET, one, format!("Get a {noun}"), None, Body::One(schema),
-            axum::routing::get(move |st: St, Name(n): Name, r: ApiRequest| get_object(st, kind, n, r)))));
-        ops.push(op(M::PUT, one, format!("Update a {noun} in place (sessions are kept where its change allows)"),
-            Some(wrapped), STATUS,
-            axum::routing::put(move |st: St, Name(n): Name, r: ApiRequest| put_object(st, kind, n, r))));
-        ops.push(recursive(op(M::DELETE, one, format!("Delete a {noun}; recursive: with its generated children \
-             and sessions"), None, STATUS,
-            axum::routing::delete(move |st: St, Name(n): Name, r: ApiRequest| delete_object(st, kind, n, r)))));
+        ops.push(recursive(op(
+            M::GET,
+            list,
+            format!("List the {plural}"),
+            None,
+            Body::List(schema),
+            axum::routing::get(move |st: St, r: ApiRequest| list_objects(st, kind, r)),
+        )));
+        ops.push(op(
+            M::POST,
+            list,
+            format!("Add a {noun} (inline objects in it get generated names)"),
+            Some(wrapped),
+            STATUS,
+            axum::routing::post(move |st: St, r: ApiRequest| add_object(st, kind, r)),
+        ));
+        ops.push(recursive(op(
+            M::GET,
+            one,
+            format!("Get a {noun}"),
+            None,
+            Body::One(schema),
+            axum::routing::get(move |st: St, Name(n): Name, r: ApiRequest| get_object(st, kind, n, r)),
+        )));
+        ops.push(op(
+            M::PUT,
+            one,
+            format!("Update a {noun} in place (sessions are kept where its change allows)"),
+            Some(wrapped),
+            STATUS,
+            axum::routing::put(move |st: St, Name(n): Name, r: ApiRequest| put_object(st, kind, n, r)),
+        ));
+        ops.push(recursive(op(
+            M::DELETE,
+            one,
+            format!(
+                "Delete a {noun}; recursive: with its generated children \
+             and sessions"
+            ),
+            None,
+            STATUS,
+            axum::routing::delete(move |st: St, Name(n): Name, r: ApiRequest| delete_object(st, kind, n, r)),
+        )));
     }
     ops.extend([
-        op(M::GET, "/api/v1/clusters/{name}/endpoints", "List a cluster's endpoints", None,
-            Body::List("Endpoint"), axum::routing::get(list_cluster_endpoints)),
-        op(M::POST, "/api/v1/clusters/{name}/endpoints", "Add an endpoint to a cluster",
-            Some(Body::One("EndpointRequest")), STATUS, axum::routing::post(add_endpoint)),
-        op(M::GET, "/api/v1/endpoints", "List every endpoint of every cluster", None, Body::List("Endpoint"),
-            axum::routing::get(list_endpoints)),
-        op(M::GET, "/api/v1/endpoints/{name}", "Get an endpoint", None, Body::One("Endpoint"),
-            axum::routing::get(get_endpoint)),
-        op(M::PUT, "/api/v1/endpoints/{name}", "Update an endpoint in place (address, weight)",
-            Some(Body::One("EndpointRequest")), STATUS, axum::routing::put(put_endpoint)),
-        recursive(op(M::DELETE, "/api/v1/endpoints/{name}", "Delete an endpoint; recursive: end the sessions \
-             connected to it", None, STATUS, axum::routing::delete(delete_endpoint))),
-        recursive(op(M::GET, "/api/v1/rulelists/{name}/rules/{position}", "Get the rule at a position of a \
-             rulelist", None, Body::One("Rule"), axum::routing::get(get_rule_at))),
-        op(M::POST, "/api/v1/rulelists/{name}/rules/{position}", "Insert a rule (an object, or the name of a \
-             rule) at a position (0 = first, the length = last)", Some(Body::One("RuleInsertRequest")), STATUS,
-            axum::routing::post(insert_rule)),
-        op(M::DELETE, "/api/v1/rulelists/{name}/rules/{position}", "Remove a rule from a rulelist, by position or \
-             by rule name", None, STATUS, axum::routing::delete(remove_rule)),
-        op(M::GET, "/api/v1/sessions", "List the sessions (live ones, and ended ones kept by options.track)",
-            None, Body::List("Session"), axum::routing::get(list_sessions)),
-        op(M::GET, "/api/v1/sessions/{name}", "Get a session", None, Body::One("Session"),
-            axum::routing::get(get_session)),
-        op(M::DELETE, "/api/v1/sessions/{name}", "End a session (its streams are closed)", None, STATUS,
-            axum::routing::delete(delete_session)),
+        op(
+            M::GET,
+            "/api/v1/clusters/{name}/endpoints",
+            "List a cluster's endpoints",
+            None,
+            Body::List("Endpoint"),
+            axum::routing::get(list_cluster_endpoints),
+        ),
+        op(
+            M::POST,
+            "/api/v1/clusters/{name}/endpoints",
+            "Add an endpoint to a cluster",
+            Some(Body::One("EndpointRequest")),
+            STATUS,
+            axum::routing::post(add_endpoint),
+        ),
+        op(
+            M::GET,
+            "/api/v1/endpoints",
+            "List every endpoint of every cluster",
+            None,
+            Body::List("Endpoint"),
+            axum::routing::get(list_endpoints),
+        ),
+        op(
+            M::GET,
+            "/api/v1/endpoints/{name}",
+            "Get an endpoint",
+            None,
+            Body::One("Endpoint"),
+            axum::routing::get(get_endpoint),
+        ),
+        op(
+            M::PUT,
+            "/api/v1/endpoints/{name}",
+            "Update an endpoint in place (address, weight)",
+            Some(Body::One("EndpointRequest")),
+            STATUS,
+            axum::routing::put(put_endpoint),
+        ),
+        recursive(op(
+            M::DELETE,
+            "/api/v1/endpoints/{name}",
+            "Delete an endpoint; recursive: end the sessions \
+             connected to it",
+            None,
+            STATUS,
+            axum::routing::delete(delete_endpoint),
+        )),
+        recursive(op(
+            M::GET,
+            "/api/v1/rulelists/{name}/rules/{position}",
+            "Get the rule at a position of a \
+             rulelist",
+            None,
+            Body::One("Rule"),
+            axum::routing::get(get_rule_at),
+        )),
+        op(
+            M::POST,
+            "/api/v1/rulelists/{name}/rules/{position}",
+            "Insert a rule (an object, or the name of a \
+             rule) at a position (0 = first, the length = last)",
+            Some(Body::One("RuleInsertRequest")),
+            STATUS,
+            axum::routing::post(insert_rule),
+        ),
+        op(
+            M::DELETE,
+            "/api/v1/rulelists/{name}/rules/{position}",
+            "Remove a rule from a rulelist, by position or \
+             by rule name",
+            None,
+            STATUS,
+            axum::routing::delete(remove_rule),
+        ),
+        op(
+            M::GET,
+            "/api/v1/sessions",
+            "List the sessions (live ones, and ended ones kept by options.track)",
+            None,
+            Body::List("Session"),
+            axum::routing::get(list_sessions),
+        ),
+        op(
+            M::GET,
+            "/api/v1/sessions/{name}",
+            "Get a session",
+            None,
+            Body::One("Session"),
+            axum::routing::get(get_session),
+        ),
+        op(
+            M::DELETE,
+            "/api/v1/sessions/{name}",
+            "End a session (its streams are closed)",
+            None,
+            STATUS,
+            axum::routing::delete(delete_session),
+        ),
     ]);
     ops
 }
@@ -291,7 +455,10 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
     }
     r.fallback(|| async { ApiError::not_found("Unknown API operation") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this method is not defined on this path")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not defined on this path",
+            )
         })
         .with_state(state)
 }
@@ -323,7 +490,11 @@ async fn get_config(State(st): St, r: ApiRequest) -> Result<Response, ApiError> 
     let mut v = dump::config(&cfg);
     if let Value::Object(o) = &mut v {
         o.insert("admin".into(), admin_json(&st, &cfg));
-        let endpoints: Vec<Value> = cfg.clusters.iter().flat_map(|c| c.endpoints.iter().map(dump::endpoint)).collect();
+        let endpoints: Vec<Value> = cfg
+            .clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(dump::endpoint))
+            .collect();
         o.insert("endpoints".into(), Value::Array(endpoints));
         o.insert("sessions".into(), Value::Array(sessions(&st)));
     }
@@ -389,7 +560,9 @@ async fn post_admin(State(st): St, r: ApiRequest) -> Result<Response, ApiError> 
     }
     if let Some(level) = level {
         let Some(log) = &st.log else {
-            return Err(ApiError::bad_request("admin.log_level: this agent's log level cannot be changed"));
+            return Err(ApiError::bad_request(
+                "admin.log_level: this agent's log level cannot be changed",
+            ));
         };
         log.set_level(&level)
             .map_err(|e| ApiError::bad_request(format!("admin.log_level: {e}")))?;
@@ -412,7 +585,10 @@ async fn get_openapi(r: ApiRequest) -> Result<Response, ApiError> {
 
 async fn list_objects(State(st): St, kind: Kind, r: ApiRequest) -> Result<Response, ApiError> {
     let cfg = config(&st);
-    Ok(reply::json(&Value::Array(kind.dump_all(&cfg, r.opts.recursive)), r.opts.format))
+    Ok(reply::json(
+        &Value::Array(kind.dump_all(&cfg, r.opts.recursive)),
+        r.opts.format,
+    ))
 }
 
 async fn get_object(State(st): St, kind: Kind, name: String, r: ApiRequest) -> Result<Response, ApiError> {
@@ -489,7 +665,11 @@ async fn add_endpoint(State(st): St, Name(cluster): Name, r: ApiRequest) -> Resu
 
 async fn list_endpoints(State(st): St, r: ApiRequest) -> Result<Response, ApiError> {
     let cfg = config(&st);
-    let v: Vec<Value> = cfg.clusters.iter().flat_map(|c| c.endpoints.iter().map(dump::endpoint)).collect();
+    let v: Vec<Value> = cfg
+        .clusters
+        .iter()
+        .flat_map(|c| c.endpoints.iter().map(dump::endpoint))
+        .collect();
     Ok(reply::json(&Value::Array(v), r.opts.format))
 }
 
@@ -552,7 +732,10 @@ async fn get_rule_at(State(st): St, Name2(list, pos): Name2, r: ApiRequest) -> R
         .get(i)
         .and_then(|name| cfg.rules.iter().find(|x| &x.name == name))
         .ok_or_else(|| {
-            ApiError::not_found(format!("rulelist {list:?} has no rule at position {i} (it has {})", rl.rules.len()))
+            ApiError::not_found(format!(
+                "rulelist {list:?} has no rule at position {i} (it has {})",
+                rl.rules.len()
+            ))
         })?;
     Ok(reply::json(&dump::rule(&cfg, rule, r.opts.recursive), r.opts.format))
 }

@@ -37,7 +37,6 @@ pub struct Listener {
     name: String,
     /// `{protocol, ...}` (see docs/protocols/).
     spec: Object,
-    #[schema(value_type = Object)]
     rules: Value,
     #[schema(nullable = false)]
     options: Option<Object>,
@@ -49,11 +48,11 @@ pub struct Listener {
 pub struct Cluster {
     name: String,
     spec: Object,
-    #[schema(value_type = Object)]
+    #[schema(nullable = false)]
     endpoints: Option<Value>,
     #[schema(nullable = false)]
     loadbalancer: Option<Object>,
-    #[schema(value_type = Object)]
+    #[schema(nullable = false)]
     options: Option<Value>,
 }
 
@@ -73,7 +72,6 @@ pub struct Endpoint {
 #[allow(dead_code)]
 pub struct RuleList {
     name: String,
-    #[schema(value_type = Vec<Object>)]
     rules: Vec<Value>,
 }
 
@@ -83,7 +81,7 @@ pub struct RuleList {
 pub struct Rule {
     #[schema(nullable = false)]
     name: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(nullable = false)]
     r#match: Option<Value>,
     action: Object,
 }
@@ -94,11 +92,10 @@ pub struct Rule {
 pub struct Route {
     #[schema(nullable = false)]
     name: Option<String>,
-    #[schema(value_type = Object)]
     destination: Value,
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(nullable = false)]
     ingress: Option<Vec<Value>>,
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(nullable = false)]
     egress: Option<Vec<Value>>,
     #[schema(nullable = false)]
     retry: Option<Object>,
@@ -161,7 +158,7 @@ pub struct SessionStage {
     origin: Option<String>,
     /// CONNECTED, RETRYING, END or PENDING.
     status: String,
-    #[schema(value_type = Object)]
+    /// `{name}` of the endpoint the stage reached (network clusters), else null.
     endpoint: Option<Value>,
     #[schema(nullable = false)]
     listener: Option<Object>,
@@ -244,7 +241,6 @@ wrapper!(EndpointRequest, endpoint, Endpoint, "`{\"endpoint\": {...}}`.");
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct RuleInsertRequest {
-    #[schema(value_type = Object)]
     rule: Value,
 }
 
@@ -254,9 +250,29 @@ fn components() -> utoipa::openapi::Components {
         ($($t:ty),*) => { $( b = b.schema(<$t as ToSchema>::name(), <$t as PartialSchema>::schema()); )* };
     }
     add!(
-        Status, Listener, Cluster, Endpoint, RuleList, Rule, Route, Admin, Config, ConfigDump, SessionStage,
-        SessionEvent, Counters, Traffic, Session, AdminRequest, ListenerRequest, ClusterRequest, RuleListRequest,
-        RuleRequest, RouteRequest, EndpointRequest, RuleInsertRequest
+        Status,
+        Listener,
+        Cluster,
+        Endpoint,
+        RuleList,
+        Rule,
+        Route,
+        Admin,
+        Config,
+        ConfigDump,
+        SessionStage,
+        SessionEvent,
+        Counters,
+        Traffic,
+        Session,
+        AdminRequest,
+        ListenerRequest,
+        ClusterRequest,
+        RuleListRequest,
+        RuleRequest,
+        RouteRequest,
+        EndpointRequest,
+        RuleInsertRequest
     );
     b = b.schema("Object", utoipa::openapi::schema::Object::new());
     b.build()
@@ -285,8 +301,10 @@ pub fn document() -> Value {
     for op in api::operations() {
         let json_content = |body: Body| ContentBuilder::new().schema(Some(schema_of(body))).build();
         let error = ResponseBuilder::new()
-            .description("An error: 400 invalid request or change, 404 unknown object or route, 415 unsupported \
-                          content type, 413 body too large")
+            .description(
+                "An error: 400 invalid request or change, 404 unknown object or route, 415 unsupported \
+                          content type, 413 body too large",
+            )
             .content("application/json", json_content(Body::One("Status")))
             .build();
         let ok = ResponseBuilder::new()
@@ -300,7 +318,12 @@ pub fn document() -> Value {
                 op.method.as_str().to_ascii_lowercase(),
                 op.path.replace(['/', '{', '}', '.'], "_")
             )))
-            .responses(ResponsesBuilder::new().response("200", ok).response("default", error).build());
+            .responses(
+                ResponsesBuilder::new()
+                    .response("200", ok)
+                    .response("default", error)
+                    .build(),
+            );
         for seg in op.path.split('/') {
             if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                 b = b.parameter(
@@ -318,7 +341,9 @@ pub fn document() -> Value {
                     .name("recursive")
                     .parameter_in(ParameterIn::Query)
                     .required(Required::False)
-                    .description(Some("Expand referenced objects (GET) or delete generated children (DELETE)"))
+                    .description(Some(
+                        "Expand referenced objects (GET) or delete generated children (DELETE)",
+                    ))
                     .schema(Some(bool::schema())),
             );
         }

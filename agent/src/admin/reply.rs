@@ -208,9 +208,11 @@ pub fn body(headers: &HeaderMap, bytes: &Bytes) -> Result<Value, ApiError> {
 /// The value under `key` of a request body (`{"listener": {...}}`), as the original's API wraps objects.
 pub fn wrapped<'a>(body: &'a Value, key: &str) -> Result<&'a Value, ApiError> {
     match body {
-        Value::Object(o) => o
-            .get(key)
-            .ok_or_else(|| ApiError::bad_request(format!("{key}: missing required field (the body is {{\"{key}\": {{...}}}})"))),
+        Value::Object(o) => o.get(key).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{key}: missing required field (the body is {{\"{key}\": {{...}}}})"
+            ))
+        }),
         other => Err(ApiError::bad_request(format!(
             "expected an object {{\"{key}\": {{...}}}}, got {}",
             l7mp_api::decode::describe(other)
@@ -230,13 +232,25 @@ mod tests {
         assert!(Opts::parse(Some("format=pretty")).is_err());
         let mut h = HeaderMap::new();
         let b = Bytes::from_static(b"{\"a\": 1}");
-        assert_eq!(body(&h, &b).map_err(|e| e.status), Err(StatusCode::UNSUPPORTED_MEDIA_TYPE));
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        assert_eq!(
+            body(&h, &b).map_err(|e| e.status),
+            Err(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         assert_eq!(body(&h, &b), Ok(json!({"a": 1})));
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/yaml"));
         assert_eq!(body(&h, &Bytes::from_static(b"a: 1\n")), Ok(json!({"a": 1})));
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        assert_eq!(body(&h, &b).map_err(|e| e.status), Err(StatusCode::UNSUPPORTED_MEDIA_TYPE));
-        assert_eq!(render(&json!({"b": [1, 2], "a": null}), Format::Space), "{\"b\": [1, 2], \"a\": null}");
+        assert_eq!(
+            body(&h, &b).map_err(|e| e.status),
+            Err(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            render(&json!({"b": [1, 2], "a": null}), Format::Space),
+            "{\"b\": [1, 2], \"a\": null}"
+        );
     }
 }

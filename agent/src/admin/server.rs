@@ -74,11 +74,13 @@ async fn ready(State(st): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AdminState>>) -> Response {
-    match None::<String> {
+    match st.engine.metrics() {
         Some(m) => {
-            let mut r = m.into_response();
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            let mut r = m.render().into_response();
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::Metrics::CONTENT_TYPE),
+            );
             r
         }
         None => ApiError::not_found("metrics are off (the agent runs with --no-metrics)").into_response(),

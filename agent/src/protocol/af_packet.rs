@@ -199,6 +199,7 @@ impl PacketSocket {
                             Some(libc::EMSGSIZE | libc::EINVAL | libc::ENETDOWN | libc::ENOBUFS | libc::ENXIO)
                         ) =>
                     {
+                        crate::metrics::dropped(crate::metrics::DropReason::FrameRejected, 1);
                         tracing::debug!(interface = %self.interface, len = m.len(), "frame dropped: {e}");
                         break;
                     }
@@ -266,6 +267,7 @@ impl AfPacketBound {
             let msg = Bytes::copy_from_slice(frame);
             if let Some(tx) = peers.get(&src) {
                 if tx.try_send(msg).is_err() {
+                    crate::metrics::dropped(crate::metrics::DropReason::QueueFull, 1);
                     tracing::debug!(listener = %listener.name, src = %mac(&src), "session queue full, frame dropped");
                 }
                 continue;

@@ -12,13 +12,13 @@ use crate::stream::{CHANNEL_DEPTH, Reader, Writer};
 use axum::body::Body;
 use axum::http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use axum::http::{Method, Request, StatusCode};
+use axum::response::IntoResponse;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
-use axum::response::IntoResponse;
 
 /// The largest request body the controller takes.
 const MAX_REQUEST: usize = 4 << 20;
@@ -46,7 +46,10 @@ pub fn open(router: axum::Router, metadata: &Value, exchange: Option<&Arc<Exchan
             .iter()
             .filter_map(|(k, v)| {
                 let v = v.as_str()?;
-                Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?))
+                Some((
+                    HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
             })
             .collect(),
         _ => Vec::new(),

@@ -66,6 +66,7 @@ impl SyncPort {
             }
             for m in msgs {
                 if tx.try_send(m.clone()).is_err() {
+                    crate::metrics::dropped(crate::metrics::DropReason::SyncQueueFull, 1);
                     tracing::debug!(group = %self.group, "Sync member queue full, message dropped");
                 }
             }

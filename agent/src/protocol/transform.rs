@@ -1,4 +1,4 @@
-//! Transform clusters: Echo, Discard, Logger, JSONEncap and JSONDecap.
+//! Transform clusters: Echo, Discard, Logger, JSONEncap, JSONDecap and Metric.
 //!
 //! They have no endpoints and no sockets; each is a function applied to the messages that pass through it, in the
 //! pump that carries them. Used as a route's destination, a transform loops the uplink back into the downlink (Echo
@@ -69,12 +69,21 @@ pub enum Transform {
     JsonEncap,
     /// Unwraps the base64 `payload` of each JSON message; messages that are not such JSON are dropped.
     JsonDecap,
+    /// Passes messages unchanged, counting them into a session's `session_*_counter_total` series (Metric).
+    Metric {
+        bytes: prometheus::IntCounter,
+        packets: prometheus::IntCounter,
+    },
 }
 
 impl Transform {
     pub fn apply(&self, batch: &mut Batch, metadata: &Value) {
         match self {
             Transform::Echo => {}
+            Transform::Metric { bytes, packets } => {
+                packets.inc_by(batch.len() as u64);
+                bytes.inc_by(batch.iter().map(|m| m.len() as u64).sum());
+            }
             Transform::Discard => batch.clear(),
             Transform::Logger { sink, prefix } => {
                 for m in batch.iter() {
@@ -92,6 +101,7 @@ impl Transform {
                     true
                 }
                 None => {
+                    crate::metrics::dropped(crate::metrics::DropReason::BadEnvelope, 1);
                     tracing::debug!(
                         len = m.len(),
                         "JSONDecap: dropping a message that is not an l7mp JSON envelope"

@@ -183,11 +183,13 @@ impl UdpBound {
     ) {
         if let Some(tx) = st.peers.get(&peer) {
             if tx.try_send(msg).is_err() {
+                crate::metrics::dropped(crate::metrics::DropReason::QueueFull, 1);
                 tracing::debug!(listener = %listener.name, %peer, "session queue full, datagram dropped");
             }
             return;
         }
         if !self.accepts(peer) {
+            crate::metrics::dropped(crate::metrics::DropReason::PeerRejected, 1);
             if !st.warned_reject {
                 tracing::warn!(listener = %listener.name, %peer, "datagram from a peer the listener's connect spec excludes dropped (logged once)");
                 st.warned_reject = true;

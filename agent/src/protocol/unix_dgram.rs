@@ -77,6 +77,7 @@ impl UnixDgramBound {
             let msg = Bytes::copy_from_slice(&buf[..n]);
             let from: UnixAddr = from.into();
             let Some(key) = peer_key(&from) else {
+                crate::metrics::dropped(crate::metrics::DropReason::UnboundPeer, 1);
                 if !warned_unbound {
                     tracing::warn!(listener = %listener.name, "datagram from an unbound UNIX socket dropped: replies could not reach it (bind the client socket; logged once)");
                     warned_unbound = true;
@@ -85,6 +86,7 @@ impl UnixDgramBound {
             };
             if let Some(tx) = peers.get(&key) {
                 if tx.try_send(msg).is_err() {
+                    crate::metrics::dropped(crate::metrics::DropReason::QueueFull, 1);
                     tracing::debug!(listener = %listener.name, peer = %key, "session queue full, datagram dropped");
                 }
                 continue;

@@ -55,7 +55,10 @@ pub fn call(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, V
         Some(b) => http(port, method, path, Some("application/json"), &b.to_string()),
         None => http(port, method, path, None, ""),
     };
-    assert!(ctype.starts_with("application/json"), "{method} {path}: content type {ctype:?}: {text}");
+    assert!(
+        ctype.starts_with("application/json"),
+        "{method} {path}: content type {ctype:?}: {text}"
+    );
     let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text:?}"));
     (status, v)
 }
@@ -74,11 +77,17 @@ pub fn assert_error(port: u16, method: &str, path: &str, body: Option<Value>, st
     assert_eq!(s, status, "{method} {path}: {v}");
     assert_eq!(v["status"], status, "{v}");
     let content = v["content"].as_str().unwrap_or_default();
-    assert!(content.contains(needle), "{method} {path}: {content:?} lacks {needle:?}");
+    assert!(
+        content.contains(needle),
+        "{method} {path}: {content:?} lacks {needle:?}"
+    );
 }
 
 pub fn assert_ok(port: u16, method: &str, path: &str, body: Option<Value>) {
     let (s, v) = call(port, method, path, body);
-    assert_eq!((s, &v), (200, &json!({"status": 200, "message": "OK"})), "{method} {path}");
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"status": 200, "message": "OK"})),
+        "{method} {path}"
+    );
 }
-
