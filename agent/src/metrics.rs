@@ -236,7 +236,7 @@ fn gauge_family(
     for (l, n) in values {
         v.with_label_values(&[&**l]).set(i64::try_from(*n).unwrap_or(i64::MAX));
     }
-    Ok(v.collect().remove(0))
+    one_family(v.collect())
 }
 
 /// A `{label, direction}` counter family from per-name totals; `pick` gives (rx, tx).
@@ -253,7 +253,7 @@ fn counter_family(
         v.with_label_values(&[&**l, "rx"]).inc_by(rx);
         v.with_label_values(&[&**l, "tx"]).inc_by(tx);
     }
-    Ok(v.collect().remove(0))
+    one_family(v.collect())
 }
 
 impl Collector for Traffic {
@@ -308,6 +308,14 @@ impl Collector for Traffic {
     }
 }
 
+/// The family a metric vector collects (always exactly one).
+fn one_family(families: Vec<proto::MetricFamily>) -> prometheus::Result<proto::MetricFamily> {
+    families
+        .into_iter()
+        .next()
+        .ok_or_else(|| prometheus::Error::Msg("a metric vector collected no family".into()))
+}
+
 fn dropped_family() -> prometheus::Result<proto::MetricFamily> {
     let v = IntCounterVec::new(Opts::new(DROPPED_NAME, DROPPED_HELP), &["reason"])?;
     for r in DropReason::ALL {
@@ -315,7 +323,7 @@ fn dropped_family() -> prometheus::Result<proto::MetricFamily> {
             v.with_label_values(&[r.label()]).inc_by(c.load(Relaxed));
         }
     }
-    Ok(v.collect().remove(0))
+    one_family(v.collect())
 }
 
 /// The agent's metrics.
