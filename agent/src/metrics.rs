@@ -44,10 +44,12 @@ pub enum DropReason {
     BadEnvelope,
     /// An AF_PACKET interface refused a frame (too large, interface down...).
     FrameRejected,
+    /// A stream ended inside a message (an SCTP association): the message's start is dropped.
+    Truncated,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 8] = [
+    const ALL: [DropReason; 9] = [
         DropReason::QueueFull,
         DropReason::SyncQueueFull,
         DropReason::Oversize,
@@ -56,6 +58,7 @@ impl DropReason {
         DropReason::Refused,
         DropReason::BadEnvelope,
         DropReason::FrameRejected,
+        DropReason::Truncated,
     ];
 
     /// The `reason` label.
@@ -69,13 +72,14 @@ impl DropReason {
             DropReason::Refused => "refused",
             DropReason::BadEnvelope => "bad_envelope",
             DropReason::FrameRejected => "frame_rejected",
+            DropReason::Truncated => "truncated",
         }
     }
 }
 
 /// Process-wide drop counters: the places that drop data have no engine at hand, and a drop is rare enough that one
 /// relaxed atomic add there costs nothing. Counted even with metrics off (they are not exported then).
-static DROPPED: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static DROPPED: [AtomicU64; DropReason::ALL.len()] = [const { AtomicU64::new(0) }; DropReason::ALL.len()];
 
 /// Counts `n` dropped datagrams/messages.
 pub fn dropped(reason: DropReason, n: u64) {
@@ -236,7 +240,7 @@ fn gauge_family(
     for (l, n) in values {
         v.with_label_values(&[&**l]).set(i64::try_from(*n).unwrap_or(i64::MAX));
     }
-    Ok(v.collect().remove(0))
+    one_family(v.collect())
 }
 
 /// A `{label, direction}` counter family from per-name totals; `pick` gives (rx, tx).
@@ -253,7 +257,7 @@ fn counter_family(
         v.with_label_values(&[&**l, "rx"]).inc_by(rx);
         v.with_label_values(&[&**l, "tx"]).inc_by(tx);
     }
-    Ok(v.collect().remove(0))
+    one_family(v.collect())
 }
 
 impl Collector for Traffic {
@@ -308,6 +312,14 @@ impl Collector for Traffic {
     }
 }
 
+/// The family a metric vector collects (always exactly one).
+fn one_family(families: Vec<proto::MetricFamily>) -> prometheus::Result<proto::MetricFamily> {
+    families
+        .into_iter()
+        .next()
+        .ok_or_else(|| prometheus::Error::Msg("a metric vector collected no family".into()))
+}
+
 fn dropped_family() -> prometheus::Result<proto::MetricFamily> {
     let v = IntCounterVec::new(Opts::new(DROPPED_NAME, DROPPED_HELP), &["reason"])?;
     for r in DropReason::ALL {
@@ -315,7 +327,7 @@ fn dropped_family() -> prometheus::Result<proto::MetricFamily> {
             v.with_label_values(&[r.label()]).inc_by(c.load(Relaxed));
         }
     }
-    Ok(v.collect().remove(0))
+    one_family(v.collect())
 }
 
 /// The agent's metrics.
@@ -737,6 +749,13 @@ mod tests {
             value(&m.render(), r#"l7mp_listener_bytes_total{direction="rx",listener="l"}"#),
             Some(6000.0)
         );
+    }
+
+    #[test]
+    fn every_drop_reason_has_its_own_counter() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
     }
 
     #[test]

@@ -482,3 +482,32 @@ fn apply_counts_applied_and_rejected_configurations() {
         assert!(off.metrics().is_none());
     });
 }
+
+#[test]
+fn datagrams_the_listener_drops_are_counted_by_reason() {
+    let (web, port, allowed) = (free_port(), free_port(), free_port());
+    let _agent = Agent::start(&format!(
+        r#"
+listeners:
+  - name: web
+    spec: {{ protocol: HTTP, port: {web}, address: 127.0.0.1 }}
+    rules: [{{ action: {{ route: {{ destination: prom }} }} }}]
+  - name: half
+    spec: {{ protocol: UDP, port: {port}, address: 127.0.0.1, connect: {{ port: {allowed} }} }}
+    rules: [{{ action: {{ route: {{ destination: prom }} }} }}]
+clusters:
+  - name: prom
+    spec: {{ protocol: Prometheus }}
+"#
+    ));
+    let other = udp_client(port);
+    for _ in 0..3 {
+        other.send(b"not you").unwrap();
+    }
+    let t = wait_value(web, r#"l7mp_dropped_total{reason="peer_rejected"}"#, 3.0);
+    assert_eq!(value(&t, r#"l7mp_dropped_total{reason="queue_full"}"#), Some(0.0));
+    assert_eq!(
+        value(&t, r#"listener_requests_total{listenerName="half",protocol="UDP"}"#),
+        None
+    );
+}

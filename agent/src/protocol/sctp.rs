@@ -88,6 +88,7 @@ impl Messages {
     /// End of stream: an unfinished message is dropped.
     fn end(&mut self) {
         if !self.partial.is_empty() {
+            crate::metrics::dropped(crate::metrics::DropReason::Truncated, 1);
             tracing::debug!("SCTP association ended inside a message; its start is dropped");
             self.partial.clear();
         }
