@@ -300,6 +300,12 @@ clusters:
 "
     );
     let (_agent, p) = start_with_admin(&yaml);
+    // A session that lives through the replacements.
+    let live = udp_client(a);
+    live.send(b"first").unwrap();
+    assert_eq!(recv(&live), b"first");
+    let (_, before) = call(p, "GET", "/api/v1/sessions", None);
+    assert_eq!(names(&before).len(), 1);
     // The dump of the configuration in force is a valid configuration: replace with it plus a listener.
     let (_, mut doc) = call(p, "GET", "/config", None);
     doc["listeners"]
@@ -322,6 +328,17 @@ clusters:
     let (s, _, body) = http(p, "POST", "/api/v1/config", Some("application/yaml"), &yaml);
     assert_eq!(s, 200, "{body}");
     assert_eq!(udp_echo_once(a, b"yaml"), b"yaml");
+    // The first session went on through all of it, on the listener that was never restarted.
+    live.send(b"still here").unwrap();
+    assert_eq!(recv(&live), b"still here");
+    let (_, after) = call(p, "GET", "/api/v1/sessions", None);
+    let first = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == before[0]["name"])
+        .unwrap();
+    assert_eq!(first["traffic"]["from_source"]["messages"], 2, "{first}");
 }
 
 #[test]
@@ -603,4 +620,77 @@ clusters:
         got.len()
     );
     assert!(agent.is_running(), "the agent died");
+}
+
+#[test]
+fn log_level_changes_at_run_time() {
+    let udp = quiet_port();
+    let yaml = format!(
+        "
+admin: {{ log_level: info }}
+listeners:
+  - name: udp
+    spec: {{ protocol: UDP, port: {udp} }}
+    rules: [ {{ action: {{ route: {{ destination: echo }} }} }} ]
+clusters:
+  - name: echo
+    spec: {{ protocol: Echo }}
+"
+    );
+    let (agent, p) = start_with_admin(&yaml);
+    assert_eq!(call(p, "GET", "/api/v1/admin", None).1["log_level"], "info");
+    assert_error(
+        p,
+        "POST",
+        "/api/v1/admin",
+        Some(json!({"admin": {"log_level": "loud"}})),
+        400,
+        "admin.log_level",
+    );
+    assert_error(
+        p,
+        "POST",
+        "/api/v1/admin",
+        Some(json!({"admin": {"log_file": "/tmp/x"}})),
+        400,
+        "run time",
+    );
+    assert_error(
+        p,
+        "POST",
+        "/api/v1/admin",
+        Some(json!({"admin": {"colour": true}})),
+        400,
+        "unknown field",
+    );
+    assert_error(
+        p,
+        "POST",
+        "/api/v1/admin",
+        Some(json!({"log_level": "debug"})),
+        400,
+        "admin: missing",
+    );
+    assert_eq!(agent.count_log("DEBUG"), 0, "debug lines before the change");
+    assert_ok(
+        p,
+        "POST",
+        "/api/v1/admin",
+        Some(json!({"admin": {"log_level": "verbose"}})),
+    );
+    assert_eq!(call(p, "GET", "/api/v1/admin", None).1["log_level"], "debug");
+    // Every API request is logged at debug level now.
+    assert_eq!(udp_echo_once(udp, b"x"), b"x");
+    agent.wait_log("DEBUG");
+    agent.wait_log("admin API request");
+    assert_ok(
+        p,
+        "POST",
+        "/api/v1/admin",
+        Some(json!({"admin": {"log_level": "warn,l7mp_agent::admin=info"}})),
+    );
+    assert_eq!(
+        call(p, "GET", "/api/v1/admin", None).1["log_level"],
+        "warn,l7mp_agent::admin=info"
+    );
 }

@@ -460,7 +460,16 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
                 "this method is not defined on this path",
             )
         })
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// Logs every API request with its answer's status (debug level; failed changes also at info by [`change`]).
+async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let resp = next.run(req).await;
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "admin API request");
+    resp
 }
 
 fn config(st: &AdminState) -> Arc<Config> {
@@ -478,11 +487,17 @@ fn change_error(verb: &str, what: &str, e: crate::engine::UpdateError<EditError>
 }
 
 async fn change(st: &AdminState, verb: &str, what: &str, edit: Edit<'_>, opts: Opts) -> Result<Response, ApiError> {
-    st.engine
-        .update(|c| edit::apply(c, edit))
-        .await
-        .map_err(|e| change_error(verb, what, e))?;
-    Ok(reply::ok(opts.format))
+    match st.engine.update(|c| edit::apply(c, edit)).await {
+        Ok(()) => {
+            tracing::info!("admin API: {verb} {what}: done");
+            Ok(reply::ok(opts.format))
+        }
+        Err(e) => {
+            let e = change_error(verb, what, e);
+            tracing::info!("admin API: {}", e.content);
+            Err(e)
+        }
+    }
 }
 
 async fn get_config(State(st): St, r: ApiRequest) -> Result<Response, ApiError> {
