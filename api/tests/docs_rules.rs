@@ -3,31 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::{repo, yaml_blocks};
 use l7mp_api::predicate::OPERATORS;
 use l7mp_api::{Format, parse_config};
-use std::path::PathBuf;
 
 fn page() -> String {
-    // The directory `cargo test` runs in (a binary reused from a shared build cache may come from another checkout).
-    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
-    std::fs::read_to_string(dir.join("../docs/rules.md")).unwrap()
-}
-
-fn yaml_blocks(text: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        match &mut current {
-            None if line.trim_start() == "```yaml" => current = Some(String::new()),
-            Some(_) if line.trim_start() == "```" => blocks.push(current.take().unwrap()),
-            Some(b) => {
-                b.push_str(line);
-                b.push('\n');
-            }
-            None => {}
-        }
-    }
-    blocks
+    std::fs::read_to_string(repo().join("docs/rules.md")).unwrap()
 }
 
 #[test]

@@ -4,31 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::{repo, yaml_blocks};
 use l7mp_api::{Config, Format, config_from_value, dump, parse_config};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-
-fn repo() -> PathBuf {
-    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
-    dir.join("..")
-}
-
-fn yaml_blocks(text: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        match &mut current {
-            None if line.trim_start() == "```yaml" => current = Some(String::new()),
-            Some(_) if line.trim_start() == "```" => blocks.push(current.take().unwrap()),
-            Some(b) => {
-                b.push_str(line);
-                b.push('\n');
-            }
-            None => {}
-        }
-    }
-    blocks
-}
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
