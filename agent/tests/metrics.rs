@@ -6,30 +6,16 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+use common::api::http;
 use common::*;
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// One HTTP/1.0 request to the agent's metrics listener: (status, content type, body).
+/// `GET /metrics` from the agent's metrics listener: (status, content type, body).
 fn http_get(port: u16) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nhost: test\r\n\r\n").unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    (status, ctype, body.to_owned())
+    http(port, "GET", "/metrics", None, "")
 }
 
 fn scrape(port: u16) -> String {
