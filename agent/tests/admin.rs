@@ -261,8 +261,57 @@ clusters:
     assert_error(p, "GET", "/api/v1/rules/r-up", None, 404, "r-up");
     assert_error(p, "GET", "/api/v1/rulelists/rl", None, 404, "rl");
 
-    // Recursive delete takes the listener's generated rulelist, rules and routes along.
+    // Lists of rules and routes; PUT of a rulelist and of a cluster.
+    assert!(
+        names(&call(p, "GET", "/api/v1/rules", None).1)
+            .iter()
+            .any(|n| n.starts_with(&tcp_list))
+    );
+    let (s, routes) = call(p, "GET", "/api/v1/routes?recursive=true", None);
+    assert_eq!(s, 200);
+    assert_eq!(routes[0]["destination"]["name"], "echo", "{routes}");
+    let rules = call(p, "GET", &format!("/api/v1/rulelists/{tcp_list}"), None).1["rules"].clone();
+    assert_ok(
+        p,
+        "PUT",
+        &format!("/api/v1/rulelists/{tcp_list}"),
+        Some(json!({"rulelist": {"rules": rules}})),
+    );
+    assert_error(
+        p,
+        "PUT",
+        &format!("/api/v1/rulelists/{tcp_list}"),
+        Some(json!({"rulelist": {"rules": ["no-such-rule"]}})),
+        400,
+        "rule \"no-such-rule\" is not defined",
+    );
+    assert_ok(
+        p,
+        "PUT",
+        "/api/v1/clusters/up",
+        Some(
+            json!({"cluster": {"name": "up", "spec": {"protocol": "TCP", "port": tcp_up},
+            "endpoints": [{"name": "up-9", "spec": {"address": "127.0.0.1"}}]}}),
+        ),
+    );
+    assert_eq!(
+        names(&call(p, "GET", "/api/v1/clusters/up/endpoints", None).1),
+        ["up-9"]
+    );
+
+    // A session of the listener, ended by the recursive delete below.
+    let mut held = tcp_client(tcp);
+    held.write_all(b"held").unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).unwrap();
+    // Recursive delete takes the listener's generated rulelist, rules and routes, and its sessions, along.
     assert_ok(p, "DELETE", "/api/v1/listeners/tcp?recursive=true", None);
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        held.read(&mut buf).unwrap_or(0),
+        0,
+        "the deleted listener's session is still open"
+    );
     assert_error(p, "GET", &format!("/api/v1/rulelists/{tcp_list}"), None, 404, &tcp_list);
     assert!(
         TcpStream::connect(("127.0.0.1", tcp)).is_err(),
