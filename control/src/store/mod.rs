@@ -1,0 +1,1 @@
+//! The store of the desired state (being written).

@@ -1,0 +1,1 @@
+//! The xDS server (being written).
