@@ -43,15 +43,17 @@ EXIT STATUS
 #[derive(Debug, Parser)]
 #[command(name = "l7mp-agent", version, after_long_help = EXAMPLE, after_help = "Run with --help for an example.")]
 pub struct Args {
-    /// Static configuration file (`.yaml`/`.yml` is YAML, anything else JSON).
+    /// Static configuration file (`.yaml`/`.yml` is YAML, anything else JSON). Required unless `--xds` is given;
+    /// with `--xds` its objects stay in force under those the control plane sends.
     #[arg(
         short = 'c',
         long = "config",
         env = "L7MP_CONFIG",
         value_name = "FILE",
-        help_heading = "Configuration"
+        help_heading = "Configuration",
+        required_unless_present = "xds"
     )]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 
     /// Validate the configuration, print a summary and exit (0 when valid, 1 otherwise).
     #[arg(long, help_heading = "Configuration")]
@@ -136,10 +138,42 @@ pub struct Args {
     /// force). Off by default; anyone who can reach it can reconfigure the agent, so keep it on loopback.
     #[arg(long, env = "L7MP_ADMIN", value_name = "ADDR:PORT", help_heading = "Admin API")]
     pub admin: Option<std::net::SocketAddr>,
+
     /// Keep no Prometheus metrics (to measure their cost): Prometheus clusters answer 404, Metric clusters pass
     /// messages on without counting.
     #[arg(long, env = "L7MP_NO_METRICS", help_heading = "Runtime")]
     pub no_metrics: bool,
+
+    /// Take the configuration from l7mp-control over xDS (delta ADS): one or more control-plane URLs, comma
+    /// separated (`http://10.0.0.1:18000,http://10.0.0.2:18000`), tried in turn. Updates are validated like a file;
+    /// what cannot be applied is NACKed and the last good configuration stays in force, as do live sessions when the
+    /// control plane is away.
+    #[arg(
+        long,
+        env = "L7MP_XDS",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        help_heading = "Control plane"
+    )]
+    pub xds: Vec<String>,
+
+    /// This agent's node id at the control plane (default: the host name).
+    #[arg(long, env = "L7MP_NODE_ID", value_name = "ID", help_heading = "Control plane")]
+    pub node_id: Option<String>,
+
+    /// This agent's labels, which VirtualService and Target selectors match: `key=value,key2=value2`.
+    #[arg(
+        long,
+        env = "L7MP_LABELS",
+        value_name = "K=V,...",
+        default_value = "",
+        help_heading = "Control plane"
+    )]
+    pub labels: String,
+
+    /// The address other agents reach this one at (used for Target endpoints that select agents).
+    #[arg(long, env = "L7MP_ADDRESS", value_name = "IP", help_heading = "Control plane")]
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Maps one of the original's log level names (npmlog) to a tracing level; anything else is returned as is. The

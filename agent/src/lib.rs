@@ -21,3 +21,4 @@ pub mod snapshot;
 pub mod splice;
 pub mod stream;
 pub mod sys;
+pub mod xds;

@@ -25,7 +25,10 @@ fn main() -> ExitCode {
     if args.check {
         println!(
             "{}: valid ({} listeners, {} clusters, {} rulelists, {} rules, {} routes)",
-            args.config.display(),
+            args.config
+                .as_deref()
+                .unwrap_or(std::path::Path::new("(no file)"))
+                .display(),
             config.listeners.len(),
             config.clusters.len(),
             config.rulelists.len(),
@@ -58,9 +61,11 @@ fn main() -> ExitCode {
 }
 
 fn load(args: &cli::Args) -> anyhow::Result<Config> {
-    let path = args.config.display().to_string();
-    let text =
-        std::fs::read_to_string(&args.config).with_context(|| format!("cannot read configuration file {path}"))?;
+    let Some(file) = &args.config else {
+        return Ok(Config::default()); // --xds without a static file
+    };
+    let path = file.display().to_string();
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read configuration file {path}"))?;
     parse_config(&text, Format::from_path(&path)).with_context(|| format!("invalid configuration in {path}"))
 }
 
@@ -114,10 +119,31 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
             log: Some(log),
             metrics: !args.no_metrics,
         });
+        let base = if args.config.is_some() {
+            l7mp_api::dump::config(&config)
+        } else {
+            serde_json::Value::Null
+        };
         engine
             .apply(config)
             .await
             .context("cannot put the configuration in force")?;
+        let xds_stop = CancellationToken::new();
+        if !args.xds.is_empty() {
+            let labels = l7mp_agent::xds::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+            let node_id = match &args.node_id {
+                Some(id) => id.clone(),
+                None => sys::hostname().context("cannot tell the host name; give --node-id")?,
+            };
+            let opts = l7mp_agent::xds::XdsOptions {
+                servers: args.xds.clone(),
+                node_id,
+                labels,
+                address: args.address,
+                base,
+            };
+            tokio::spawn(l7mp_agent::xds::run(engine.clone(), opts, xds_stop.clone()));
+        }
         let admin = AdminState::new(engine.clone());
         engine.set_controller(l7mp_agent::admin::router(admin.clone()));
         let admin_stop = CancellationToken::new();
@@ -126,11 +152,17 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
         }
         // Handlers first: a SIGTERM right after "running" must stop the agent gracefully, not kill it.
         let signals = Signals::install()?;
-        tracing::info!(config = %args.config.display(), threads, "l7mp-agent running");
+        let source = match (&args.config, args.xds.is_empty()) {
+            (Some(f), true) => f.display().to_string(),
+            (Some(f), false) => format!("{} + xDS {}", f.display(), args.xds.join(",")),
+            (None, _) => format!("xDS {}", args.xds.join(",")),
+        };
+        tracing::info!(config = %source, threads, "l7mp-agent running");
         signals.wait().await;
         let drain = Duration::from_secs_f64(args.drain_timeout.clamp(0.0, 3600.0));
         tracing::info!(sessions = engine.session_count(), ?drain, "shutting down");
         admin_stop.cancel();
+        xds_stop.cancel();
         engine.shutdown(drain).await;
         Ok(())
     })

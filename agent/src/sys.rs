@@ -278,6 +278,18 @@ pub fn async_socket(sock: socket2::Socket) -> io::Result<tokio::io::unix::AsyncF
     Ok(unsafe { tokio::io::unix::AsyncFd::register(sock) }?)
 }
 
+/// The host name (gethostname(2)), the default node id at the control plane.
+pub fn hostname() -> std::io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

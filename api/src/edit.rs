@@ -319,6 +319,12 @@ fn load(old: &Config, doc: &Value, focus: Option<(&[Segment], ObjectKind)>) -> R
     Ok(cfg)
 }
 
+/// Rewrites the paths of errors found in `doc` so that array elements with a `name` are named by it
+/// (`routes["r1"].destination` rather than `routes[3].destination`, an index the caller never saw).
+pub fn name_errors(err: ConfigError, doc: &Value) -> ConfigError {
+    rename_errors(err, doc, None)
+}
+
 /// Rewrites error paths for the API caller (see the module documentation).
 fn rename_errors(err: ConfigError, doc: &Value, focus: Option<(&[Segment], ObjectKind)>) -> ConfigError {
     match err {
