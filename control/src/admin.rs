@@ -1,0 +1,72 @@
+//! The control plane's admin HTTP listener: `/live`, `/ready` (the store answered and the first computation is
+//! done) and `/metrics` (Prometheus: connected agents, objects by state, snapshot pushes, ACKs and NACKs).
+
+use crate::controller::ControlPlane;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Binds `addr` and serves the admin routes in the background.
+pub async fn start(addr: SocketAddr, cp: Arc<ControlPlane>) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on the admin address {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/live", get(|| async { "live\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(cp);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("admin listener stopped: {e}");
+        }
+    });
+    tracing::info!(address = %local, "admin listener started");
+    Ok(local)
+}
+
+async fn ready(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
+    if cp.ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the store has not been read yet\n")
+    }
+}
+
+/// The text exposition, written directly (a handful of gauges and counters computed at scrape time).
+async fn metrics(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let agents = cp.xds().map(|x| x.agents()).unwrap_or_default();
+    let (mut acks, mut nacks, mut responses) = (0u64, 0u64, 0u64);
+    for a in &agents {
+        acks += a.counters.acks;
+        nacks += a.counters.nacks;
+        responses += a.counters.responses;
+    }
+    let (accepted, rejected) = cp.object_counts();
+    let _ = writeln!(out, "# HELP l7mp_control_agents Connected agents (xDS nodes).");
+    let _ = writeln!(out, "# TYPE l7mp_control_agents gauge");
+    let _ = writeln!(out, "l7mp_control_agents {}", agents.len());
+    let _ = writeln!(out, "# HELP l7mp_control_objects Stored objects by computed state.");
+    let _ = writeln!(out, "# TYPE l7mp_control_objects gauge");
+    let _ = writeln!(out, "l7mp_control_objects{{state=\"accepted\"}} {accepted}");
+    let _ = writeln!(out, "l7mp_control_objects{{state=\"rejected\"}} {rejected}");
+    let _ = writeln!(out, "# HELP l7mp_control_xds_responses Responses sent to the connected agents.");
+    let _ = writeln!(out, "# TYPE l7mp_control_xds_responses gauge");
+    let _ = writeln!(out, "l7mp_control_xds_responses {responses}");
+    let _ = writeln!(out, "# HELP l7mp_control_xds_acks ACKs from the connected agents.");
+    let _ = writeln!(out, "# TYPE l7mp_control_xds_acks gauge");
+    let _ = writeln!(out, "l7mp_control_xds_acks {acks}");
+    let _ = writeln!(out, "# HELP l7mp_control_xds_nacks NACKs from the connected agents.");
+    let _ = writeln!(out, "# TYPE l7mp_control_xds_nacks gauge");
+    let _ = writeln!(out, "l7mp_control_xds_nacks {nacks}");
+    let _ = writeln!(out, "# HELP l7mp_control_store_revision The store revision the snapshots were computed from.");
+    let _ = writeln!(out, "# TYPE l7mp_control_store_revision gauge");
+    let _ = writeln!(out, "l7mp_control_store_revision {}", cp.computed_revision());
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

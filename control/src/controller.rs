@@ -1,0 +1,312 @@
+//! The control loop: the store's objects and the connected agents in, one xDS snapshot per agent and a status per
+//! object out.
+//!
+//! Any change (a store event, an agent connecting or leaving) wakes the loop; it waits for a quiet moment (100 ms,
+//! at most 2 s after the first change), lists the store, parses every object (a bad one is Rejected alone, with its
+//! field-path reason), translates the rest for each connected agent (`l7mp_api::resource::translate`), encodes each
+//! agent's configuration as l7mp.config.v1 resources (`l7mp_api::wire`) and sets the agent's snapshot. Unchanged
+//! resources keep their content-hash versions, so an agent receives only what changed. Status is kept in memory and
+//! added to objects by the Management API (it is derived state; writing it to the store would wake the loop again).
+
+use crate::store::{Key, Store};
+use crate::xds::{Cache, NodeHooks, NodeInfo, Snapshot, XdsResource, XdsServer};
+use l7mp_api::resource::{self, AgentInfo, Resource};
+use l7mp_api::wire;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+
+/// How long the loop waits for more changes before recomputing, and at most.
+const QUIET: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// The computed state of one object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectStatus {
+    pub accepted: bool,
+    /// Why it was rejected (`spec.listener.spec.port: ...`).
+    pub reason: Option<String>,
+    /// The store revision of the object this status is for.
+    pub observed_revision: u64,
+    /// The agents the object was placed on.
+    pub agents: Vec<String>,
+}
+
+/// The control plane's shared state.
+pub struct ControlPlane {
+    store: Arc<dyn Store>,
+    cache: Arc<Cache>,
+    xds: OnceLock<XdsServer>,
+    agents: Mutex<BTreeMap<String, AgentInfo>>,
+    status: Mutex<BTreeMap<Key, ObjectStatus>>,
+    wake: Notify,
+    /// The store revision the last computation covered.
+    computed: watch::Sender<u64>,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl ControlPlane {
+    pub fn new(store: Arc<dyn Store>) -> Arc<ControlPlane> {
+        Arc::new(ControlPlane {
+            store,
+            cache: Arc::new(Cache::new()),
+            xds: OnceLock::new(),
+            agents: Mutex::new(BTreeMap::new()),
+            status: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+            computed: watch::channel(0).0,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Gives the control plane its xDS server (for the agents' ACK/NACK state).
+    pub fn set_xds(&self, xds: XdsServer) {
+        let _ = self.xds.set(xds);
+    }
+
+    pub fn xds(&self) -> Option<&XdsServer> {
+        self.xds.get()
+    }
+
+    /// The computed status of an object, if it was seen.
+    pub fn status_of(&self, key: &Key) -> Option<ObjectStatus> {
+        self.status.lock().ok().and_then(|s| s.get(key).cloned())
+    }
+
+    /// The status as the API shows it: `{state, reason?, observedRevision, agents: {placed, acked, nacked}}`.
+    pub fn status_json(&self, key: &Key, revision: u64) -> Value {
+        let Some(st) = self.status_of(key).filter(|s| s.observed_revision >= revision) else {
+            return json!({"state": "Pending", "observedRevision": 0});
+        };
+        let (mut acked, mut nacked) = (0, 0);
+        if let Some(x) = self.xds() {
+            for node in &st.agents {
+                match x.agent(node) {
+                    Some(a) if a.last_nack.as_ref().is_some_and(|n| {
+                        a.types.get(&n.type_url).is_some_and(|t| t.sent_version == n.rejected_version)
+                    }) =>
+                    {
+                        nacked += 1
+                    }
+                    Some(a) if a.types.values().all(|t| t.acked_version == t.sent_version) => acked += 1,
+                    _ => {}
+                }
+            }
+        }
+        let mut v = json!({
+            "state": if st.accepted { "Accepted" } else { "Rejected" },
+            "observedRevision": st.observed_revision,
+            "agents": {"placed": st.agents.len(), "acked": acked, "nacked": nacked},
+        });
+        if let Some(r) = &st.reason {
+            v["reason"] = json!(r);
+        }
+        v
+    }
+
+    /// Whether the store was read and snapshots computed at least once.
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The store revision the last computation covered.
+    pub fn computed_revision(&self) -> u64 {
+        *self.computed.borrow()
+    }
+
+    /// Objects accepted and rejected by the last computation.
+    pub fn object_counts(&self) -> (usize, usize) {
+        self.status.lock().map_or((0, 0), |s| {
+            let rejected = s.values().filter(|o| !o.accepted).count();
+            (s.len() - rejected, rejected)
+        })
+    }
+
+    /// Wakes the loop (a change happened).
+    pub fn kick(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until a computation has covered store revision `revision` (or `timeout` passed).
+    pub async fn computed(&self, revision: u64, timeout: Duration) -> bool {
+        let mut rx = self.computed.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await.is_ok()
+    }
+
+    /// Runs the loop and the store watch until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let watcher = self.clone();
+        tokio::spawn(async move { watcher.watch_store().await });
+        loop {
+            self.wake.notified().await;
+            // Quiet time: more changes within QUIET extend the wait, up to MAX_DELAY.
+            let first = Instant::now();
+            loop {
+                let left = MAX_DELAY.saturating_sub(first.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(QUIET.min(left), self.wake.notified()).await {
+                    Ok(()) => continue,
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.recompute().await {
+                tracing::warn!("control loop: {e}; keeping the previous snapshots");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.kick();
+            }
+        }
+    }
+
+    /// Follows the store from its current revision; any event wakes the loop. A lost history (compaction, a lagging
+    /// watcher) or a failed watch starts over with a full recompute.
+    async fn watch_store(self: Arc<Self>) {
+        use futures_util::StreamExt;
+        loop {
+            let from = self.store.revision();
+            self.kick();
+            match self.store.watch(from).await {
+                Ok(mut events) => {
+                    while let Some(ev) = events.next().await {
+                        match ev {
+                            Ok(_) => self.kick(),
+                            Err(e) => {
+                                tracing::info!("store watch: {e}; relisting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("store watch: {e}; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One computation: list, parse, translate, publish.
+    pub async fn recompute(&self) -> Result<(), crate::store::StoreError> {
+        let (objects, revision) = self.store.list(None, None).await?;
+        let mut status: BTreeMap<Key, ObjectStatus> = BTreeMap::new();
+        let mut parsed: Vec<(Key, u64, Resource)> = Vec::new();
+        for o in objects {
+            match resource::parse_resource(&o.value) {
+                Ok(r) => parsed.push((o.key, o.revision, r)),
+                Err(e) => {
+                    status.insert(
+                        o.key,
+                        ObjectStatus {
+                            accepted: false,
+                            reason: Some(e.to_string()),
+                            observed_revision: o.revision,
+                            agents: vec![],
+                        },
+                    );
+                }
+            }
+        }
+        let agents: Vec<AgentInfo> = self
+            .agents
+            .lock()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default();
+        let resources: Vec<Resource> = parsed.iter().map(|(_, _, r)| r.clone()).collect();
+        let t = resource::translate(&resources, &agents);
+        for (key, rev, r) in &parsed {
+            let rref = r.reference();
+            let reason = t.errors.get(&rref).cloned();
+            let placed: Vec<String> = t
+                .placements
+                .get(&rref)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            status.insert(
+                key.clone(),
+                ObjectStatus {
+                    accepted: reason.is_none(),
+                    reason,
+                    observed_revision: *rev,
+                    agents: placed,
+                },
+            );
+        }
+        for a in &agents {
+            let cfg = t.per_agent.get(&a.node_id).cloned().unwrap_or_default();
+            let mut snap = Snapshot::new();
+            for w in wire::encode(&cfg) {
+                snap.insert(XdsResource::new(w.name, w.type_url, w.body));
+            }
+            self.cache.set_snapshot(&a.node_id, snap);
+        }
+        let rejected = status.values().filter(|s| !s.accepted).count();
+        tracing::info!(
+            revision,
+            objects = status.len(),
+            rejected,
+            agents = agents.len(),
+            "control loop: snapshots published"
+        );
+        if let Ok(mut s) = self.status.lock() {
+            *s = status;
+        }
+        self.computed.send_replace(revision);
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// An agent as the translator sees it, from what its xDS node says (`metadata.labels`, `metadata.address`).
+pub fn agent_info(node: &NodeInfo) -> AgentInfo {
+    let labels = node
+        .metadata
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let address = node
+        .metadata
+        .get("address")
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse().ok());
+    AgentInfo {
+        node_id: node.id.clone(),
+        labels,
+        address,
+    }
+}
+
+/// The xDS server's view of connections, feeding the control loop.
+pub struct Hooks(pub Arc<ControlPlane>);
+
+impl NodeHooks for Hooks {
+    fn connected(&self, node: &NodeInfo) {
+        let info = agent_info(node);
+        let changed = self.0.agents.lock().is_ok_and(|mut a| a.insert(info.node_id.clone(), info.clone()) != Some(info));
+        if changed {
+            tracing::info!(node = %node.id, "agent connected");
+            self.0.kick();
+        }
+    }
+
+    fn disconnected(&self, node_id: &str) {
+        if self.0.agents.lock().is_ok_and(|mut a| a.remove(node_id).is_some()) {
+            tracing::info!(node = %node_id, "agent disconnected");
+            self.0.cache.remove(node_id);
+            self.0.kick();
+        }
+    }
+}

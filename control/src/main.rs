@@ -1,0 +1,103 @@
+//! The `l7mp-control` binary: the store, the control loop, the xDS server and the Management API on one gRPC port,
+//! and an optional admin HTTP listener (`/live`, `/ready`, `/metrics`).
+
+use anyhow::Context;
+use clap::Parser;
+use l7mp_control::controller::{ControlPlane, Hooks};
+use l7mp_control::management::ManagementService;
+use l7mp_control::store;
+use l7mp_control::xds::{XdsConfig, XdsServer};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const EXAMPLE: &str = "\
+EXAMPLE
+  l7mp-control --store embedded:/var/lib/l7mp --admin 127.0.0.1:18001 &
+  l7mp-agent --xds http://127.0.0.1:18000 --node-id gw-1 --labels app=gateway &
+  l7mpctl apply -f examples/mesh/udp-to-tcp.yaml
+  l7mpctl agents
+
+One gRPC port (--listen) serves agents (xDS: ADS, delta and state of the world; CSDS) and clients (the Management
+API that l7mpctl uses). The embedded store is a single file in the store directory; it survives restarts.";
+
+/// The l7mp control plane: stores VirtualServices, Targets, Routes and Rules and streams each agent its listeners,
+/// clusters and rules over xDS.
+#[derive(Debug, Parser)]
+#[command(name = "l7mp-control", version, after_long_help = EXAMPLE, after_help = "Run with --help for an example.")]
+struct Args {
+    /// The gRPC address (xDS, CSDS and the Management API).
+    #[arg(long, env = "L7MP_LISTEN", default_value = "0.0.0.0:18000")]
+    listen: SocketAddr,
+    /// Where the desired state lives: `embedded:DIR` (a database file in DIR, created if missing).
+    #[arg(long, env = "L7MP_STORE", default_value = "embedded:./l7mp-data")]
+    store: String,
+    /// Serve `/live`, `/ready` and `/metrics` (Prometheus) over HTTP on this address.
+    #[arg(long, env = "L7MP_ADMIN", value_name = "ADDR:PORT")]
+    admin: Option<SocketAddr>,
+    /// Log level or tracing filter (e.g. `info`, `debug`, `info,l7mp_control::xds=debug`).
+    #[arg(short = 'l', long, env = "L7MP_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("l7mp-control: --log-level {:?}: {e}", args.log_level);
+            return ExitCode::from(1);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("l7mp-control: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("l7mp-control: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let store = store::open_url(&args.store).await.with_context(|| format!("--store {}", args.store))?;
+    let cp = ControlPlane::new(store);
+    let xds = XdsServer::new(cp.cache().clone(), Arc::new(Hooks(cp.clone())), XdsConfig::default());
+    cp.set_xds(xds.clone());
+    cp.recompute().await.context("cannot read the store")?;
+    tokio::spawn(cp.clone().run());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if let Some(addr) = args.admin {
+        l7mp_control::admin::start(addr, cp.clone()).await?;
+    }
+    let router = xds.router().add_service(ManagementService::new(cp.clone()));
+    tracing::info!(listen = %args.listen, store = %args.store, "l7mp-control running");
+    xds.serve_router(router, listener, shutdown()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

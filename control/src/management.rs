@@ -1,0 +1,224 @@
+//! The Management API (`l7mp.management.v1.Management`, gRPC): Apply, Get, List, Delete, Watch and Agents over the
+//! store, with each object's computed status added.
+//!
+//! Apply validates every object first (all or nothing; errors name the document and field:
+//! `objects[1] (Target default/echo): spec.cluster.spec.port: expected an integer 1..65535, got "x"`), then writes
+//! them, then waits (up to 5 s) for the control loop to cover the write so the answer carries the status.
+
+use crate::controller::ControlPlane;
+use crate::store::{Event, Key, Precondition, Stored, StoreError};
+use l7mp_api::resource::{self, ResourceKind};
+use l7mp_api::time::rfc3339;
+use l7mp_api::wire::{from_struct, to_struct};
+use l7mp_protos::management::v1 as pb;
+use pb::management_server::Management;
+use serde_json::Value;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// The Management service over a control plane.
+pub struct ManagementService {
+    cp: Arc<ControlPlane>,
+}
+
+impl ManagementService {
+    pub fn new(cp: Arc<ControlPlane>) -> pb::management_server::ManagementServer<ManagementService> {
+        pb::management_server::ManagementServer::new(ManagementService { cp })
+    }
+}
+
+fn store_error(e: StoreError) -> Status {
+    match e {
+        e @ StoreError::Conflict { .. } => Status::aborted(e.to_string()),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+/// A kind as the user wrote it (`vsvc`, `targets`, `Route`) in its canonical name.
+fn kind(s: &str) -> Result<String, Status> {
+    ResourceKind::from_str(s)
+        .map(|k| k.to_string())
+        .map_err(|_| Status::invalid_argument(format!("unknown kind {s:?} (expected VirtualService, Target, Route or Rule)")))
+}
+
+fn key_of(r: Option<pb::ObjectRef>) -> Result<Key, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("ref: missing"))?;
+    if r.name.is_empty() {
+        return Err(Status::invalid_argument("ref.name: missing"));
+    }
+    Ok(Key {
+        kind: kind(&r.kind)?,
+        namespace: if r.namespace.is_empty() { "default".into() } else { r.namespace },
+        name: r.name,
+    })
+}
+
+impl ManagementService {
+    /// A stored object with its status, for the wire.
+    fn out(&self, s: &Stored) -> pb::StoredObject {
+        let mut v = s.value.clone();
+        if let Value::Object(o) = &mut v {
+            o.insert("status".into(), self.cp.status_json(&s.key, s.revision));
+        }
+        pb::StoredObject {
+            object: to_struct(&v),
+            revision: s.revision,
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Management for ManagementService {
+    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let objects = req.into_inner().objects;
+        if objects.is_empty() {
+            return Err(Status::invalid_argument("objects: nothing to apply"));
+        }
+        // Validate everything first: a bad object applies nothing.
+        let mut parsed = Vec::with_capacity(objects.len());
+        for (i, o) in objects.into_iter().enumerate() {
+            let v = o.object.map_or(Value::Null, from_struct);
+            let r = resource::parse_resource(&v).map_err(|e| {
+                let what = match (v.get("kind").and_then(Value::as_str), v.pointer("/metadata/name").and_then(Value::as_str)) {
+                    (Some(k), Some(n)) => format!(" ({k} {n})"),
+                    _ => String::new(),
+                };
+                Status::invalid_argument(format!("objects[{i}]{what}: {e}"))
+            })?;
+            let key = Key {
+                kind: r.kind.to_string(),
+                namespace: r.meta.namespace.clone(),
+                name: r.meta.name.clone(),
+            };
+            let pre = if o.revision > 0 { Precondition::Revision(o.revision) } else { Precondition::None };
+            parsed.push((key, resource::to_value(&r), pre));
+        }
+        let mut last = 0;
+        let mut keys = Vec::with_capacity(parsed.len());
+        for (key, value, pre) in parsed {
+            last = self.cp.store().put(&key, value, pre).await.map_err(store_error)?;
+            keys.push(key);
+        }
+        self.cp.kick();
+        self.cp.computed(last, Duration::from_secs(5)).await;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in &keys {
+            if let Some(s) = self.cp.store().get(k).await.map_err(store_error)? {
+                out.push(self.out(&s));
+            }
+        }
+        Ok(Response::new(pb::ApplyResponse { objects: out }))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::StoredObject>, Status> {
+        let key = key_of(req.into_inner().r#ref)?;
+        match self.cp.store().get(&key).await.map_err(store_error)? {
+            Some(s) => Ok(Response::new(self.out(&s))),
+            None => Err(Status::not_found(format!("{key} does not exist"))),
+        }
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let r = req.into_inner();
+        let k = if r.kind.is_empty() { None } else { Some(kind(&r.kind)?) };
+        let ns = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
+        let (objects, revision) = self.cp.store().list(k.as_deref(), ns).await.map_err(store_error)?;
+        Ok(Response::new(pb::ListResponse {
+            objects: objects.iter().map(|s| self.out(s)).collect(),
+            revision,
+        }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let key = key_of(req.into_inner().r#ref)?;
+        match self.cp.store().delete(&key, Precondition::None).await.map_err(store_error)? {
+            Some(revision) => {
+                self.cp.kick();
+                self.cp.computed(revision, Duration::from_secs(5)).await;
+                Ok(Response::new(pb::DeleteResponse { revision }))
+            }
+            None => Err(Status::not_found(format!("{key} does not exist"))),
+        }
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        use futures_util::StreamExt;
+        let r = req.into_inner();
+        let want = if r.kind.is_empty() { None } else { Some(kind(&r.kind)?) };
+        let store = self.cp.store().clone();
+        // From 0: the current state first (as PUTs), then the changes after it.
+        let (initial, from) = if r.from_revision == 0 {
+            let (objects, rev) = store.list(want.as_deref(), None).await.map_err(store_error)?;
+            (objects, rev)
+        } else {
+            (Vec::new(), r.from_revision)
+        };
+        let events = store.watch(from).await.map_err(store_error)?;
+        let to_ref = |k: &Key| pb::ObjectRef {
+            kind: k.kind.clone(),
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+        };
+        let put = move |s: &Stored| pb::WatchEvent {
+            r#type: pb::watch_event::Type::Put as i32,
+            r#ref: Some(to_ref(&s.key)),
+            object: Some(pb::StoredObject {
+                object: to_struct(&s.value),
+                revision: s.revision,
+            }),
+        };
+        let first = futures_util::stream::iter(initial.iter().map(put).map(Ok).collect::<Vec<_>>());
+        let want2 = want.clone();
+        let live = events.filter_map(move |ev| {
+            let want = want2.clone();
+            async move {
+                let keep = |k: &Key| want.as_deref().is_none_or(|w| w == k.kind);
+                match ev {
+                    Ok(Event::Put(s)) if keep(&s.key) => Some(Ok(put(&s))),
+                    Ok(Event::Delete { key, .. }) if keep(&key) => Some(Ok(pb::WatchEvent {
+                        r#type: pb::watch_event::Type::Delete as i32,
+                        r#ref: Some(to_ref(&key)),
+                        object: None,
+                    })),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(Status::data_loss(format!("{e}; watch again")))),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(first.chain(live))))
+    }
+
+    async fn agents(&self, _: Request<pb::AgentsRequest>) -> Result<Response<pb::AgentsResponse>, Status> {
+        let agents = self
+            .cp
+            .xds()
+            .map(|x| x.agents())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                let info = crate::controller::agent_info(&a.node);
+                pb::Agent {
+                    node_id: a.node.id.clone(),
+                    labels: info.labels.into_iter().collect(),
+                    address: info.address.map(|i| i.to_string()).unwrap_or_default(),
+                    acked_versions: a
+                        .types
+                        .iter()
+                        .map(|(t, s)| (t.clone(), s.acked_version.clone()))
+                        .collect(),
+                    last_nack: a.last_nack.as_ref().map(|n| n.message.clone()).unwrap_or_default(),
+                    last_nack_at: a.last_nack.as_ref().map(|n| rfc3339(n.at)).unwrap_or_default(),
+                    connected_since: rfc3339(a.connected_since),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::AgentsResponse { agents }))
+    }
+}
