@@ -19,8 +19,8 @@
 
 use crate::pipeline::{EndReason, Stats};
 use crate::session::{NewSession, SessionError, SessionInfo};
-use serde_json::{Value, json};
 use l7mp_api::time::rfc3339;
+use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -312,7 +312,6 @@ fn writer(rx: Receiver<Msg>, out: Box<dyn Write + Send>, dropped: Arc<AtomicU64>
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

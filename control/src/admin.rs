@@ -34,7 +34,10 @@ async fn ready(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
     if cp.ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the store has not been read yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store has not been read yet\n",
+        )
     }
 }
 
@@ -56,7 +59,10 @@ async fn metrics(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
     let _ = writeln!(out, "# TYPE l7mp_control_objects gauge");
     let _ = writeln!(out, "l7mp_control_objects{{state=\"accepted\"}} {accepted}");
     let _ = writeln!(out, "l7mp_control_objects{{state=\"rejected\"}} {rejected}");
-    let _ = writeln!(out, "# HELP l7mp_control_xds_responses Responses sent to the connected agents.");
+    let _ = writeln!(
+        out,
+        "# HELP l7mp_control_xds_responses Responses sent to the connected agents."
+    );
     let _ = writeln!(out, "# TYPE l7mp_control_xds_responses gauge");
     let _ = writeln!(out, "l7mp_control_xds_responses {responses}");
     let _ = writeln!(out, "# HELP l7mp_control_xds_acks ACKs from the connected agents.");
@@ -65,7 +71,10 @@ async fn metrics(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
     let _ = writeln!(out, "# HELP l7mp_control_xds_nacks NACKs from the connected agents.");
     let _ = writeln!(out, "# TYPE l7mp_control_xds_nacks gauge");
     let _ = writeln!(out, "l7mp_control_xds_nacks {nacks}");
-    let _ = writeln!(out, "# HELP l7mp_control_store_revision The store revision the snapshots were computed from.");
+    let _ = writeln!(
+        out,
+        "# HELP l7mp_control_store_revision The store revision the snapshots were computed from."
+    );
     let _ = writeln!(out, "# TYPE l7mp_control_store_revision gauge");
     let _ = writeln!(out, "l7mp_control_store_revision {}", cp.computed_revision());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -92,9 +92,12 @@ impl ControlPlane {
         if let Some(x) = self.xds() {
             for node in &st.agents {
                 match x.agent(node) {
-                    Some(a) if a.last_nack.as_ref().is_some_and(|n| {
-                        a.types.get(&n.type_url).is_some_and(|t| t.sent_version == n.rejected_version)
-                    }) =>
+                    Some(a)
+                        if a.last_nack.as_ref().is_some_and(|n| {
+                            a.types
+                                .get(&n.type_url)
+                                .is_some_and(|t| t.sent_version == n.rejected_version)
+                        }) =>
                     {
                         nacked += 1
                     }
@@ -140,7 +143,9 @@ impl ControlPlane {
     /// Waits until a computation has covered store revision `revision` (or `timeout` passed).
     pub async fn computed(&self, revision: u64, timeout: Duration) -> bool {
         let mut rx = self.computed.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await.is_ok()
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok()
     }
 
     /// Runs the loop and the store watch until the process ends.
@@ -295,7 +300,11 @@ pub struct Hooks(pub Arc<ControlPlane>);
 impl NodeHooks for Hooks {
     fn connected(&self, node: &NodeInfo) {
         let info = agent_info(node);
-        let changed = self.0.agents.lock().is_ok_and(|mut a| a.insert(info.node_id.clone(), info.clone()) != Some(info));
+        let changed = self
+            .0
+            .agents
+            .lock()
+            .is_ok_and(|mut a| a.insert(info.node_id.clone(), info.clone()) != Some(info));
         if changed {
             tracing::info!(node = %node.id, "agent connected");
             self.0.kick();

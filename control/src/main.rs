@@ -71,7 +71,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let store = store::open_url(&args.store).await.with_context(|| format!("--store {}", args.store))?;
+    let store = store::open_url(&args.store)
+        .await
+        .with_context(|| format!("--store {}", args.store))?;
     let cp = ControlPlane::new(store);
     let xds = XdsServer::new(cp.cache().clone(), Arc::new(Hooks(cp.clone())), XdsConfig::default());
     cp.set_xds(xds.clone());

@@ -6,7 +6,7 @@
 //! them, then waits (up to 5 s) for the control loop to cover the write so the answer carries the status.
 
 use crate::controller::ControlPlane;
-use crate::store::{Event, Key, Precondition, Stored, StoreError};
+use crate::store::{Event, Key, Precondition, StoreError, Stored};
 use l7mp_api::resource::{self, ResourceKind};
 use l7mp_api::time::rfc3339;
 use l7mp_api::wire::{from_struct, to_struct};
@@ -39,9 +39,11 @@ fn store_error(e: StoreError) -> Status {
 
 /// A kind as the user wrote it (`vsvc`, `targets`, `Route`) in its canonical name.
 fn kind(s: &str) -> Result<String, Status> {
-    ResourceKind::from_str(s)
-        .map(|k| k.to_string())
-        .map_err(|_| Status::invalid_argument(format!("unknown kind {s:?} (expected VirtualService, Target, Route or Rule)")))
+    ResourceKind::from_str(s).map(|k| k.to_string()).map_err(|_| {
+        Status::invalid_argument(format!(
+            "unknown kind {s:?} (expected VirtualService, Target, Route or Rule)"
+        ))
+    })
 }
 
 fn key_of(r: Option<pb::ObjectRef>) -> Result<Key, Status> {
@@ -51,7 +53,11 @@ fn key_of(r: Option<pb::ObjectRef>) -> Result<Key, Status> {
     }
     Ok(Key {
         kind: kind(&r.kind)?,
-        namespace: if r.namespace.is_empty() { "default".into() } else { r.namespace },
+        namespace: if r.namespace.is_empty() {
+            "default".into()
+        } else {
+            r.namespace
+        },
         name: r.name,
     })
 }
@@ -84,7 +90,10 @@ impl Management for ManagementService {
         for (i, o) in objects.into_iter().enumerate() {
             let v = o.object.map_or(Value::Null, from_struct);
             let r = resource::parse_resource(&v).map_err(|e| {
-                let what = match (v.get("kind").and_then(Value::as_str), v.pointer("/metadata/name").and_then(Value::as_str)) {
+                let what = match (
+                    v.get("kind").and_then(Value::as_str),
+                    v.pointer("/metadata/name").and_then(Value::as_str),
+                ) {
                     (Some(k), Some(n)) => format!(" ({k} {n})"),
                     _ => String::new(),
                 };
@@ -95,7 +104,11 @@ impl Management for ManagementService {
                 namespace: r.meta.namespace.clone(),
                 name: r.meta.name.clone(),
             };
-            let pre = if o.revision > 0 { Precondition::Revision(o.revision) } else { Precondition::None };
+            let pre = if o.revision > 0 {
+                Precondition::Revision(o.revision)
+            } else {
+                Precondition::None
+            };
             parsed.push((key, resource::to_value(&r), pre));
         }
         let mut last = 0;
@@ -136,7 +149,13 @@ impl Management for ManagementService {
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let key = key_of(req.into_inner().r#ref)?;
-        match self.cp.store().delete(&key, Precondition::None).await.map_err(store_error)? {
+        match self
+            .cp
+            .store()
+            .delete(&key, Precondition::None)
+            .await
+            .map_err(store_error)?
+        {
             Some(revision) => {
                 self.cp.kick();
                 self.cp.computed(revision, Duration::from_secs(5)).await;

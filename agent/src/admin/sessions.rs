@@ -1,8 +1,8 @@
 //! Sessions as the REST API shows them: the original's session object (name, metadata, source, destination,
 //! ingress/egress stages with their status, events with timestamps) plus traffic counters and timing.
 
-use l7mp_api::time::rfc3339;
 use crate::session::{Role, SessionInfo, StageInfo};
+use l7mp_api::time::rfc3339;
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;

@@ -93,6 +93,24 @@ impl Agent {
         }
     }
 
+    /// Starts another program of the workspace (`l7mp-control`, built next to the agent), after `prefix`, and
+    /// waits for a log line with `ready`. Its log is captured like the agent's.
+    pub fn start_program(prefix: &[&str], program: &str, args: &[&str], ready: &str) -> Agent {
+        let path = sibling_binary(program);
+        let mut cmd = match prefix.split_first() {
+            Some((p, rest)) => {
+                let mut c = Command::new(p);
+                c.args(rest).arg(&path);
+                c
+            }
+            None => Command::new(&path),
+        };
+        cmd.args(args);
+        let agent = Self::spawn_cmd(cmd, tempfile::tempdir().expect("tempdir"));
+        agent.wait_log(ready);
+        agent
+    }
+
     /// Spawns the agent (after `prefix`, a command that runs its arguments) without waiting for it.
     fn spawn(prefix: &[&str], cfg: &Path, dir: tempfile::TempDir, extra: &[&str]) -> Agent {
         let mut cmd = match prefix.split_first() {
@@ -103,8 +121,7 @@ impl Agent {
             }
             None => Command::new(BIN),
         };
-        let mut child = cmd
-            .arg("-c")
+        cmd.arg("-c")
             .arg(cfg)
             .args(["--threads", "2", "--drain-timeout", "1"])
             .args(if extra.contains(&"--log-level") {
@@ -112,12 +129,18 @@ impl Agent {
             } else {
                 &["-l", "info"][..]
             })
-            .args(extra)
+            .args(extra);
+        Self::spawn_cmd(cmd, dir)
+    }
+
+    /// Spawns `cmd` with its stderr captured as the log.
+    fn spawn_cmd(mut cmd: Command, dir: tempfile::TempDir) -> Agent {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn l7mp-agent");
+            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
         let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let stderr = child.stderr.take().expect("stderr");
         let log2 = log.clone();
@@ -460,6 +483,64 @@ impl Drop for Netns {
         if let Err(e) = ip(&["netns", "delete", &self.name]) {
             eprintln!("cannot delete network namespace {}: {e}", self.name);
         }
+    }
+}
+
+/// A binary of another workspace package, in the same target directory as the agent (`cargo test --workspace`
+/// and `cargo build --workspace` build it).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let path = Path::new(BIN).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace --all-targets)",
+        path.display()
+    );
+    path
+}
+
+/// Namespaces on one Ethernet segment: a bridge in a hub namespace and a veth into each member, which gets
+/// `10.<net>.0.<i+1>/24` (in the order given). Everything is deleted when dropped.
+pub struct Lan {
+    pub members: Vec<Netns>,
+    _hub: Netns,
+    net: u8,
+}
+
+impl Lan {
+    /// `tag` prefixes every namespace name (keep it short: interface names are at most 15 bytes).
+    pub fn create(tag: &str, net: u8, names: &[&str]) -> Result<Lan, String> {
+        let hub = Netns::create(&format!("{tag}hub"))?;
+        ip(&["-n", &hub.name, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub.name, "link", "set", "br0", "up"])?;
+        let mut members = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let ns = Netns::create(&format!("{tag}{n}"))?;
+            let (inner, outer) = (format!("eth{i}"), format!("{tag}p{i}"));
+            ip(&[
+                "-n", &hub.name, "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
+            ])?;
+            ip(&["-n", &hub.name, "link", "set", &outer, "master", "br0"])?;
+            ip(&["-n", &hub.name, "link", "set", &outer, "up"])?;
+            let addr = format!("10.{net}.0.{}/24", i + 1);
+            ip(&["-n", &ns.name, "addr", "add", &addr, "dev", &inner])?;
+            ip(&["-n", &ns.name, "link", "set", &inner, "up"])?;
+            members.push(ns);
+        }
+        Ok(Lan {
+            members,
+            _hub: hub,
+            net,
+        })
+    }
+
+    /// The address of member `i`.
+    pub fn addr(&self, i: usize) -> String {
+        format!("10.{}.0.{}", self.net, i + 1)
+    }
+
+    /// The namespace of member `i`.
+    pub fn ns(&self, i: usize) -> &Netns {
+        &self.members[i]
     }
 }
 
