@@ -69,11 +69,15 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn coalesces_and_caps() {
         let n = Arc::new(AtomicUsize::new(0));
         let n2 = n.clone();
-        let h = Debouncer::default().spawn(move || {
+        let d = Debouncer {
+            quiet: Duration::from_millis(50),
+            max_delay: Duration::from_millis(300),
+        };
+        let h = d.spawn(move || {
             n2.fetch_add(1, Ordering::SeqCst);
         });
         for _ in 0..5 {
@@ -83,9 +87,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(n.load(Ordering::SeqCst), 1);
         // A steady stream of events still fires by the cap.
-        for _ in 0..50 {
+        for _ in 0..40 {
             h.notify();
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(n.load(Ordering::SeqCst) >= 2);
     }
