@@ -74,10 +74,7 @@ impl NodeInfo {
         Self {
             id: node.id.clone(),
             cluster: node.cluster.clone(),
-            metadata: node
-                .metadata
-                .as_ref()
-                .map_or(serde_json::Value::Null, struct_to_json),
+            metadata: node.metadata.as_ref().map_or(serde_json::Value::Null, struct_to_json),
             locality: node
                 .locality
                 .as_ref()
@@ -96,14 +93,11 @@ impl NodeInfo {
                 Some(Kind::StructValue(s)) => Some(s),
                 _ => None,
             },
-            locality: self
-                .locality
-                .as_ref()
-                .map(|(region, zone, sub_zone)| Locality {
-                    region: region.clone(),
-                    zone: zone.clone(),
-                    sub_zone: sub_zone.clone(),
-                }),
+            locality: self.locality.as_ref().map(|(region, zone, sub_zone)| Locality {
+                region: region.clone(),
+                zone: zone.clone(),
+                sub_zone: sub_zone.clone(),
+            }),
             user_agent_name: self.user_agent.clone(),
             ..Default::default()
         }
@@ -124,14 +118,13 @@ pub fn struct_to_json(s: &Struct) -> serde_json::Value {
 fn value_to_json(v: &Value) -> serde_json::Value {
     match &v.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, serde_json::Value::Number)
+        }
         Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
         Some(Kind::StructValue(s)) => struct_to_json(s),
-        Some(Kind::ListValue(l)) => {
-            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
-        }
+        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(value_to_json).collect()),
     }
 }
 

@@ -122,11 +122,7 @@ impl TypeState {
         self.wildcard || self.names.contains(name)
     }
 
-    fn target<'a>(
-        &'a self,
-        snap: &'a Snapshot,
-        type_url: &str,
-    ) -> impl Iterator<Item = &'a Arc<XdsResource>> + 'a {
+    fn target<'a>(&'a self, snap: &'a Snapshot, type_url: &str) -> impl Iterator<Item = &'a Arc<XdsResource>> + 'a {
         snap.resources(type_url)
             .into_iter()
             .flat_map(|m| m.values())
@@ -172,13 +168,7 @@ pub struct StreamState {
 
 impl StreamState {
     /// A fresh stream of `node_id`; `order` is the make-before-break type order.
-    pub fn new(
-        mode: Mode,
-        node_id: &str,
-        stream_id: u64,
-        order: Vec<String>,
-        status: Arc<StatusRegistry>,
-    ) -> Self {
+    pub fn new(mode: Mode, node_id: &str, stream_id: u64, order: Vec<String>, status: Arc<StatusRegistry>) -> Self {
         Self {
             mode,
             node_id: node_id.to_string(),
@@ -293,12 +283,7 @@ impl StreamState {
             .filter(|t| self.types.contains_key(*t))
             .cloned()
             .collect();
-        v.extend(
-            self.request_order
-                .iter()
-                .filter(|t| !self.order.contains(t))
-                .cloned(),
-        );
+        v.extend(self.request_order.iter().filter(|t| !self.order.contains(t)).cloned());
         v
     }
 
@@ -321,7 +306,7 @@ impl StreamState {
                 // Make-before-break: later types wait until this one can go.
                 return out;
             }
-            out.push(self.respond(ty, snap, ups, absent));
+            out.push(self.respond(ty, ups, absent));
         }
         for ty in order.iter().rev() {
             let Some(t) = self.types.get(ty) else { continue };
@@ -332,18 +317,12 @@ impl StreamState {
             if t.nonce.is_some() {
                 break;
             }
-            out.push(self.respond(ty, snap, Vec::new(), rem));
+            out.push(self.respond(ty, Vec::new(), rem));
         }
         out
     }
 
-    fn respond(
-        &mut self,
-        ty: &str,
-        snap: &Snapshot,
-        ups: Vec<Arc<XdsResource>>,
-        removed: Vec<String>,
-    ) -> Outgoing {
+    fn respond(&mut self, ty: &str, ups: Vec<Arc<XdsResource>>, removed: Vec<String>) -> Outgoing {
         self.nonces += 1;
         let nonce = format!("{}-{}", self.stream_id, self.nonces);
         let mode = self.mode;
@@ -367,8 +346,7 @@ impl StreamState {
         t.nonce = Some(nonce.clone());
         t.must_respond = false;
         t.absent.clear();
-        let view: BTreeMap<String, String> =
-            t.view.iter().map(|(n, s)| (n.clone(), s.version.clone())).collect();
+        let view: BTreeMap<String, String> = t.view.iter().map(|(n, s)| (n.clone(), s.version.clone())).collect();
         self.status.sent(&self.node_id, ty, &t.version, &nonce, view);
         match mode {
             Mode::Sotw => Outgoing::Sotw(DiscoveryResponse {
@@ -382,25 +360,22 @@ impl StreamState {
                 nonce,
                 ..Default::default()
             }),
-            Mode::Delta => {
-                let _ = snap;
-                Outgoing::Delta(DeltaDiscoveryResponse {
-                    system_version_info: t.version.clone(),
-                    resources: ups
-                        .iter()
-                        .map(|r| Resource {
-                            name: r.name.clone(),
-                            version: r.version.clone(),
-                            resource: Some(r.body.clone()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    type_url: ty.to_string(),
-                    removed_resources: removed,
-                    nonce,
-                    ..Default::default()
-                })
-            }
+            Mode::Delta => Outgoing::Delta(DeltaDiscoveryResponse {
+                system_version_info: t.version.clone(),
+                resources: ups
+                    .iter()
+                    .map(|r| Resource {
+                        name: r.name.clone(),
+                        version: r.version.clone(),
+                        resource: Some(r.body.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                type_url: ty.to_string(),
+                removed_resources: removed,
+                nonce,
+                ..Default::default()
+            }),
         }
     }
 }
@@ -617,17 +592,12 @@ impl Wire for DeltaWire {
     }
 }
 
-fn start<W: Wire>(
-    inner: &Arc<Inner>,
-    inbound: Streaming<W::Req>,
-) -> Result<OutStream<W::Resp>, Status> {
+fn start<W: Wire>(inner: &Arc<Inner>, inbound: Streaming<W::Req>) -> Result<OutStream<W::Resp>, Status> {
     let permit = inner.admit()?;
     let (tx, mut rx) = mpsc::channel(inner.config.stream_queue.max(1));
     let stream_id = inner.next_stream.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(run_stream::<W>(inner.clone(), inbound, tx, stream_id, permit));
-    Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-    })))
+    Ok(Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))))
 }
 
 async fn run_stream<W: Wire>(
@@ -637,9 +607,13 @@ async fn run_stream<W: Wire>(
     stream_id: u64,
     _permit: StreamPermit,
 ) {
-    let first = match inbound.message().await {
-        Ok(Some(r)) => r,
-        _ => return,
+    let mut shutdown_rx = inner.shutdown.subscribe();
+    let first = tokio::select! {
+        m = inbound.message() => match m {
+            Ok(Some(r)) => r,
+            _ => return,
+        },
+        _ = shutdown_rx.changed() => return,
     };
     let Some(info) = W::node(&first)
         .filter(|n| !n.id.is_empty())
@@ -658,7 +632,6 @@ async fn run_stream<W: Wire>(
     inner.hooks.connected(&info);
 
     let mut snap_rx = inner.cache.watch(&node_id);
-    let mut shutdown_rx = inner.shutdown.subscribe();
     let wait = tokio::time::sleep(inner.config.snapshot_wait);
     tokio::pin!(wait);
     let mut waited = false;

@@ -285,7 +285,11 @@ pub struct CsdsService {
 
 impl CsdsService {
     fn answer(&self, req: &ClientStatusRequest) -> ClientStatusResponse {
-        let want_id = req.node.as_ref().map(|n: &Node| n.id.as_str()).filter(|s| !s.is_empty());
+        let want_id = req
+            .node
+            .as_ref()
+            .map(|n: &Node| n.id.as_str())
+            .filter(|s| !s.is_empty());
         let config = self
             .status
             .agents()
@@ -308,9 +312,7 @@ impl ClientStatusDiscoveryService for CsdsService {
         request: Request<Streaming<ClientStatusRequest>>,
     ) -> Result<Response<Self::StreamClientStatusStream>, Status> {
         let this = self.clone();
-        let out = request
-            .into_inner()
-            .map(move |req| req.map(|r| this.answer(&r)));
+        let out = request.into_inner().map(move |req| req.map(|r| this.answer(&r)));
         Ok(Response::new(Box::pin(out)))
     }
 
