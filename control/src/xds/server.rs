@@ -717,3 +717,155 @@ impl AggregatedDiscoveryService for AdsService {
         start::<DeltaWire>(&self.inner, request.into_inner()).map(Response::new)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty(n: &str) -> String {
+        format!("{}{n}", super::super::L7MP_TYPE_PREFIX)
+    }
+
+    fn res(t: &str, n: &str, body: u8) -> XdsResource {
+        XdsResource::new(n, ty(t), vec![body])
+    }
+
+    fn state(mode: Mode) -> StreamState {
+        let status = Arc::new(StatusRegistry::default());
+        status.connect(&NodeInfo {
+            id: "n".into(),
+            ..Default::default()
+        });
+        StreamState::new(mode, "n", 1, super::super::default_type_order(), status)
+    }
+
+    fn req(t: &str, names: &[&str], nonce: &str) -> NormRequest {
+        NormRequest {
+            type_url: ty(t),
+            nonce: nonce.into(),
+            subscribe: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn delta(o: &Outgoing) -> &DeltaDiscoveryResponse {
+        match o {
+            Outgoing::Delta(d) => d,
+            Outgoing::Sotw(_) => panic!("not delta"),
+        }
+    }
+
+    fn sotw(o: &Outgoing) -> &DiscoveryResponse {
+        match o {
+            Outgoing::Sotw(d) => d,
+            Outgoing::Delta(_) => panic!("not sotw"),
+        }
+    }
+
+    #[test]
+    fn one_nonce_in_flight_and_nack_does_not_loop() {
+        let mut st = state(Mode::Sotw);
+        let s1 = Snapshot::new().with(res("Listener", "a", 1));
+        st.handle(req("Listener", &[], ""));
+        let out = st.schedule(&s1);
+        assert_eq!(out.len(), 1);
+        let n1 = sotw(&out[0]).nonce.clone();
+        // Snapshot changes while n1 is in flight: nothing until the ACK.
+        let s2 = Snapshot::new().with(res("Listener", "a", 2));
+        assert!(st.schedule(&s2).is_empty());
+        let mut nack = req("Listener", &[], &n1);
+        nack.error = Some((3, "bad".into()));
+        st.handle(nack);
+        let out = st.schedule(&s2);
+        assert_eq!(out.len(), 1, "the newer snapshot goes after the NACK");
+        let n2 = sotw(&out[0]).nonce.clone();
+        let mut nack = req("Listener", &[], &n2);
+        nack.error = Some((3, "bad".into()));
+        st.handle(nack);
+        assert!(st.schedule(&s2).is_empty(), "a NACKed version is not resent");
+        let agent = st.status.agent("n").unwrap();
+        assert_eq!(agent.counters.nacks, 2);
+    }
+
+    #[test]
+    fn stale_nonce_ignored_in_sotw() {
+        let mut st = state(Mode::Sotw);
+        let s = Snapshot::new()
+            .with(res("Listener", "a", 1))
+            .with(res("Listener", "b", 1));
+        st.handle(req("Listener", &["a"], ""));
+        let out = st.schedule(&s);
+        let n1 = sotw(&out[0]).nonce.clone();
+        st.handle(req("Listener", &["a"], &n1));
+        st.handle(req("Listener", &["a", "b"], "1-999"));
+        assert!(st.schedule(&s).is_empty());
+        assert_eq!(st.status.agent("n").unwrap().counters.stale_nonces, 1);
+    }
+
+    #[test]
+    fn delta_make_before_break() {
+        let mut st = state(Mode::Delta);
+        let s1 = Snapshot::new()
+            .with(res("Cluster", "c1", 1))
+            .with(res("Listener", "l", 1));
+        st.handle(req("Listener", &[], ""));
+        st.handle(req("Cluster", &[], ""));
+        let out = st.schedule(&s1);
+        let types: Vec<&str> = out.iter().map(|o| delta(o).type_url.as_str()).collect();
+        assert_eq!(types, [ty("Cluster"), ty("Listener")]);
+        let nonces: Vec<(String, String)> = out
+            .iter()
+            .map(|o| (delta(o).type_url.clone(), delta(o).nonce.clone()))
+            .collect();
+        for (t, n) in nonces {
+            st.handle(NormRequest {
+                type_url: t,
+                nonce: n,
+                ..Default::default()
+            });
+        }
+        // c1 → c2 with the listener switching: +c2, l, then (after the Cluster ACK) -c1.
+        let s2 = Snapshot::new()
+            .with(res("Cluster", "c2", 1))
+            .with(res("Listener", "l", 2));
+        let out = st.schedule(&s2);
+        assert_eq!(out.len(), 2);
+        assert_eq!(delta(&out[0]).type_url, ty("Cluster"));
+        assert!(delta(&out[0]).removed_resources.is_empty());
+        assert_eq!(delta(&out[1]).type_url, ty("Listener"));
+        let cn = delta(&out[0]).nonce.clone();
+        st.handle(NormRequest {
+            type_url: ty("Cluster"),
+            nonce: cn,
+            ..Default::default()
+        });
+        let out = st.schedule(&s2);
+        assert_eq!(out.len(), 1);
+        assert_eq!(delta(&out[0]).removed_resources, ["c1"]);
+    }
+
+    #[test]
+    fn unknown_types_follow_in_request_order() {
+        let mut st = state(Mode::Delta);
+        let s = Snapshot::new()
+            .with(XdsResource::new("x", "type.googleapis.com/x.Y", vec![]))
+            .with(XdsResource::new("z", "type.googleapis.com/a.Z", vec![]))
+            .with(res("Listener", "l", 1));
+        for t in ["type.googleapis.com/x.Y", "type.googleapis.com/a.Z"] {
+            st.handle(NormRequest {
+                type_url: t.into(),
+                ..Default::default()
+            });
+        }
+        st.handle(req("Listener", &[], ""));
+        let types: Vec<String> = st.schedule(&s).iter().map(|o| delta(o).type_url.clone()).collect();
+        assert_eq!(
+            types,
+            [
+                ty("Listener"),
+                "type.googleapis.com/x.Y".into(),
+                "type.googleapis.com/a.Z".into()
+            ]
+        );
+    }
+}
