@@ -807,3 +807,24 @@ async fn shutdown_ends_open_streams() {
     // Graceful shutdown completes even with a stream open.
     ts.shutdown().await;
 }
+
+#[tokio::test]
+async fn silent_stream_is_closed_after_first_request_timeout() {
+    let ts = TestServer::start(XdsConfig {
+        first_request_timeout: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let mut s = Sotw::open(ts.channel().await, "n1").await;
+    let e = tokio::time::timeout(WAIT, s.rx.message()).await.unwrap().unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+    tokio::time::timeout(WAIT, async {
+        while ts.server.active_streams() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ts.hooks.connected.lock().unwrap().is_empty());
+    ts.shutdown().await;
+}

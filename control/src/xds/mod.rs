@@ -173,6 +173,9 @@ pub struct XdsConfig {
     pub max_streams: usize,
     /// Capacity of each stream's outbound queue (responses).
     pub stream_queue: usize,
+    /// How long a new stream may take to send its first request (with the node) before it is closed
+    /// with `DEADLINE_EXCEEDED`.
+    pub first_request_timeout: Duration,
     /// How long a stream waits for its node's first snapshot before answering from an empty one.
     pub snapshot_wait: Duration,
     /// HTTP/2 keepalive ping interval.
@@ -189,6 +192,7 @@ impl Default for XdsConfig {
             type_order: default_type_order(),
             max_streams: 10_000,
             stream_queue: 16,
+            first_request_timeout: Duration::from_secs(30),
             snapshot_wait: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),

@@ -613,6 +613,12 @@ async fn run_stream<W: Wire>(
             Ok(Some(r)) => r,
             _ => return,
         },
+        () = tokio::time::sleep(inner.config.first_request_timeout) => {
+            let _ = tx
+                .send(Err(Status::deadline_exceeded("no xDS request in time")))
+                .await;
+            return;
+        }
         _ = shutdown_rx.changed() => return,
     };
     let Some(info) = W::node(&first)
@@ -629,6 +635,12 @@ async fn run_stream<W: Wire>(
     let node_id = info.id.clone();
     info!(node = %node_id, stream = stream_id, mode = ?W::MODE, "xDS stream open");
     inner.status.connect(&info);
+    // Disconnect bookkeeping runs however the task ends (also if a hook panics).
+    let _conn = ConnGuard {
+        inner: inner.clone(),
+        node_id: node_id.clone(),
+        stream_id,
+    };
     inner.hooks.connected(&info);
 
     let mut snap_rx = inner.cache.watch(&node_id);
@@ -692,9 +704,20 @@ async fn run_stream<W: Wire>(
             () = tx.closed() => break,
         }
     }
-    info!(node = %node_id, stream = stream_id, "xDS stream closed");
-    if inner.status.disconnect(&node_id) {
-        inner.hooks.disconnected(&node_id);
+}
+
+struct ConnGuard {
+    inner: Arc<Inner>,
+    node_id: String,
+    stream_id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        info!(node = %self.node_id, stream = self.stream_id, "xDS stream closed");
+        if self.inner.status.disconnect(&self.node_id) {
+            self.inner.hooks.disconnected(&self.node_id);
+        }
     }
 }
 
