@@ -828,3 +828,48 @@ async fn silent_stream_is_closed_after_first_request_timeout() {
     assert!(ts.hooks.connected.lock().unwrap().is_empty());
     ts.shutdown().await;
 }
+
+#[tokio::test]
+async fn delta_nack_keeps_state_and_does_not_loop() {
+    let ts = TestServer::default().await;
+    ts.cache
+        .set_snapshot("n1", Snapshot::new().with(cluster("a", "1")).with(cluster("b", "1")));
+    let ct = ty("Cluster");
+    let mut d = Delta::open(ts.channel().await, "n1").await;
+    d.subscribe(&ct, &[], HashMap::new()).await;
+    let r = d.recv().await;
+    d.ack(&r).await;
+    ts.cache
+        .set_snapshot("n1", Snapshot::new().with(cluster("a", "bad")).with(cluster("b", "1")));
+    let r = d.recv().await;
+    assert_eq!(delta_names(&r), ["a"]);
+    d.req(DeltaDiscoveryRequest {
+        type_url: ct.clone(),
+        response_nonce: r.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "a is bad".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await;
+    d.none().await;
+    let agent = ts.server.agent("n1").unwrap();
+    assert_eq!(agent.last_nack.as_ref().unwrap().message, "a is bad");
+    assert_eq!(agent.types[&ct].acked_resources.len(), 2);
+    // Only a change goes out again: b changes, a (still bad) is not resent.
+    ts.cache
+        .set_snapshot("n1", Snapshot::new().with(cluster("a", "bad")).with(cluster("b", "2")));
+    let r = d.recv().await;
+    assert_eq!(delta_names(&r), ["b"]);
+    d.ack(&r).await;
+    ts.cache
+        .set_snapshot("n1", Snapshot::new().with(cluster("a", "good")).with(cluster("b", "2")));
+    let r = d.recv().await;
+    assert_eq!(delta_names(&r), ["a"]);
+    d.ack(&r).await;
+    d.none().await;
+    assert!(ts.server.agent("n1").unwrap().types[&ct].nacked.is_none());
+    ts.shutdown().await;
+}

@@ -133,7 +133,7 @@ impl Snapshot {
         self
     }
 
-    /// The resources of one type (an empty map when there are none).
+    /// The resources of one type (`None` when the snapshot has none of it).
     pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<XdsResource>>> {
         self.types.get(type_url)
     }
