@@ -7,7 +7,8 @@
 //! the view with the snapshot and sends, make-before-break:
 //! 1. additions and changes, type by type in [`XdsConfig::type_order`] (then other types in request
 //!    order); a type with a nonce in flight holds back the types after it;
-//! 2. once nothing is left to add, removals, type by type in reverse order.
+//! 2. once nothing is left to add, removals, type by type in reverse order. (A type's removals ride
+//!    along with its additions when no type after it has anything pending.)
 //!
 //! A NACK leaves the view as sent, so the rejected version is not resent; only a snapshot change that
 //! differs from it produces a new response.
@@ -290,8 +291,17 @@ impl StreamState {
     /// The responses due now against `snap`, in make-before-break order.
     pub fn schedule(&mut self, snap: &Snapshot) -> Vec<Outgoing> {
         let order = self.ordered_types();
+        // Which types have anything to send (before this round).
+        let busy: Vec<bool> = order
+            .iter()
+            .map(|u| {
+                self.types
+                    .get(u)
+                    .is_some_and(|s| !s.upserts(snap, u).is_empty() || !s.removals(snap, u).is_empty())
+            })
+            .collect();
         let mut out = Vec::new();
-        for ty in &order {
+        for (i, ty) in order.iter().enumerate() {
             let Some(t) = self.types.get(ty) else { continue };
             let ups = t.upserts(snap, ty);
             let absent = if self.mode == Mode::Delta {
@@ -306,7 +316,12 @@ impl StreamState {
                 // Make-before-break: later types wait until this one can go.
                 return out;
             }
-            out.push(self.respond(ty, ups, absent));
+            let mut removed = absent;
+            if !busy[i + 1..].iter().any(|b| *b) {
+                // Nothing after this type is pending: its removals can go in the same response.
+                removed.extend(t.removals(snap, ty));
+            }
+            out.push(self.respond(ty, ups, removed));
         }
         for ty in order.iter().rev() {
             let Some(t) = self.types.get(ty) else { continue };
