@@ -92,9 +92,7 @@ impl FromStr for ResourceKind {
         let l = s.to_ascii_lowercase();
         ResourceKind::ALL
             .into_iter()
-            .find(|k| {
-                l == k.name().to_ascii_lowercase() || l == k.plural() || k.short_name() == Some(l.as_str())
-            })
+            .find(|k| l == k.name().to_ascii_lowercase() || l == k.plural() || k.short_name() == Some(l.as_str()))
             .ok_or_else(|| UnknownKind(s.to_owned()))
     }
 }
@@ -280,7 +278,7 @@ pub struct RuleAction {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteChoice {
-    Inline(RouteSpec),
+    Inline(Box<RouteSpec>),
     Ref(ResourceRef),
 }
 
@@ -369,7 +367,10 @@ impl Reader {
         };
         for k in o.keys() {
             if !allowed.contains(&k.as_str()) {
-                self.err(&path.key(k), format!("unknown field (expected one of: {})", allowed.join(", ")));
+                self.err(
+                    &path.key(k),
+                    format!("unknown field (expected one of: {})", allowed.join(", ")),
+                );
             }
         }
         Some(o)
@@ -438,7 +439,10 @@ impl Reader {
                     Value::String(s) => {
                         sel.match_labels.insert(k.clone(), s.clone());
                     }
-                    other => self.err(&path.key(k), format!("expected a label value (string), got {}", describe(other))),
+                    other => self.err(
+                        &path.key(k),
+                        format!("expected a label value (string), got {}", describe(other)),
+                    ),
                 },
             }
         }
@@ -474,7 +478,10 @@ fn flat_spec(r: &mut Reader, v: &Value, path: &FieldPath) -> Option<(Value, Opti
             Some((Value::Object(flat), Some(proto.clone())))
         }
         _ => {
-            r.err(path, "expected `protocol: NAME` or exactly one protocol key (`UDP: {port: 9001}`)");
+            r.err(
+                path,
+                "expected `protocol: NAME` or exactly one protocol key (`UDP: {port: 9001}`)",
+            );
             None
         }
     }
@@ -527,14 +534,77 @@ fn parent_of(path: &FieldPath) -> FieldPath {
     FieldPath::from_segments(s[..s.len().saturating_sub(1)].to_vec())
 }
 
-fn check_cluster(r: &mut Reader, spec: &Value, lb: Option<&Value>, base: &FieldPath) -> Option<(ClusterSpec, LoadBalancer)> {
+/// Checks a cluster's spec, load balancer and endpoints with the loader (a selector endpoint stands in as a
+/// placeholder address, so the loader's indices stay the written ones).
+fn check_cluster(r: &mut Reader, co: &Obj, base: &FieldPath) -> Option<TargetCluster> {
+    let Some(spec) = co.get("spec") else {
+        r.err(&base.key("spec"), "missing required field");
+        return None;
+    };
     let (flat, keyed) = flat_spec(r, spec, &base.key("spec"))?;
     let mut c = json!({"name": "c", "spec": flat});
-    if let (Some(lb), Value::Object(m)) = (lb, &mut c) {
-        m.insert("loadbalancer".into(), lb.clone());
+    let items: Vec<Value> = match co.get("endpoints") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(other) => {
+            r.err(
+                &base.key("endpoints"),
+                format!("expected a list of endpoints, got {}", describe(other)),
+            );
+            return None;
+        }
+    };
+    let mut selectors: BTreeMap<usize, Selector> = BTreeMap::new();
+    let before = r.errors.len();
+    let placeholders: Vec<Value> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| match it.get("selector") {
+            Some(sel) => {
+                let p = base.key("endpoints").index(i);
+                if it.as_object().is_some_and(|o| o.len() > 1) {
+                    r.err(&p, "a selector endpoint has only `selector`");
+                }
+                selectors.insert(i, r.selector(Some(sel), &p.key("selector")));
+                json!({"spec": {"address": "placeholder"}})
+            }
+            None => it.clone(),
+        })
+        .collect();
+    if r.errors.len() > before {
+        return None;
+    }
+    if let Value::Object(m) = &mut c {
+        if let Some(lb) = co.get("loadbalancer") {
+            m.insert("loadbalancer".into(), lb.clone());
+        }
+        if !placeholders.is_empty() {
+            m.insert("endpoints".into(), Value::Array(placeholders));
+        }
     }
     match config_from_value(&json!({"clusters": [c]})) {
-        Ok(cfg) => cfg.clusters.into_iter().next().map(|c| (c.spec, c.loadbalancer)),
+        Ok(cfg) => {
+            let c = cfg.clusters.into_iter().next()?;
+            let endpoints = c
+                .endpoints
+                .into_iter()
+                .zip(&items)
+                .enumerate()
+                .map(|(i, (ep, item))| match selectors.remove(&i) {
+                    Some(sel) => EndpointSpec::Selector(sel),
+                    None => EndpointSpec::Static {
+                        name: item.get("name").and_then(Value::as_str).map(str::to_owned),
+                        address: ep.address,
+                        weight: ep.weight,
+                    },
+                })
+                .collect();
+            Some(TargetCluster {
+                spec: c.spec,
+                loadbalancer: c.loadbalancer,
+                endpoints,
+            })
+        }
         Err(e) => {
             reroot(e, 2, base, keyed.as_deref(), &mut r.errors);
             None
@@ -555,8 +625,14 @@ fn check_retry(r: &mut Reader, v: &Value, path: &FieldPath) -> Option<Retry> {
 }
 
 /// Checks `match` and `rewrite` with the loader; `base` is the rule body's path.
-fn check_match_rewrite(r: &mut Reader, m: Option<&Value>, rw: Option<&Value>, base: &FieldPath) -> Option<Vec<Rewrite>> {
-    let mut rule = json!({"name": "r", "action": {}});
+fn check_match_rewrite(
+    r: &mut Reader,
+    m: Option<&Value>,
+    rw: Option<&Value>,
+    base: &FieldPath,
+) -> Option<Vec<Rewrite>> {
+    // `apply` of an empty RuleList stands in for the route, which is checked on its own.
+    let mut rule = json!({"name": "r", "action": {"apply": "l"}});
     if let Value::Object(o) = &mut rule {
         if let Some(m) = m {
             o.insert("match".into(), m.clone());
@@ -581,10 +657,10 @@ fn check_match_rewrite(r: &mut Reader, m: Option<&Value>, rw: Option<&Value>, ba
                 ),
                 other => other.clone(),
             };
-            o.insert("action".into(), json!({"rewrite": rw}));
+            o.insert("action".into(), json!({"rewrite": rw, "apply": "l"}));
         }
     }
-    match config_from_value(&json!({"rules": [rule]})) {
+    match config_from_value(&json!({"rulelists": [{"name": "l", "rules": []}], "rules": [rule]})) {
         Ok(cfg) => cfg.rules.into_iter().next().map(|x| x.action.rewrite),
         Err(e) => {
             reroot(e, 2, base, None, &mut r.errors);
@@ -594,17 +670,26 @@ fn check_match_rewrite(r: &mut Reader, m: Option<&Value>, rw: Option<&Value>, ba
 }
 
 fn route_spec(r: &mut Reader, v: &Value, path: &FieldPath, ns: &str) -> Option<RouteSpec> {
-    let o = r.object(v, path, &["destination", "destinationRef", "ingress", "egress", "retry"])?;
+    let o = r.object(
+        v,
+        path,
+        &["destination", "destinationRef", "ingress", "egress", "retry"],
+    )?;
     let destination = match (o.get("destination"), o.get("destinationRef")) {
         (Some(_), Some(_)) => {
-            r.err(&path.key("destinationRef"), "give `destination` or `destinationRef`, not both");
+            r.err(
+                &path.key("destinationRef"),
+                "give `destination` or `destinationRef`, not both",
+            );
             None
         }
         (None, None) => {
             r.err(&path.key("destination"), "missing required field");
             None
         }
-        (None, Some(d)) => r.reference(ResourceKind::Target, d, &path.key("destinationRef"), ns).map(DestinationSpec::Target),
+        (None, Some(d)) => r
+            .reference(ResourceKind::Target, d, &path.key("destinationRef"), ns)
+            .map(DestinationSpec::Target),
         (Some(Value::Array(items)), None) => {
             let p = path.key("destination");
             if items.is_empty() {
@@ -613,8 +698,14 @@ fn route_spec(r: &mut Reader, v: &Value, path: &FieldPath, ns: &str) -> Option<R
             let mut split = Vec::new();
             for (i, it) in items.iter().enumerate() {
                 let ip = p.index(i);
-                let Some(io) = r.object(it, &ip, &["target", "destinationRef", "weight"]) else { continue };
-                let key = if io.contains_key("target") { "target" } else { "destinationRef" };
+                let Some(io) = r.object(it, &ip, &["target", "destinationRef", "weight"]) else {
+                    continue;
+                };
+                let key = if io.contains_key("target") {
+                    "target"
+                } else {
+                    "destinationRef"
+                };
                 let t = match io.get(key) {
                     Some(t) => r.reference(ResourceKind::Target, t, &ip.key(key), ns),
                     None => {
@@ -627,7 +718,10 @@ fn route_spec(r: &mut Reader, v: &Value, path: &FieldPath, ns: &str) -> Option<R
                     Some(w) => match w.as_u64().and_then(|w| u32::try_from(w).ok()) {
                         Some(w) => Some(w),
                         None => {
-                            r.err(&ip.key("weight"), format!("expected a non-negative integer, got {}", describe(w)));
+                            r.err(
+                                &ip.key("weight"),
+                                format!("expected a non-negative integer, got {}", describe(w)),
+                            );
                             None
                         }
                     },
@@ -638,7 +732,9 @@ fn route_spec(r: &mut Reader, v: &Value, path: &FieldPath, ns: &str) -> Option<R
             }
             (split.len() == items.len() && !items.is_empty()).then_some(DestinationSpec::Split(split))
         }
-        (Some(d), None) => r.reference(ResourceKind::Target, d, &path.key("destination"), ns).map(DestinationSpec::Target),
+        (Some(d), None) => r
+            .reference(ResourceKind::Target, d, &path.key("destination"), ns)
+            .map(DestinationSpec::Target),
     };
     let mut chain = |key: &str| -> Option<Vec<ResourceRef>> {
         match o.get(key) {
@@ -653,7 +749,10 @@ fn route_spec(r: &mut Reader, v: &Value, path: &FieldPath, ns: &str) -> Option<R
                 (refs.len() == n).then_some(refs)
             }
             Some(other) => {
-                r.err(&path.key(key), format!("expected a list of Target references, got {}", describe(other)));
+                r.err(
+                    &path.key(key),
+                    format!("expected a list of Target references, got {}", describe(other)),
+                );
                 None
             }
         }
@@ -686,15 +785,22 @@ fn rule_body(r: &mut Reader, o: &Obj, path: &FieldPath, ns: &str) -> Option<Rule
             r.err(&ap.key("routeRef"), "give `route` or `routeRef`, not both");
             return None;
         }
-        (Some(Value::String(s)), None) => Some(parse_ref(ResourceKind::Route, s, ns).map_err(|e| r.err(&ap.key("route"), e)).ok().map(RouteChoice::Ref)),
-        (Some(v), None) => Some(route_spec(r, v, &ap.key("route"), ns).map(RouteChoice::Inline)),
-        (None, Some(v)) => Some(r.reference(ResourceKind::Route, v, &ap.key("routeRef"), ns).map(RouteChoice::Ref)),
+        (Some(Value::String(s)), None) => Some(
+            parse_ref(ResourceKind::Route, s, ns)
+                .map_err(|e| r.err(&ap.key("route"), e))
+                .ok()
+                .map(RouteChoice::Ref),
+        ),
+        (Some(v), None) => Some(route_spec(r, v, &ap.key("route"), ns).map(|x| RouteChoice::Inline(Box::new(x)))),
+        (None, Some(v)) => Some(
+            r.reference(ResourceKind::Route, v, &ap.key("routeRef"), ns)
+                .map(RouteChoice::Ref),
+        ),
         (None, None) => None,
     };
-    let apply = match a.get("apply") {
-        None => None,
-        Some(v) => Some(r.reference(ResourceKind::VirtualService, v, &ap.key("apply"), ns)),
-    };
+    let apply = a
+        .get("apply")
+        .map(|v| r.reference(ResourceKind::VirtualService, v, &ap.key("apply"), ns));
     if route.is_none() && apply.is_none() {
         r.err(&ap, "an action needs a `route`, `routeRef` or `apply`");
     }
@@ -741,8 +847,13 @@ fn parse_vsvc(r: &mut Reader, o: &Obj, sp: &FieldPath, ns: &str) -> Option<Virtu
             None
         }
         (None, Some(v)) | (Some(v @ Value::String(_)), None) => {
-            let key = if lo.contains_key("rulesRef") { "rulesRef" } else { "rules" };
-            r.reference(ResourceKind::VirtualService, v, &lp.key(key), ns).map(RulesSource::Ref)
+            let key = if lo.contains_key("rulesRef") {
+                "rulesRef"
+            } else {
+                "rules"
+            };
+            r.reference(ResourceKind::VirtualService, v, &lp.key(key), ns)
+                .map(RulesSource::Ref)
         }
         (None, None) => Some(RulesSource::Inline(Vec::new())),
         (Some(Value::Array(items)), None) => {
@@ -758,7 +869,10 @@ fn parse_vsvc(r: &mut Reader, o: &Obj, sp: &FieldPath, ns: &str) -> Option<Virtu
             (out.len() == items.len()).then_some(RulesSource::Inline(out))
         }
         (Some(other), None) => {
-            r.err(&lp.key("rules"), format!("expected a list of rules, got {}", describe(other)));
+            r.err(
+                &lp.key("rules"),
+                format!("expected a list of rules, got {}", describe(other)),
+            );
             None
         }
     };
@@ -785,86 +899,13 @@ fn parse_target(r: &mut Reader, o: &Obj, sp: &FieldPath, ns: &str) -> Option<Tar
         (Some(c), None) => {
             let cp = sp.key("cluster");
             let co = r.object(c, &cp, &["spec", "loadbalancer", "endpoints"])?;
-            let checked = match co.get("spec") {
-                Some(s) => check_cluster(r, s, co.get("loadbalancer"), &cp),
-                None => {
-                    r.err(&cp.key("spec"), "missing required field");
-                    None
-                }
-            };
-            let endpoints = endpoints(r, co.get("endpoints"), &cp.key("endpoints"));
-            match (checked, endpoints) {
-                (Some((spec, loadbalancer)), Some(endpoints)) => Some(TargetBackend::Cluster(TargetCluster {
-                    spec,
-                    loadbalancer,
-                    endpoints,
-                })),
-                _ => None,
-            }
+            check_cluster(r, co, &cp).map(TargetBackend::Cluster)
         }
     };
     Some(TargetSpec {
         selector,
         backend: backend?,
     })
-}
-
-fn endpoints(r: &mut Reader, v: Option<&Value>, path: &FieldPath) -> Option<Vec<EndpointSpec>> {
-    let items = match v {
-        None | Some(Value::Null) => return Some(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            r.err(path, format!("expected a list of endpoints, got {}", describe(other)));
-            return None;
-        }
-    };
-    let before = r.errors.len();
-    let mut out = Vec::new();
-    for (i, it) in items.iter().enumerate() {
-        let p = path.index(i);
-        let Some(o) = r.object(it, &p, &["name", "spec", "weight", "selector"]) else { continue };
-        if let Some(sel) = o.get("selector") {
-            if o.len() > 1 {
-                r.err(&p, "a selector endpoint has only `selector`");
-            }
-            out.push(EndpointSpec::Selector(r.selector(Some(sel), &p.key("selector"))));
-            continue;
-        }
-        let name = o.get("name").and_then(|n| r.name(n, &p.key("name")));
-        let address = match o.get("spec") {
-            None => {
-                r.err(&p.key("spec"), "missing required field (or give `selector`)");
-                None
-            }
-            Some(s) => r.object(s, &p.key("spec"), &["address", "filename"]).and_then(|so| {
-                match (so.get("address"), so.get("filename")) {
-                    (Some(a), None) => r.string(a, &p.key("spec").key("address")),
-                    (None, Some(f)) => r.string(f, &p.key("spec").key("filename")),
-                    _ => {
-                        r.err(&p.key("spec"), "exactly one of `address` and `filename` is required");
-                        None
-                    }
-                }
-            }),
-        };
-        if address.as_deref().is_some_and(str::is_empty) {
-            r.err(&p.key("spec").key("address"), "must not be empty");
-        }
-        let weight = match o.get("weight") {
-            None => 1,
-            Some(w) => match w.as_u64().and_then(|w| u32::try_from(w).ok()) {
-                Some(w) => w,
-                None => {
-                    r.err(&p.key("weight"), format!("expected a non-negative integer, got {}", describe(w)));
-                    0
-                }
-            },
-        };
-        if let Some(address) = address {
-            out.push(EndpointSpec::Static { name, address, weight });
-        }
-    }
-    (r.errors.len() == before).then_some(out)
 }
 
 fn parse_route_resource(r: &mut Reader, v: &Value, sp: &FieldPath, ns: &str) -> Option<RouteSpec> {
@@ -884,7 +925,10 @@ fn parse_rule_resource(r: &mut Reader, o: &Obj, sp: &FieldPath, ns: &str) -> Opt
         Some(v) => match v.as_u64().and_then(|x| usize::try_from(x).ok()) {
             Some(x) => Some(Some(x)),
             None => {
-                r.err(&sp.key("position"), format!("expected a non-negative integer, got {}", describe(v)));
+                r.err(
+                    &sp.key("position"),
+                    format!("expected a non-negative integer, got {}", describe(v)),
+                );
                 None
             }
         },
@@ -926,7 +970,10 @@ fn parse_status(r: &mut Reader, v: &Value, path: &FieldPath) -> Option<Status> {
                         }
                     }
                 }
-                Some(other) => r.err(&path.key("agents").key(key), format!("expected a list of node ids, got {}", describe(other))),
+                Some(other) => r.err(
+                    &path.key("agents").key(key),
+                    format!("expected a list of node ids, got {}", describe(other)),
+                ),
             }
         }
     }
@@ -935,7 +982,10 @@ fn parse_status(r: &mut Reader, v: &Value, path: &FieldPath) -> Option<Status> {
         Some(v) => match v.as_u64() {
             Some(x) => Some(x),
             None => {
-                r.err(&path.key("observedRevision"), format!("expected a non-negative integer, got {}", describe(v)));
+                r.err(
+                    &path.key("observedRevision"),
+                    format!("expected a non-negative integer, got {}", describe(v)),
+                );
                 None
             }
         },
@@ -969,7 +1019,10 @@ fn read_resource(r: &mut Reader, v: &Value) -> Option<Resource> {
     let o = r.object(v, &root, &["apiVersion", "kind", "metadata", "spec", "status"])?;
     match o.get("apiVersion") {
         Some(Value::String(s)) if s == API_VERSION => {}
-        Some(other) => r.err(&root.key("apiVersion"), format!("expected {API_VERSION:?}, got {}", describe(other))),
+        Some(other) => r.err(
+            &root.key("apiVersion"),
+            format!("expected {API_VERSION:?}, got {}", describe(other)),
+        ),
         None => r.err(&root.key("apiVersion"), "missing required field"),
     }
     let kind = match o.get("kind") {
@@ -1019,7 +1072,10 @@ fn read_resource(r: &mut Reader, v: &Value) -> Option<Resource> {
         }),
     };
     let sp = root.key("spec");
-    let ns = meta.as_ref().map_or(DEFAULT_NAMESPACE, |m| m.namespace.as_str()).to_owned();
+    let ns = meta
+        .as_ref()
+        .map_or(DEFAULT_NAMESPACE, |m| m.namespace.as_str())
+        .to_owned();
     let spec = match (kind, o.get("spec")) {
         (_, None) => {
             r.err(&sp, "missing required field");
@@ -1099,7 +1155,11 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ConfigError> {
             }
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(ConfigError::Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1116,7 +1176,9 @@ fn selector_value(s: &Selector) -> Value {
 fn route_value(r: &RouteSpec) -> Value {
     let destination = match &r.destination {
         DestinationSpec::Target(t) => ref_value(t),
-        DestinationSpec::Split(s) => Value::Array(s.iter().map(|(t, w)| json!({"target": t.fqn(), "weight": w})).collect()),
+        DestinationSpec::Split(s) => {
+            Value::Array(s.iter().map(|(t, w)| json!({"target": t.fqn(), "weight": w})).collect())
+        }
     };
     json!({
         "destination": destination,
@@ -1269,10 +1331,15 @@ pub struct Translation {
 
 /// The reference a (possibly invalid) resource object names, if its kind and name can be read.
 pub fn reference_of(v: &Value) -> Option<ResourceRef> {
-    let kind = ResourceKind::ALL.into_iter().find(|k| v.get("kind").and_then(Value::as_str) == Some(k.name()))?;
+    let kind = ResourceKind::ALL
+        .into_iter()
+        .find(|k| v.get("kind").and_then(Value::as_str) == Some(k.name()))?;
     let meta = v.get("metadata")?;
     let name = meta.get("name")?.as_str()?;
-    let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or(DEFAULT_NAMESPACE);
+    let ns = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_NAMESPACE);
     Some(ResourceRef::new(kind, ns, name))
 }
 
@@ -1321,11 +1388,20 @@ fn linked_cluster(l: &ListenerSpec) -> Result<Value, String> {
     let port = match l {
         ListenerSpec::Udp(s) => s.port,
         ListenerSpec::Tcp(s) | ListenerSpec::WebSocket(s) | ListenerSpec::Http(s) | ListenerSpec::Sctp(s) => s.port,
-        other => return Err(format!("a {} listener cannot be linked (no port to connect to)", other.protocol())),
+        other => {
+            return Err(format!(
+                "a {} listener cannot be linked (no port to connect to)",
+                other.protocol()
+            ));
+        }
     };
     let spec = json!({"protocol": l.protocol(), "port": port});
-    config_from_value(&json!({"clusters": [{"name": "c", "spec": spec}]}))
-        .map_err(|e| format!("the linked listener's spec is no valid cluster spec: {}", e.to_string().replace('\n', "; ")))?;
+    config_from_value(&json!({"clusters": [{"name": "c", "spec": spec}]})).map_err(|e| {
+        format!(
+            "the linked listener's spec is no valid cluster spec: {}",
+            e.to_string().replace('\n', "; ")
+        )
+    })?;
     Ok(spec)
 }
 
@@ -1340,14 +1416,23 @@ fn missing(ix: &Index<'_>, r: &ResourceRef) -> String {
 fn check_route(ix: &Index<'_>, rt: &RouteSpec, path: &FieldPath) -> Result<(), String> {
     let dest: Vec<(FieldPath, &ResourceRef)> = match &rt.destination {
         DestinationSpec::Target(t) => vec![(path.key("destination"), t)],
-        DestinationSpec::Split(s) => s.iter().enumerate().map(|(i, (t, _))| (path.key("destination").index(i), t)).collect(),
+        DestinationSpec::Split(s) => s
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| (path.key("destination").index(i), t))
+            .collect(),
     };
     let chains = rt
         .ingress
         .iter()
         .enumerate()
         .map(|(i, t)| (path.key("ingress").index(i), t))
-        .chain(rt.egress.iter().enumerate().map(|(i, t)| (path.key("egress").index(i), t)));
+        .chain(
+            rt.egress
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (path.key("egress").index(i), t)),
+        );
     for (p, t) in dest.into_iter().chain(chains) {
         if !ix.targets.contains_key(t) {
             return Err(format!("{p}: {}", missing(ix, t)));
@@ -1359,16 +1444,18 @@ fn check_route(ix: &Index<'_>, rt: &RouteSpec, path: &FieldPath) -> Result<(), S
 /// Whether `r` can be the target of `apply` or `rulesRef`: an accepted VirtualService with inline rules, none of
 /// which (nor any Rule object added to it) uses `apply`.
 fn applyable(ix: &Index<'_>, base_ok: &BTreeSet<ResourceRef>, r: &ResourceRef) -> Result<(), String> {
-    let Some(v) = vs_spec(ix, r) else { return Err(missing(ix, r)) };
+    let Some(v) = vs_spec(ix, r) else {
+        return Err(missing(ix, r));
+    };
     if !base_ok.contains(r) {
         return Err(format!("{r} is rejected"));
     }
     let RulesSource::Inline(rules) = &v.listener.rules else {
         return Err(format!("{r} uses rulesRef itself (only one level is allowed)"));
     };
-    let attached_apply = ix.by_ref.values().any(|x| {
-        matches!(&x.spec, ResourceSpec::Rule(ru) if &ru.virtual_service == r && ru.body.action.apply.is_some())
-    });
+    let attached_apply = ix.by_ref.values().any(
+        |x| matches!(&x.spec, ResourceSpec::Rule(ru) if &ru.virtual_service == r && ru.body.action.apply.is_some()),
+    );
     if rules.iter().any(|b| b.action.apply.is_some()) || attached_apply {
         return Err(format!("{r} uses apply itself (only one level is allowed)"));
     }
@@ -1376,11 +1463,18 @@ fn applyable(ix: &Index<'_>, base_ok: &BTreeSet<ResourceRef>, r: &ResourceRef) -
 }
 
 /// Checks a rule's route and, if `base_ok` is given, its `apply`.
-fn check_body(ix: &Index<'_>, b: &RuleBody, path: &FieldPath, base_ok: Option<&BTreeSet<ResourceRef>>) -> Result<(), String> {
+fn check_body(
+    ix: &Index<'_>,
+    b: &RuleBody,
+    path: &FieldPath,
+    base_ok: Option<&BTreeSet<ResourceRef>>,
+) -> Result<(), String> {
     let ap = path.key("action");
     match &b.action.route {
         Some(RouteChoice::Inline(rt)) => check_route(ix, rt, &ap.key("route"))?,
-        Some(RouteChoice::Ref(r)) if !ix.routes.contains(r) => return Err(format!("{}: {}", ap.key("routeRef"), missing(ix, r))),
+        Some(RouteChoice::Ref(r)) if !ix.routes.contains(r) => {
+            return Err(format!("{}: {}", ap.key("routeRef"), missing(ix, r)));
+        }
         _ => {}
     }
     if let (Some(a), Some(base_ok)) = (&b.action.apply, base_ok) {
@@ -1451,10 +1545,15 @@ fn build_index(resources: &[Resource]) -> Index<'_> {
     // VirtualServices, without `apply` and `rulesRef` first.
     let mut base_ok = BTreeSet::new();
     for (k, r) in &all {
-        let ResourceSpec::VirtualService(v) = &r.spec else { continue };
+        let ResourceSpec::VirtualService(v) = &r.spec else {
+            continue;
+        };
         let p = FieldPath::root().key("spec").key("listener").key("rules");
         let res = match &v.listener.rules {
-            RulesSource::Inline(rules) => rules.iter().enumerate().try_for_each(|(i, b)| check_body(&ix, b, &p.index(i), None)),
+            RulesSource::Inline(rules) => rules
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, b)| check_body(&ix, b, &p.index(i), None)),
             RulesSource::Ref(_) => Ok(()),
         };
         match res {
@@ -1467,7 +1566,9 @@ fn build_index(resources: &[Resource]) -> Index<'_> {
         }
     }
     for (k, r) in &all {
-        let ResourceSpec::VirtualService(v) = &r.spec else { continue };
+        let ResourceSpec::VirtualService(v) = &r.spec else {
+            continue;
+        };
         if !base_ok.contains(k) {
             continue;
         }
@@ -1542,7 +1643,10 @@ impl Flat {
         let mut push = |n: String, address: String, weight: u32| {
             if !endpoints.contains_key(&n) {
                 order.push(n.clone());
-                endpoints.insert(n.clone(), json!({"name": n, "spec": {"address": address}, "weight": weight}));
+                endpoints.insert(
+                    n.clone(),
+                    json!({"name": n, "spec": {"address": address}, "weight": weight}),
+                );
             }
         };
         match ix.by_ref.get(t).map(|r| &r.spec) {
@@ -1552,7 +1656,11 @@ impl Flat {
             })) => {
                 for (i, e) in c.endpoints.iter().enumerate() {
                     match e {
-                        EndpointSpec::Static { name: n, address, weight } => {
+                        EndpointSpec::Static {
+                            name: n,
+                            address,
+                            weight,
+                        } => {
                             let n = n.clone().unwrap_or_else(|| i.to_string());
                             push(format!("{name}/{n}"), address.clone(), *weight);
                         }
@@ -1588,7 +1696,11 @@ impl Flat {
     fn route(&mut self, ix: &Index<'_>, name: String, rt: &RouteSpec, agents: &[AgentInfo]) {
         let destination = match &rt.destination {
             DestinationSpec::Target(t) => json!(t.fqn()),
-            DestinationSpec::Split(s) => Value::Array(s.iter().map(|(t, w)| json!({"cluster": t.fqn(), "weight": w})).collect()),
+            DestinationSpec::Split(s) => Value::Array(
+                s.iter()
+                    .map(|(t, w)| json!({"cluster": t.fqn(), "weight": w}))
+                    .collect(),
+            ),
         };
         let targets = match &rt.destination {
             DestinationSpec::Target(t) => vec![t],
@@ -1651,39 +1763,38 @@ impl Flat {
         }
         // Guard against re-entry while the list is being built.
         self.rulelists.insert(list.clone(), json!({"name": list, "rules": []}));
-        let mut entries: Vec<(String, &RuleBody)> = match vs_spec(ix, vs).map(|v| &v.listener.rules) {
-            Some(RulesSource::Inline(rules)) => rules.iter().enumerate().map(|(i, b)| (inline_rule_name(vs, i), b)).collect(),
+        let inline: Vec<(String, &RuleBody)> = match vs_spec(ix, vs).map(|v| &v.listener.rules) {
+            Some(RulesSource::Inline(rules)) => rules
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (inline_rule_name(vs, i), b))
+                .collect(),
             _ => Vec::new(),
         };
-        let mut attached: Vec<&Resource> = ix.rules.get(vs).cloned().unwrap_or_default();
-        // Equal positions keep namespace/name order; a larger position goes after a smaller one.
-        attached.sort_by(|a, b| {
-            let pa = rule_position(a);
-            let pb = rule_position(b);
-            pa.cmp(&pb).then_with(|| a.reference().cmp(&b.reference()))
-        });
-        // Insert in ascending position, each after the earlier ones at the same position.
-        let mut inserted_at: BTreeMap<usize, usize> = BTreeMap::new();
-        for r in attached {
+        // A Rule object at position p goes before the p-th inline rule (at the end if p is past them, or if it has
+        // no position); those in one slot are ordered by position (none last), then by namespace/name.
+        let mut slots: Vec<Vec<(usize, ResourceRef, &RuleBody)>> = vec![Vec::new(); inline.len() + 1];
+        for r in ix.rules.get(vs).map(Vec::as_slice).unwrap_or_default() {
             let ResourceSpec::Rule(ru) = &r.spec else { continue };
-            let name = r.reference().fqn();
-            let at = match ru.position {
-                Some(p) => {
-                    let extra = inserted_at.get(&p).copied().unwrap_or(0);
-                    (p + extra).min(entries.len())
-                }
-                None => entries.len(),
-            };
-            if let Some(p) = ru.position {
-                *inserted_at.entry(p).or_insert(0) += 1;
+            let pos = ru.position.unwrap_or(usize::MAX);
+            let slot = pos.min(inline.len());
+            if let Some(s) = slots.get_mut(slot) {
+                s.push((pos, r.reference(), &ru.body));
             }
-            entries.insert(at, (name, &ru.body));
+        }
+        let mut entries: Vec<(String, &RuleBody)> = Vec::new();
+        let mut inline = inline.into_iter();
+        for mut slot in slots {
+            slot.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            entries.extend(slot.into_iter().map(|(_, r, b)| (r.fqn(), b)));
+            entries.extend(inline.next());
         }
         let names: Vec<String> = entries.iter().map(|(n, _)| n.clone()).collect();
         for (n, b) in entries {
             self.rule(ix, n, b, agents);
         }
-        self.rulelists.insert(list.clone(), json!({"name": list, "rules": names}));
+        self.rulelists
+            .insert(list.clone(), json!({"name": list, "rules": names}));
     }
 
     fn document(self) -> Value {
@@ -1695,13 +1806,6 @@ impl Flat {
             "rules": v(self.rules),
             "routes": v(self.routes),
         })
-    }
-}
-
-fn rule_position(r: &Resource) -> usize {
-    match &r.spec {
-        ResourceSpec::Rule(ru) => ru.position.unwrap_or(usize::MAX),
-        _ => usize::MAX,
     }
 }
 
