@@ -497,13 +497,22 @@ fn reroot(err: ConfigError, prefix_len: usize, base: &FieldPath, keyed: Option<&
                 let segs = fe.path.segments();
                 let rest = segs.get(prefix_len..).unwrap_or(&[]);
                 let mut new: Vec<Segment> = base.segments().to_vec();
-                for (i, s) in rest.iter().enumerate() {
+                let mut rest = rest.iter().peekable();
+                while let Some(s) = rest.next() {
                     new.push(s.clone());
-                    if let (0, Segment::Key(k), Some(p)) = (i, s, keyed)
+                    let first = new.len() == base.segments().len() + 1;
+                    if let (true, Segment::Key(k), Some(p)) = (first, s, keyed)
                         && k == "spec"
-                        && rest.len() > 1
+                        && rest.peek().is_some()
                     {
                         new.push(Segment::Key(p.to_owned()));
+                        // The protocol is the key itself in the keyed form.
+                        if rest
+                            .peek()
+                            .is_some_and(|n| matches!(n, Segment::Key(k) if k == "protocol"))
+                        {
+                            rest.next();
+                        }
                     }
                 }
                 out.push(FieldError {

@@ -1,6 +1,8 @@
 //! The l7mp.io/v1 resource model: parsing every form, field-path errors, canonical JSON, selectors and the
 //! translation to per-agent flat configurations.
 
+mod common;
+use common::{repo, yaml_blocks};
 use l7mp_api::resource::*;
 use l7mp_api::{ClusterSpec, Config, Destination, ListenerSpec, config_from_value, dump};
 use serde_json::{Value, json};
@@ -295,6 +297,11 @@ fn bad_input_names_the_field() {
         ),
         (
             json!({"apiVersion": "l7mp.io/v1", "kind": "VirtualService", "metadata": {"name": "v"},
+                   "spec": {"listener": {"spec": {"FOO": {"port": 1}}, "rules": []}}}),
+            "spec.listener.spec.FOO: ",
+        ),
+        (
+            json!({"apiVersion": "l7mp.io/v1", "kind": "VirtualService", "metadata": {"name": "v"},
                    "spec": {"listener": {"spec": {"protocol": "UDP", "port": -1}, "rules": []}}}),
             "spec.listener.spec.port: ",
         ),
@@ -425,8 +432,8 @@ fn selectors_match_labels() {
 // Translation.
 
 fn example(file: &str) -> String {
-    let p = format!("{}/../examples/mesh/{file}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    let p = repo().join("examples/mesh").join(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn resources(values: &[Value]) -> Vec<Resource> {
@@ -700,4 +707,82 @@ fn duplicates_are_rejected() {
         Some("metadata.name: defined more than once")
     );
     assert!(cfg(&t, "n").clusters.is_empty());
+}
+
+#[test]
+fn every_example_parses_and_translates_cleanly() {
+    let dir = repo().join("examples/mesh");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    let agents = [
+        agent("gw", &[("app", "gateway")], Some("10.0.0.1")),
+        agent("be", &[("app", "backend")], Some("10.0.0.2")),
+        agent("tc", &[("app", "transcoder")], Some("10.0.0.3")),
+        agent("in", &[("app", "l7mp-ingress")], Some("10.0.0.4")),
+    ];
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let rs = parse_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let t = translate(&rs, &agents);
+        assert!(t.errors.is_empty(), "{}: {:?}", f.display(), t.errors);
+        assert_loadable(&t);
+        assert!(t.per_agent.values().any(|c| !c.listeners.is_empty()), "{}", f.display());
+    }
+}
+
+#[test]
+fn every_resource_example_in_the_docs_parses() {
+    let page = std::fs::read_to_string(repo().join("docs/resources.md")).unwrap_or_else(|e| panic!("{e}"));
+    let blocks: Vec<String> = yaml_blocks(&page)
+        .into_iter()
+        .filter(|b| b.contains("apiVersion") && !b.contains("{...}"))
+        .collect();
+    assert!(blocks.len() >= 5, "only {} examples", blocks.len());
+    for b in blocks {
+        if let Err(e) = parse_documents(&b) {
+            panic!("docs/resources.md example rejected:\n{e}\n{b}");
+        }
+    }
+}
+
+#[test]
+fn apply_installs_the_other_rulelist_one_level_deep() {
+    let mut base = vsvc("base", "nobody", 9001, "t");
+    base["spec"]["listener"]["rules"][0]["match"] = json!({"op": "defined", "path": "/x"});
+    let front = json!({"apiVersion": "l7mp.io/v1", "kind": "VirtualService", "metadata": {"name": "front"},
+        "spec": {"selector": {"app": "one"}, "listener": {"spec": {"TCP": {"port": 80}},
+                 "rules": [{"action": {"rewrite": [{"path": "/x", "value": 1}], "apply": "base"}}]}}});
+    let chained = json!({"apiVersion": "l7mp.io/v1", "kind": "VirtualService", "metadata": {"name": "chained"},
+        "spec": {"selector": {"app": "one"}, "listener": {"spec": {"TCP": {"port": 81}},
+                 "rules": [{"action": {"apply": "front"}}]}}});
+    let t = translate(
+        &resources(&[base, front, chained, target("t", json!(80))]),
+        &[agent("n1", &[("app", "one")], None)],
+    );
+    assert_loadable(&t);
+    let c = cfg(&t, "n1");
+    assert_eq!(listener_names(c), vec!["default/front"]);
+    assert_eq!(
+        c.rule("default/front/rules/0")
+            .and_then(|r| r.action.apply.clone())
+            .as_deref(),
+        Some("default/base")
+    );
+    assert_eq!(
+        c.rulelist("default/base").map(|l| l.rules.clone()),
+        Some(vec!["default/base/rules/0".to_string()])
+    );
+    assert!(c.cluster("default/t").is_some());
+    let chained = ResourceRef::new(ResourceKind::VirtualService, "default", "chained");
+    assert_eq!(
+        t.errors.get(&chained).map(String::as_str),
+        Some(
+            "spec.listener.rules[0].action.apply: VirtualService default/front uses apply itself (only one level is allowed)"
+        )
+    );
 }
