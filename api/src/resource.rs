@@ -1818,6 +1818,30 @@ impl Flat {
     }
 }
 
+/// The flat configuration document of one agent that gets these VirtualServices and Targets.
+fn agent_document(ix: &Index<'_>, install: &[ResourceRef], agents: &[AgentInfo]) -> Value {
+    let mut flat = Flat::default();
+    for k in install {
+        match k.kind {
+            ResourceKind::VirtualService => {
+                let Some(v) = vs_spec(ix, k) else { continue };
+                let owner = match &v.listener.rules {
+                    RulesSource::Inline(_) => k.clone(),
+                    RulesSource::Ref(x) => x.clone(),
+                };
+                flat.rulelist(ix, &owner, agents);
+                flat.listeners.insert(
+                    k.fqn(),
+                    json!({"name": k.fqn(), "spec": dump::listener_spec(&v.listener.spec), "rules": owner.fqn()}),
+                );
+            }
+            ResourceKind::Target => flat.target(ix, k, agents),
+            _ => {}
+        }
+    }
+    flat.document()
+}
+
 /// Translates the resources for the connected agents. Pure and deterministic: the same input gives the same
 /// output. A bad resource is reported in [`Translation::errors`] and left out alone (with whatever needs it: a
 /// VirtualService whose rules route to a missing Target is left out whole).
@@ -1833,41 +1857,41 @@ pub fn translate(resources: &[Resource], agents: &[AgentInfo]) -> Translation {
         errors: ix.errors.clone(),
     };
     for agent in agents {
-        let mut flat = Flat::default();
-        let mut installed: Vec<ResourceRef> = Vec::new();
-        for k in &ix.vsvcs {
-            let Some(v) = vs_spec(&ix, k) else { continue };
-            if !selector_matches(&v.selector, &agent.labels) {
-                continue;
-            }
-            let owner = match &v.listener.rules {
-                RulesSource::Inline(_) => k.clone(),
-                RulesSource::Ref(x) => x.clone(),
-            };
-            flat.rulelist(&ix, &owner, agents);
-            flat.listeners.insert(
-                k.fqn(),
-                json!({"name": k.fqn(), "spec": dump::listener_spec(&v.listener.spec), "rules": owner.fqn()}),
-            );
-            installed.push(k.clone());
-        }
-        for t in ix.targets.keys() {
-            if let Some(ResourceSpec::Target(ts)) = ix.by_ref.get(t).map(|r| &r.spec)
-                && selector_matches(&ts.selector, &agent.labels)
-            {
-                flat.target(&ix, t, agents);
-                installed.push(t.clone());
-            }
-        }
-        let cfg = match config_from_value(&flat.document()) {
+        let mut candidates: Vec<ResourceRef> = ix
+            .vsvcs
+            .iter()
+            .filter(|k| vs_spec(&ix, k).is_some_and(|v| selector_matches(&v.selector, &agent.labels)))
+            .cloned()
+            .collect();
+        candidates.extend(
+            ix.targets
+                .keys()
+                .filter(|t| {
+                    matches!(ix.by_ref.get(*t).map(|r| &r.spec),
+                     Some(ResourceSpec::Target(ts)) if selector_matches(&ts.selector, &agent.labels))
+                })
+                .cloned(),
+        );
+        let cfg = match config_from_value(&agent_document(&ix, &candidates, agents)) {
             Ok(cfg) => cfg,
-            Err(e) => {
-                // Not expected: every piece was checked. Say so on every resource that was to be installed.
-                let why = format!("agent {}: {}", agent.node_id, e.to_string().replace('\n', "; "));
-                for r in installed {
-                    out.errors.entry(r).or_insert_with(|| why.clone());
+            Err(_) => {
+                // Every piece was checked alone, but a combination can still be refused (say, a Target whose only
+                // endpoints of weight > 0 come from a selector that picks no agent). Add the resources one by one
+                // and leave out, with an error, each one that makes the configuration fail.
+                let mut kept: Vec<ResourceRef> = Vec::new();
+                let mut last = Config::default();
+                for c in candidates {
+                    kept.push(c.clone());
+                    match config_from_value(&agent_document(&ix, &kept, agents)) {
+                        Ok(cfg) => last = cfg,
+                        Err(e) => {
+                            kept.pop();
+                            let why = format!("on agent {}: {}", agent.node_id, e.to_string().replace('\n', "; "));
+                            out.errors.entry(c).or_insert(why);
+                        }
+                    }
                 }
-                Config::default()
+                last
             }
         };
         out.per_agent.insert(agent.node_id.clone(), cfg);

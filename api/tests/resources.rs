@@ -786,3 +786,19 @@ fn apply_installs_the_other_rulelist_one_level_deep() {
         )
     );
 }
+
+#[test]
+fn a_target_that_only_fails_on_one_agent_is_left_out_there_alone() {
+    // Its only endpoint of weight > 0 comes from a selector that picks no agent with an address: the cluster would
+    // have every endpoint at weight 0, which the agent refuses.
+    let t0 = json!({"apiVersion": "l7mp.io/v1", "kind": "Target", "metadata": {"name": "t0"},
+        "spec": {"selector": {"app": "one"}, "cluster": {"spec": {"TCP": {"port": 80}},
+                 "endpoints": [{"spec": {"address": "10.0.0.9"}, "weight": 0}, {"selector": {"app": "none"}}]}}});
+    let values = [vsvc("a", "one", 9001, "t"), target("t", json!(80)), t0];
+    let t = translate(&resources(&values), &[agent("n1", &[("app", "one")], None)]);
+    assert_loadable(&t);
+    let t0 = ResourceRef::new(ResourceKind::Target, "default", "t0");
+    assert_eq!(t.errors.keys().collect::<Vec<_>>(), vec![&t0]);
+    assert!(t.errors[&t0].starts_with("on agent n1: "), "{}", t.errors[&t0]);
+    assert_eq!(listener_names(cfg(&t, "n1")), vec!["default/a"]);
+}
