@@ -21,6 +21,7 @@ pub mod model;
 pub mod path;
 pub mod pointer;
 pub mod predicate;
+pub mod resource;
 pub mod time;
 pub mod wire;
 
