@@ -40,7 +40,11 @@ fn l7mpctl(lan: &Lan, args: &[&str], stdin: Option<&str>) -> (bool, String) {
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -185,7 +189,16 @@ fn mesh_end_to_end_across_namespaces() {
             &["ip", "netns", "exec", &ns],
             &cfg,
             dir,
-            &["--xds", &xds, "--node-id", &node, "--labels", labels, "--address", &address],
+            &[
+                "--xds",
+                &xds,
+                "--node-id",
+                &node,
+                "--labels",
+                labels,
+                "--address",
+                &address,
+            ],
         );
         a.wait_log("xDS: connected");
         a
@@ -203,7 +216,11 @@ fn mesh_end_to_end_across_namespaces() {
     let via_a1 = client(lan.ns(BACK), format!("{}:9000", lan.addr(A1)));
     assert_eq!(ask(&via_a1, b"hi", Duration::from_secs(10)).as_deref(), Some("old:hi"));
     let via_a2 = client(lan.ns(BACK), format!("{}:9000", lan.addr(A2)));
-    assert_eq!(ask(&via_a2, b"hi", Duration::from_secs(1)), None, "an unselected agent answered");
+    assert_eq!(
+        ask(&via_a2, b"hi", Duration::from_secs(1)),
+        None,
+        "an unselected agent answered"
+    );
     let steady = Steady::start(client(lan.ns(BACK), format!("{}:9000", lan.addr(A1))));
     std::thread::sleep(Duration::from_millis(300));
 
@@ -239,10 +256,16 @@ spec:
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, agents) = l7mpctl(&lan, &["agents"], None);
-        if agents.lines().any(|l| l.starts_with("agent-2") && l.contains("cannot listen")) {
+        if agents
+            .lines()
+            .any(|l| l.starts_with("agent-2") && l.contains("cannot listen"))
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "no NACK of agent-2 in l7mpctl agents:\n{agents}");
+        assert!(
+            Instant::now() < deadline,
+            "no NACK of agent-2 in l7mpctl agents:\n{agents}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(squatter);
@@ -251,7 +274,10 @@ spec:
     control.terminate();
     std::thread::sleep(Duration::from_millis(500));
     let during = client(lan.ns(BACK), format!("{}:9000", lan.addr(A1)));
-    assert_eq!(ask(&during, b"alone", Duration::from_secs(3)).as_deref(), Some("new:alone"));
+    assert_eq!(
+        ask(&during, b"alone", Duration::from_secs(3)).as_deref(),
+        Some("new:alone")
+    );
     let _control = Agent::start_program(&ns_ctl, "l7mp-control", &ctl_args, "l7mp-control running");
     let deadline = Instant::now() + Duration::from_secs(20);
     while a1.count_log("xDS: connected") < 2 {
@@ -262,8 +288,15 @@ spec:
     assert!(ok && out.contains("gw"), "the store lost the VirtualService: {out}");
     let (sent, got) = steady.finish();
     assert!(sent > 100, "the steady client sent only {sent}");
-    assert!(got.iter().all(|m| m.starts_with("old:")), "the live session changed endpoint");
-    assert!(got.len() * 100 >= sent * 95, "the live session lost answers: {} of {sent}", got.len());
+    assert!(
+        got.iter().all(|m| m.starts_with("old:")),
+        "the live session changed endpoint"
+    );
+    assert!(
+        got.len() * 100 >= sent * 95,
+        "the live session lost answers: {} of {sent}",
+        got.len()
+    );
 
     // Delete: the listener is gone on every agent.
     let (ok, out) = l7mpctl(&lan, &["delete", "vsvc", "gw"], None);

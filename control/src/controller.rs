@@ -231,10 +231,11 @@ impl ControlPlane {
             let rref = r.reference();
             let reason = t.errors.get(&rref).cloned();
             let placed: Vec<String> = t
-                .placements
-                .get(&rref)
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default();
+                .per_agent
+                .iter()
+                .filter(|(_, cfg)| placed_in(cfg, &rref))
+                .map(|(node, _)| node.clone())
+                .collect();
             status.insert(
                 key.clone(),
                 ObjectStatus {
@@ -267,6 +268,18 @@ impl ControlPlane {
         self.computed.send_replace(revision);
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Whether an agent's configuration holds the object translated from `r` (the translation names it `ns/name`).
+fn placed_in(cfg: &l7mp_api::Config, r: &resource::ResourceRef) -> bool {
+    use resource::ResourceKind as K;
+    let fqn = r.fqn();
+    match r.kind {
+        K::VirtualService => cfg.listeners.iter().any(|l| l.name == fqn),
+        K::Target => cfg.clusters.iter().any(|c| c.name == fqn),
+        K::Route => cfg.routes.iter().any(|x| x.name == fqn),
+        K::Rule => cfg.rules.iter().any(|x| x.name == fqn),
     }
 }
 
