@@ -543,6 +543,15 @@ fn parent_of(path: &FieldPath) -> FieldPath {
     FieldPath::from_segments(s[..s.len().saturating_sub(1)].to_vec())
 }
 
+/// Whether a flat cluster spec is a network protocol (one with endpoints).
+fn takes_endpoints(spec: &Value) -> bool {
+    let flat = json!({"clusters": [{"name": "c", "spec": spec}]});
+    config_from_value(&flat)
+        .ok()
+        .and_then(|c| c.clusters.into_iter().next())
+        .is_some_and(|c| c.spec.takes_endpoints())
+}
+
 /// Checks a cluster's spec, load balancer and endpoints with the loader (a selector endpoint stands in as a
 /// placeholder address, so the loader's indices stay the written ones).
 fn check_cluster(r: &mut Reader, co: &Obj, base: &FieldPath) -> Option<TargetCluster> {
@@ -1697,7 +1706,10 @@ impl Flat {
         if let Value::Object(o) = &mut c {
             o.insert("name".into(), json!(name));
             let eps: Vec<Value> = order.iter().filter_map(|n| endpoints.remove(n)).collect();
-            o.insert("endpoints".into(), Value::Array(eps));
+            // A virtual cluster (Echo, Logger, ...) takes no `endpoints` key at all.
+            if !eps.is_empty() || o.get("spec").is_some_and(takes_endpoints) {
+                o.insert("endpoints".into(), Value::Array(eps));
+            }
         }
         self.clusters.insert(name, c);
     }

@@ -802,3 +802,34 @@ fn a_target_that_only_fails_on_one_agent_is_left_out_there_alone() {
     assert!(t.errors[&t0].starts_with("on agent n1: "), "{}", t.errors[&t0]);
     assert_eq!(listener_names(cfg(&t, "n1")), vec!["default/a"]);
 }
+
+#[test]
+fn a_virtual_cluster_target_translates_without_endpoints() {
+    let echo = yaml(
+        "
+apiVersion: l7mp.io/v1
+kind: Target
+metadata: { name: echo }
+spec:
+  cluster:
+    spec: { Echo: {} }
+",
+    );
+    let vs = yaml(
+        "
+apiVersion: l7mp.io/v1
+kind: VirtualService
+metadata: { name: gw }
+spec:
+  listener:
+    spec: { UDP: { port: 9000 } }
+    rules: [ { action: { route: { destinationRef: echo } } } ]
+",
+    );
+    let t = translate_values(&[echo, vs], &[agent("n1", &[], None)]);
+    assert!(t.errors.is_empty(), "{:?}", t.errors);
+    assert_loadable(&t);
+    let c = cfg(&t, "n1");
+    assert!(matches!(c.clusters[0].spec, ClusterSpec::Echo), "{:?}", c.clusters);
+    assert_eq!(listener_names(c), ["default/gw"]);
+}
