@@ -492,16 +492,17 @@ fn selector_endpoints_resolve_to_agent_addresses() {
     let gw = cfg(&t, "gw");
     let c = gw.cluster("default/tcp-backend").expect("cluster on the gateway");
     let addrs: Vec<&str> = c.endpoints.iter().map(|e| e.address.as_str()).collect();
-    assert_eq!(addrs, vec!["10.0.0.2", "fd00::3", "10.0.0.100"]);
-    assert_eq!(c.endpoints[2].name, "default/tcp-backend/static-server");
+    assert_eq!(addrs, vec!["10.0.0.2", "fd00::3"]);
     // The Rule at position 0 comes before the inline rule.
     assert_eq!(
         gw.rulelist("default/udp-gateway").expect("rulelist").rules,
         vec!["default/tag-internal", "default/udp-gateway/rules/0"]
     );
-    // Backends get neither the listener nor the cluster (the Target selects every agent only when empty).
-    assert!(cfg(&t, "be1").listeners.is_empty());
-    assert!(cfg(&t, "be1").clusters.is_empty());
+    // Backends get their own service (TCP 9002 -> Echo), not the gateway's listener or cluster.
+    let be = cfg(&t, "be1");
+    assert_eq!(listener_names(be), vec!["default/tcp-echo-service"]);
+    assert!(be.cluster("default/tcp-backend").is_none());
+    assert!(gw.listener("default/tcp-echo-service").is_none());
 }
 
 #[test]
@@ -644,8 +645,8 @@ fn unresolvable_refs_are_reported_alone() {
 fn linked_virtual_service_targets_point_at_its_agents() {
     let rs = parse_documents(&example("websocket-to-unix.yaml")).expect("example");
     let agents = [
-        agent("tc1", &[("app", "transcoder")], Some("10.0.1.1")),
-        agent("tc2", &[("app", "transcoder")], Some("10.0.1.2")),
+        agent("tc1", &[("role", "transcoder")], Some("10.0.1.1")),
+        agent("tc2", &[("role", "transcoder")], Some("10.0.1.2")),
         agent("in", &[("app", "l7mp-ingress")], Some("10.0.0.1")),
     ];
     let t = translate(&rs, &agents);
@@ -660,7 +661,7 @@ fn linked_virtual_service_targets_point_at_its_agents() {
     let tc = cfg(&t, "tc1");
     assert_eq!(listener_names(tc), vec!["default/transcoder-vsvc"]);
     let uds = tc.cluster("default/uds-cluster").expect("uds cluster");
-    assert_eq!(uds.endpoints[0].address, "/var/run/transcoder.sock");
+    assert_eq!(uds.endpoints[0].address, "/tmp/l7mp-transcoder.sock");
     assert!(tc.cluster("default/websocket-cluster").is_none());
 }
 
@@ -671,7 +672,7 @@ fn translation_is_deterministic() {
     let agents = [
         agent("gw", &[("app", "gateway")], Some("10.0.0.1")),
         agent("be", &[("app", "backend")], Some("10.0.0.2")),
-        agent("tc", &[("app", "transcoder")], Some("10.0.0.3")),
+        agent("tc", &[("app", "backend"), ("role", "transcoder")], Some("10.0.0.3")),
     ];
     let a = translate(&rs, &agents);
     let b = translate(&rs, &agents);
@@ -722,7 +723,7 @@ fn every_example_parses_and_translates_cleanly() {
     let agents = [
         agent("gw", &[("app", "gateway")], Some("10.0.0.1")),
         agent("be", &[("app", "backend")], Some("10.0.0.2")),
-        agent("tc", &[("app", "transcoder")], Some("10.0.0.3")),
+        agent("tc", &[("app", "backend"), ("role", "transcoder")], Some("10.0.0.3")),
         agent("in", &[("app", "l7mp-ingress")], Some("10.0.0.4")),
     ];
     for f in files {
