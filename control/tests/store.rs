@@ -174,7 +174,7 @@ fn store_urls() {
         ("./data", "SCHEME"),
         ("mysql://x", "unknown"),
     ] {
-        let error = parse_store_url(url).err().expect("an error");
+        let error = parse_store_url(url).expect_err("an error");
         assert!(error.to_string().contains(says), "{url}: {error}");
     }
     let dir = tempfile::tempdir().expect("temp dir");

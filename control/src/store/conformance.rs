@@ -29,8 +29,11 @@ pub struct Fixture {
     pub guard: Box<dyn Any + Send>,
 }
 
+/// One conformance case: it takes a fresh, empty store and panics on a violation.
+pub type Case = fn(Arc<dyn Store>) -> BoxFuture<'static, ()>;
+
 /// The names and functions of every case, in the order [`run_all`] runs them.
-pub const CASES: &[(&str, fn(Arc<dyn Store>) -> BoxFuture<'static, ()>)] = &[
+pub const CASES: &[(&str, Case)] = &[
     ("basics", |s| Box::pin(basics(s))),
     ("invalid_keys", |s| Box::pin(invalid_keys(s))),
     ("cas_absent", |s| Box::pin(cas_absent(s))),
