@@ -181,3 +181,8 @@ fn store_urls() {
     let opened = store::open(&format!("embedded:{}", dir.path().display())).expect("open by URL");
     assert_eq!(opened.revision(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_all_in_one_test() {
+    l7mp_control::store::conformance::run_all(fixture).await;
+}
