@@ -133,7 +133,7 @@ async fn watch_ends_when_store_dropped() {
 fn open_twice_names_the_path() {
     let dir = tempfile::tempdir().expect("temp dir");
     let _store = EmbeddedStore::open(dir.path()).expect("open");
-    let error = EmbeddedStore::open(dir.path()).err().expect("a second open fails");
+    let error = EmbeddedStore::open(dir.path()).expect_err("a second open fails");
     let message = error.to_string();
     assert!(matches!(error, StoreError::Open { .. }), "{message}");
     assert!(

@@ -161,6 +161,16 @@ impl EmbeddedStore {
     }
 }
 
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .field("revision", &self.inner.revision.load(Ordering::SeqCst))
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
 impl Inner {
     fn get(&self, key: &Key) -> Result<Option<Stored>, StoreError> {
         key.validate()?;
@@ -183,7 +193,8 @@ impl Inner {
         }
     }
 
-    /// Writes `value` at `key` (`None`: deletes it) if `pre` holds. Returns the event written.
+    /// Writes `value` at `key` (`None`: deletes it) if `pre` holds. Returns the write's revision,
+    /// `None` if it wrote nothing (deleting an absent object).
     fn write(&self, key: &Key, value: Option<Value>, pre: Precondition) -> Result<Option<u64>, StoreError> {
         key.validate()?;
         let _guard = self.write.lock().unwrap_or_else(PoisonError::into_inner);
