@@ -147,9 +147,7 @@ fn open_unwritable_dir_names_the_path() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").expect("write");
-    let error = EmbeddedStore::open(&file.join("sub"))
-        .err()
-        .expect("cannot create a directory under a file");
+    let error = EmbeddedStore::open(&file.join("sub")).expect_err("cannot create a directory under a file");
     assert!(error.to_string().contains("a-file"), "{error}");
 }
 
