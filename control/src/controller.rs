@@ -201,7 +201,10 @@ impl ControlPlane {
 
     /// One computation: list, parse, translate, publish.
     pub async fn recompute(&self) -> Result<(), crate::store::StoreError> {
-        let (objects, revision) = self.store.list(None, None).await?;
+        let crate::store::Listing {
+            items: objects,
+            revision,
+        } = self.store.list(None, None).await?;
         let mut status: BTreeMap<Key, ObjectStatus> = BTreeMap::new();
         let mut parsed: Vec<(Key, u64, Resource)> = Vec::new();
         for o in objects {

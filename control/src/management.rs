@@ -140,7 +140,10 @@ impl Management for ManagementService {
         let r = req.into_inner();
         let k = if r.kind.is_empty() { None } else { Some(kind(&r.kind)?) };
         let ns = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
-        let (objects, revision) = self.cp.store().list(k.as_deref(), ns).await.map_err(store_error)?;
+        let crate::store::Listing {
+            items: objects,
+            revision,
+        } = self.cp.store().list(k.as_deref(), ns).await.map_err(store_error)?;
         Ok(Response::new(pb::ListResponse {
             objects: objects.iter().map(|s| self.out(s)).collect(),
             revision,
@@ -174,7 +177,8 @@ impl Management for ManagementService {
         let store = self.cp.store().clone();
         // From 0: the current state first (as PUTs), then the changes after it.
         let (initial, from) = if r.from_revision == 0 {
-            let (objects, rev) = store.list(want.as_deref(), None).await.map_err(store_error)?;
+            let l = store.list(want.as_deref(), None).await.map_err(store_error)?;
+            let (objects, rev) = (l.items, l.revision);
             (objects, rev)
         } else {
             (Vec::new(), r.from_revision)

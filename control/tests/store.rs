@@ -1,73 +1,186 @@
-//! The store conformance suite on the embedded backend, and what only a disk store must do: keep everything
-//! across a reopen, refuse a second opener, say which path it cannot open.
+//! The store conformance suite on the embedded backend, plus its own tests: persistence across
+//! reopening, the history bound, open errors, store URLs.
 
-#![allow(clippy::unwrap_used)]
-
-use l7mp_control::store::embedded::EmbeddedStore;
-use l7mp_control::store::{Key, Precondition, Store, StoreError, conformance, open_url};
-use serde_json::json;
 use std::sync::Arc;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_store_passes_the_conformance_suite() {
-    let dirs = std::sync::Mutex::new(Vec::new());
-    conformance::run_all(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        dirs.lock().unwrap().push(dir);
-        async move { Arc::new(store) as Arc<dyn Store> }
-    })
-    .await;
+use futures_util::StreamExt;
+use l7mp_control::store::conformance::Fixture;
+use l7mp_control::store::{
+    self, EmbeddedOptions, EmbeddedStore, Event, Key, Precondition, Store, StoreError, StoreUrl, parse_store_url,
+};
+use serde_json::json;
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    Fixture {
+        store: Arc::new(store),
+        guard: Box::new(dir),
+    }
 }
 
+l7mp_control::store_conformance_tests!(fixture);
+
 #[tokio::test]
-async fn embedded_store_survives_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("embedded:{}", dir.path().display());
-    let k = Key::new("VirtualService", "default", "gw");
-    let rev = {
-        let s = open_url(&url).await.unwrap();
-        s.put(&k, json!({"spec": {"x": 1}}), Precondition::None).await.unwrap()
+async fn survives_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let k = Key::new("VirtualService", "default", "a");
+    let (r1, r2) = {
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let r1 = store
+            .put(&k, json!({"x": [1, 2]}), Precondition::None)
+            .await
+            .expect("put");
+        let gone = Key::new("VirtualService", "default", "gone");
+        store.put(&gone, json!(1), Precondition::None).await.expect("put");
+        let r2 = store
+            .delete(&gone, Precondition::None)
+            .await
+            .expect("delete")
+            .expect("deleted");
+        (r1, r2)
     };
-    let s = open_url(&url).await.unwrap();
-    assert_eq!(s.revision(), rev);
-    let got = s.get(&k).await.unwrap().unwrap();
-    assert_eq!((got.value, got.revision), (json!({"spec": {"x": 1}}), rev));
-    // The history survives too: a watch from before the write replays it.
-    use futures_util::StreamExt;
-    let mut w = s.watch(0).await.unwrap();
-    assert_eq!(w.next().await.unwrap().unwrap().revision(), rev);
-    // New writes continue the revisions.
-    assert!(s.put(&k, json!(2), Precondition::Revision(rev)).await.unwrap() > rev);
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.revision(), r2, "the revision survives");
+    let got = store.get(&k).await.expect("get").expect("present");
+    assert_eq!(
+        (got.value, got.revision, got.create_revision),
+        (json!({"x": [1, 2]}), r1, r1)
+    );
+    assert_eq!(store.list(None, None).await.expect("list").items.len(), 1);
+    // The history survives too: a watch from before the restart replays it.
+    let mut watch = store.watch(0).await.expect("watch");
+    let revisions: Vec<u64> = (&mut watch)
+        .take(3)
+        .map(|e| e.expect("event").revision())
+        .collect()
+        .await;
+    assert_eq!(revisions, vec![r1, r1 + 1, r2]);
+    let r3 = store
+        .put(&k, json!(2), Precondition::Revision(r1))
+        .await
+        .expect("cas after reopen");
+    assert!(r3 > r2, "revisions keep increasing after a restart");
+    match watch.next().await {
+        Some(Ok(Event::Put(stored))) => assert_eq!(stored.revision, r3),
+        other => panic!("expected the live put, got {other:?}"),
+    }
 }
 
 #[tokio::test]
-async fn bad_urls_and_paths_are_named() {
-    let e = open_url("redis://x").await.err().unwrap().to_string();
-    assert!(e.contains("embedded:DIR"), "{e}");
-    let e = open_url("etcd://127.0.0.1:2379").await.err().unwrap().to_string();
-    assert!(e.contains("later release"), "{e}");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    let e = open_url(&format!("embedded:{}/sub", file.path().display()))
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(e, StoreError::Open { .. }), "{e}");
-    assert!(e.to_string().contains(&file.path().display().to_string()), "{e}");
+async fn history_is_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open_with(
+        dir.path(),
+        EmbeddedOptions {
+            history: 5,
+            watch_buffer: 4,
+        },
+    )
+    .expect("open");
+    let k = Key::new("K", "ns", "n");
+    for i in 0..20 {
+        store.put(&k, json!(i), Precondition::None).await.expect("put");
+    }
+    match store.watch(10).await {
+        Err(StoreError::Compacted {
+            requested: 10,
+            compacted: 15,
+        }) => {}
+        Err(error) => panic!("unexpected error {error}"),
+        Ok(_) => panic!("a watch from a compacted revision"),
+    }
+    let watch = store.watch(15).await.expect("watch within the history");
+    let revisions: Vec<u64> = watch.take(5).map(|e| e.expect("event").revision()).collect().await;
+    assert_eq!(revisions, vec![16, 17, 18, 19, 20]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_from_before_the_kept_history_is_told_to_relist() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = EmbeddedStore::open_with_history(dir.path(), 20).unwrap();
-    let k = Key::new("Target", "default", "t");
-    for i in 0..25 {
-        s.put(&k, json!(i), Precondition::None).await.unwrap();
+#[tokio::test]
+async fn lagging_watcher_gets_compacted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open_with(
+        dir.path(),
+        EmbeddedOptions {
+            history: 5,
+            watch_buffer: 2,
+        },
+    )
+    .expect("open");
+    let k = Key::new("K", "ns", "n");
+    let mut watch = store.watch(0).await.expect("watch");
+    for i in 0..20 {
+        store.put(&k, json!(i), Precondition::None).await.expect("put");
     }
-    match s.watch(2).await {
-        Err(StoreError::Compacted { requested: 2, oldest }) => assert_eq!(oldest, 6),
-        Err(e) => panic!("{e}"),
-        Ok(_) => panic!("a watch from a compacted revision started"),
+    let first = watch.next().await.expect("an item");
+    assert!(
+        matches!(first, Err(StoreError::Compacted { requested: 0, .. })),
+        "{first:?}"
+    );
+    assert!(watch.next().await.is_none(), "the watch ends after the error");
+}
+
+#[tokio::test]
+async fn watch_ends_when_store_dropped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let mut watch = store.watch(0).await.expect("watch");
+    drop(store);
+    assert!(watch.next().await.is_none());
+    EmbeddedStore::open(dir.path()).expect("reopen once the watcher's store is gone");
+}
+
+#[test]
+fn open_twice_names_the_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _store = EmbeddedStore::open(dir.path()).expect("open");
+    let error = EmbeddedStore::open(dir.path()).expect_err("a second open fails");
+    let message = error.to_string();
+    assert!(matches!(error, StoreError::Open { .. }), "{message}");
+    assert!(
+        message.contains(&dir.path().join(store::embedded::DB_FILE).display().to_string()),
+        "{message}"
+    );
+}
+
+#[test]
+fn open_unwritable_dir_names_the_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let error = EmbeddedStore::open(&file.join("sub")).expect_err("cannot create a directory under a file");
+    assert!(error.to_string().contains("a-file"), "{error}");
+}
+
+#[test]
+fn store_urls() {
+    assert_eq!(
+        parse_store_url("embedded:./data").expect("parse"),
+        StoreUrl::Embedded("./data".into())
+    );
+    assert_eq!(
+        parse_store_url("embedded:///var/lib/l7mp").expect("parse"),
+        StoreUrl::Embedded("/var/lib/l7mp".into())
+    );
+    assert_eq!(
+        parse_store_url(store::DEFAULT_STORE_URL).expect("parse"),
+        StoreUrl::Embedded("./l7mp-data".into())
+    );
+    for (url, says) in [
+        ("etcd://localhost:2379", "later release"),
+        ("kubernetes:", "later release"),
+        ("embedded:", "directory"),
+        ("./data", "SCHEME"),
+        ("mysql://x", "unknown"),
+    ] {
+        let error = parse_store_url(url).expect_err("an error");
+        assert!(error.to_string().contains(says), "{url}: {error}");
     }
-    assert!(s.watch(5).await.is_ok(), "the oldest kept revision can be resumed from");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opened = store::open(&format!("embedded:{}", dir.path().display())).expect("open by URL");
+    assert_eq!(opened.revision(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_all_in_one_test() {
+    l7mp_control::store::conformance::run_all(fixture).await;
 }

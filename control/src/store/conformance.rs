@@ -1,192 +1,503 @@
-//! The conformance suite every store backend must pass (the embedded one here; etcd and Kubernetes later): call
-//! [`run_all`] with a function that makes a fresh, empty store. Each check panics with what it expected.
+//! The conformance suite every [`Store`] backend must pass.
+//!
+//! Each case is a `pub async fn` taking a fresh, empty store and panicking on a violation. A
+//! backend's test file runs them all with [`store_conformance_tests!`](crate::store_conformance_tests),
+//! one `#[tokio::test]` per case:
+//!
+//! ```ignore
+//! async fn fixture() -> l7mp_control::store::conformance::Fixture { /* a fresh, empty store */ }
+//! l7mp_control::store_conformance_tests!(fixture);
+//! ```
+//!
+//! or calls [`run_all`] with a fixture factory. The cases only rely on the [`Store`] contract:
+//! revisions are compared for order, never for exact values, so a backend with non-contiguous
+//! revisions (Kubernetes' resourceVersion) can pass.
 
-use super::{Event, Key, Precondition, Store, StoreError};
-use futures_util::StreamExt;
-use serde_json::json;
+use std::any::Any;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Runs every check, each on a fresh store from `make`.
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::{BoxFuture, Event, Key, Precondition, Store, StoreError, WatchStream};
+
+/// A fresh, empty store and whatever must live as long as it (a temporary directory, a server).
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    pub guard: Box<dyn Any + Send>,
+}
+
+/// One conformance case: it takes a fresh, empty store and panics on a violation.
+pub type Case = fn(Arc<dyn Store>) -> BoxFuture<'static, ()>;
+
+/// The names and functions of every case, in the order [`run_all`] runs them.
+pub const CASES: &[(&str, Case)] = &[
+    ("basics", |s| Box::pin(basics(s))),
+    ("invalid_keys", |s| Box::pin(invalid_keys(s))),
+    ("cas_absent", |s| Box::pin(cas_absent(s))),
+    ("cas_revision", |s| Box::pin(cas_revision(s))),
+    ("list_filters", |s| Box::pin(list_filters(s))),
+    ("revisions_shared", |s| Box::pin(revisions_shared(s))),
+    ("values_round_trip", |s| Box::pin(values_round_trip(s))),
+    ("watch_from_zero", |s| Box::pin(watch_from_zero(s))),
+    ("watch_from_past", |s| Box::pin(watch_from_past(s))),
+    ("watch_live", |s| Box::pin(watch_live(s))),
+    ("watch_after_list", |s| Box::pin(watch_after_list(s))),
+    ("concurrent_writers", |s| Box::pin(concurrent_writers(s))),
+    ("slow_watcher", |s| Box::pin(slow_watcher(s))),
+    ("compaction", |s| Box::pin(compaction(s))),
+];
+
+/// Runs every case, each on a fresh fixture from `make`.
 pub async fn run_all<F, Fut>(make: F)
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Arc<dyn Store>>,
+    Fut: Future<Output = Fixture>,
 {
-    basics(make().await).await;
-    compare_and_swap(make().await).await;
-    listing(make().await).await;
-    watch_from_the_past_and_live(make().await).await;
-    watch_under_concurrent_writers(make().await).await;
-}
-
-fn k(kind: &str, ns: &str, name: &str) -> Key {
-    Key::new(kind, ns, name)
-}
-
-async fn next(w: &mut super::WatchStream) -> Event {
-    match tokio::time::timeout(Duration::from_secs(5), w.next()).await {
-        Ok(Some(Ok(e))) => e,
-        other => panic!("expected an event, got {other:?}"),
+    for (name, case) in CASES {
+        let fixture = make().await;
+        tracing::info!(case = name, "store conformance");
+        case(fixture.store.clone()).await;
+        drop(fixture);
     }
 }
 
-/// Get, put, delete; values round-trip exactly; revisions grow and are shared by all keys.
-pub async fn basics(s: Arc<dyn Store>) {
-    let a = k("Target", "default", "a");
-    assert_eq!(s.get(&a).await.expect("get"), None);
-    let v = json!({"spec": {"port": 9001, "ratio": 0.25, "list": [1, "x", null, {"deep": true}]}, "name": "ä/ö"});
-    let r1 = s.put(&a, v.clone(), Precondition::None).await.expect("put");
-    let got = s.get(&a).await.expect("get").expect("present");
-    assert_eq!((got.value, got.revision, got.create_revision), (v.clone(), r1, r1));
-    let r2 = s
-        .put(&k("Route", "default", "b"), json!(1), Precondition::None)
-        .await
-        .expect("put");
-    assert!(r2 > r1, "revisions must grow across keys: {r1} then {r2}");
-    let r3 = s.put(&a, json!({"v": 2}), Precondition::None).await.expect("put");
-    let got = s.get(&a).await.expect("get").expect("present");
+/// Generates one `#[tokio::test]` per conformance case; `$fixture` is an `async fn() -> Fixture`.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($fixture:path) => {
+        $crate::store_conformance_tests!(@cases $fixture;
+            basics, invalid_keys, cas_absent, cas_revision, list_filters, revisions_shared,
+            values_round_trip, watch_from_zero, watch_from_past, watch_live, watch_after_list,
+            concurrent_writers, slow_watcher, compaction);
+    };
+    (@cases $fixture:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let fixture = $fixture().await;
+                $crate::store::conformance::$case(fixture.store.clone()).await;
+                drop(fixture);
+            }
+        )*
+    };
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn key(kind: &str, namespace: &str, name: &str) -> Key {
+    Key::new(kind, namespace, name)
+}
+
+async fn next_event(watch: &mut WatchStream) -> Event {
+    match tokio::time::timeout(TIMEOUT, watch.next()).await {
+        Ok(Some(Ok(event))) => event,
+        Ok(Some(Err(error))) => panic!("watch failed: {error}"),
+        Ok(None) => panic!("watch ended"),
+        Err(_) => panic!("no event within {TIMEOUT:?}"),
+    }
+}
+
+async fn assert_quiet(watch: &mut WatchStream) {
+    if let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(100), watch.next()).await {
+        panic!("unexpected watch item {item:?}");
+    }
+}
+
+fn assert_conflict(result: Result<impl std::fmt::Debug, StoreError>, want_actual: Option<u64>) {
+    match result {
+        Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, want_actual, "conflict's actual revision"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+/// Get, put, replace, delete; create_revision kept by replaces; deleting an absent object.
+pub async fn basics(store: Arc<dyn Store>) {
+    let k = key("VirtualService", "default", "a");
+    assert_eq!(store.revision(), 0, "a fresh store is at revision 0");
+    assert!(store.get(&k).await.expect("get").is_none());
+    let r1 = store.put(&k, json!({"v": 1}), Precondition::None).await.expect("put");
+    assert!(r1 > 0);
+    assert_eq!(store.revision(), r1);
+    let got = store.get(&k).await.expect("get").expect("present");
     assert_eq!(
-        (got.revision, got.create_revision),
-        (r3, r1),
-        "create_revision stays, revision moves"
+        (got.key.clone(), got.value.clone(), got.revision, got.create_revision),
+        (k.clone(), json!({"v": 1}), r1, r1)
     );
-    assert_eq!(s.revision(), r3);
-    let d = s.delete(&a, Precondition::None).await.expect("delete");
-    assert!(d.is_some_and(|d| d > r3));
-    assert_eq!(s.get(&a).await.expect("get"), None);
+    let r2 = store.put(&k, json!({"v": 2}), Precondition::None).await.expect("put");
+    assert!(r2 > r1);
+    let got = store.get(&k).await.expect("get").expect("present");
     assert_eq!(
-        s.delete(&a, Precondition::None).await.expect("delete"),
-        None,
-        "deleting nothing"
+        (got.value, got.revision, got.create_revision),
+        (json!({"v": 2}), r2, r1)
     );
-    let weird = k("Rule", "ns/with/slashes", "a%2Fb");
-    s.put(&weird, json!("w"), Precondition::None).await.expect("put");
-    assert_eq!(s.get(&weird).await.expect("get").map(|o| o.key), Some(weird));
-}
-
-/// Create-only and compare-and-swap writes.
-pub async fn compare_and_swap(s: Arc<dyn Store>) {
-    let a = k("Target", "default", "a");
-    let r1 = s.put(&a, json!(1), Precondition::Absent).await.expect("create");
-    match s.put(&a, json!(2), Precondition::Absent).await {
-        Err(StoreError::Conflict {
-            expected: None,
-            actual: Some(r),
-            ..
-        }) => assert_eq!(r, r1),
-        other => panic!("create over an existing object: {other:?}"),
-    }
-    let r2 = s.put(&a, json!(2), Precondition::Revision(r1)).await.expect("cas");
-    match s.put(&a, json!(3), Precondition::Revision(r1)).await {
-        Err(StoreError::Conflict {
-            expected: Some(e),
-            actual: Some(r),
-            ..
-        }) => assert_eq!((e, r), (r1, r2)),
-        other => panic!("a stale CAS: {other:?}"),
-    }
-    assert!(matches!(
-        s.delete(&a, Precondition::Revision(r1)).await,
-        Err(StoreError::Conflict { .. })
-    ));
-    assert!(
-        s.delete(&a, Precondition::Revision(r2))
-            .await
-            .expect("cas delete")
-            .is_some()
-    );
-    assert!(matches!(
-        s.put(&a, json!(4), Precondition::Revision(r2)).await,
-        Err(StoreError::Conflict { actual: None, .. })
-    ));
-    assert_eq!(s.get(&a).await.expect("get"), None, "a failed write changed something");
-}
-
-/// Listing by kind and namespace, sorted, with the store revision.
-pub async fn listing(s: Arc<dyn Store>) {
-    for (kind, ns, name) in [
-        ("Target", "b", "x"),
-        ("Target", "a", "y"),
-        ("Route", "a", "z"),
-        ("Target", "a", "a"),
-    ] {
-        s.put(&k(kind, ns, name), json!(name), Precondition::None)
-            .await
-            .expect("put");
-    }
-    let (all, rev) = s.list(None, None).await.expect("list");
-    assert_eq!(all.len(), 4);
-    assert_eq!(rev, s.revision());
-    let (t, _) = s.list(Some("Target"), None).await.expect("list");
-    let names: Vec<String> = t.iter().map(|o| o.key.to_string()).collect();
-    assert_eq!(names, ["Target/a/a", "Target/a/y", "Target/b/x"]);
-    let (ta, _) = s.list(Some("Target"), Some("a")).await.expect("list");
-    assert_eq!(ta.len(), 2);
-    let (none, _) = s.list(Some("Rule"), None).await.expect("list");
-    assert!(none.is_empty());
-}
-
-/// A watch from a past revision replays what came after it, then live changes; from 0 it replays everything kept.
-pub async fn watch_from_the_past_and_live(s: Arc<dyn Store>) {
-    let a = k("Target", "default", "a");
-    let r1 = s.put(&a, json!(1), Precondition::None).await.expect("put");
-    let r2 = s.put(&a, json!(2), Precondition::None).await.expect("put");
-    let mut w = s.watch(r1).await.expect("watch");
-    match next(&mut w).await {
-        Event::Put(o) => assert_eq!((o.revision, o.value), (r2, json!(2))),
-        other => panic!("{other:?}"),
-    }
-    let r3 = s
-        .delete(&a, Precondition::None)
+    let r3 = store
+        .delete(&k, Precondition::None)
         .await
         .expect("delete")
-        .expect("existed");
+        .expect("deleted");
+    assert!(r3 > r2);
+    assert!(store.get(&k).await.expect("get").is_none());
+    assert_eq!(store.delete(&k, Precondition::None).await.expect("delete absent"), None);
+    assert_eq!(store.revision(), r3, "deleting an absent object writes nothing");
+    let r4 = store.put(&k, json!(null), Precondition::None).await.expect("put again");
+    let got = store.get(&k).await.expect("get").expect("present");
     assert_eq!(
-        next(&mut w).await,
-        Event::Delete {
-            key: a.clone(),
-            revision: r3
-        }
+        (got.revision, got.create_revision),
+        (r4, r4),
+        "a put after a delete creates anew"
     );
-    let mut all = s.watch(0).await.expect("watch from 0");
-    let revs: Vec<u64> = [next(&mut all).await, next(&mut all).await, next(&mut all).await]
-        .iter()
-        .map(Event::revision)
-        .collect();
-    assert_eq!(revs, [r1, r2, r3]);
-    let mut now = s.watch(s.revision()).await.expect("watch now");
-    let quiet = tokio::time::timeout(Duration::from_millis(100), now.next()).await;
-    assert!(quiet.is_err(), "a watch from the current revision replayed something");
 }
 
-/// Four writers, 200 writes each: a watcher sees every revision exactly once, in order.
-pub async fn watch_under_concurrent_writers(s: Arc<dyn Store>) {
-    let start = s.revision();
-    let mut w = s.watch(start).await.expect("watch");
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let s = s.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..200 {
-                s.put(
-                    &k("Target", "w", &format!("t{t}-{}", i % 7)),
-                    json!(i),
-                    Precondition::None,
-                )
+/// Keys with an empty kind or name, or a `/`, are refused and write nothing.
+pub async fn invalid_keys(store: Arc<dyn Store>) {
+    for bad in [
+        key("", "ns", "n"),
+        key("K", "ns", ""),
+        key("K/x", "ns", "n"),
+        key("K", "a/b", "n"),
+    ] {
+        let result = store.put(&bad, json!(1), Precondition::None).await;
+        assert!(
+            matches!(result, Err(StoreError::InvalidKey { .. })),
+            "{bad:?}: {result:?}"
+        );
+        assert!(matches!(store.get(&bad).await, Err(StoreError::InvalidKey { .. })));
+    }
+    assert_eq!(store.revision(), 0);
+    store
+        .put(&key("K", "", "cluster-wide"), json!(1), Precondition::None)
+        .await
+        .expect("an empty namespace is fine");
+}
+
+/// Create-if-absent.
+pub async fn cas_absent(store: Arc<dyn Store>) {
+    let k = key("Route", "default", "r");
+    let r1 = store
+        .put(&k, json!("first"), Precondition::Absent)
+        .await
+        .expect("create");
+    assert_conflict(store.put(&k, json!("second"), Precondition::Absent).await, Some(r1));
+    assert_eq!(store.revision(), r1, "a conflict writes nothing");
+    assert_eq!(
+        store.get(&k).await.expect("get").expect("present").value,
+        json!("first")
+    );
+    assert_conflict(store.delete(&k, Precondition::Absent).await, Some(r1));
+    let r2 = store
+        .delete(&k, Precondition::None)
+        .await
+        .expect("delete")
+        .expect("deleted");
+    store
+        .put(&k, json!("again"), Precondition::Absent)
+        .await
+        .expect("create after delete");
+    assert!(store.revision() > r2);
+}
+
+/// Compare-and-swap on the revision, for puts and deletes.
+pub async fn cas_revision(store: Arc<dyn Store>) {
+    let k = key("Target", "ns", "t");
+    assert_conflict(store.put(&k, json!(0), Precondition::Revision(1)).await, None);
+    let r1 = store.put(&k, json!(1), Precondition::None).await.expect("put");
+    let r2 = store
+        .put(&k, json!(2), Precondition::Revision(r1))
+        .await
+        .expect("cas put");
+    assert_conflict(store.put(&k, json!(3), Precondition::Revision(r1)).await, Some(r2));
+    assert_conflict(store.delete(&k, Precondition::Revision(r1)).await, Some(r2));
+    assert_eq!(store.revision(), r2);
+    let got = store.get(&k).await.expect("get").expect("present");
+    assert_eq!((got.value, got.revision), (json!(2), r2));
+    let r3 = store
+        .delete(&k, Precondition::Revision(r2))
+        .await
+        .expect("cas delete")
+        .expect("deleted");
+    assert!(r3 > r2);
+    assert_conflict(store.delete(&k, Precondition::Revision(r2)).await, None);
+}
+
+/// Listing by kind, namespace, both, neither; ordered by key; with the store's revision.
+pub async fn list_filters(store: Arc<dyn Store>) {
+    let keys = [
+        key("A", "ns1", "x"),
+        key("A", "ns1", "y"),
+        key("A", "ns2", "x"),
+        key("AB", "ns1", "x"),
+        key("B", "ns1", "z"),
+        key("B", "", "w"),
+    ];
+    for (i, k) in keys.iter().enumerate().rev() {
+        store.put(k, json!(i), Precondition::None).await.expect("put");
+    }
+    store
+        .put(&key("B", "ns2", "gone"), json!(0), Precondition::None)
+        .await
+        .expect("put");
+    store
+        .delete(&key("B", "ns2", "gone"), Precondition::None)
+        .await
+        .expect("delete");
+    let names = |listing: &super::Listing| listing.items.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
+    let all = store.list(None, None).await.expect("list");
+    assert_eq!(all.revision, store.revision());
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    assert_eq!(names(&all), sorted);
+    for item in &all.items {
+        let i = keys.iter().position(|k| *k == item.key).expect("listed key was put");
+        assert_eq!(item.value, json!(i));
+    }
+    assert_eq!(
+        names(&store.list(Some("A"), None).await.expect("list")),
+        keys[..3].to_vec()
+    );
+    assert_eq!(
+        names(&store.list(Some("A"), Some("ns1")).await.expect("list")),
+        keys[..2].to_vec()
+    );
+    assert_eq!(
+        names(&store.list(None, Some("ns1")).await.expect("list")),
+        vec![keys[0].clone(), keys[1].clone(), keys[3].clone(), keys[4].clone()]
+    );
+    assert_eq!(
+        names(&store.list(Some("B"), Some("")).await.expect("list")),
+        vec![keys[5].clone()]
+    );
+    assert!(store.list(Some("C"), None).await.expect("list").items.is_empty());
+}
+
+/// One revision sequence shared by every key, strictly increasing.
+pub async fn revisions_shared(store: Arc<dyn Store>) {
+    let mut last = 0;
+    for i in 0..20 {
+        let k = key("K", "ns", &format!("k{}", i % 3));
+        let revision = if i % 5 == 4 {
+            store
+                .delete(&k, Precondition::None)
                 .await
-                .expect("put");
+                .expect("delete")
+                .unwrap_or(last)
+        } else {
+            store.put(&k, json!(i), Precondition::None).await.expect("put")
+        };
+        assert!(revision >= last);
+        if revision == last {
+            continue;
+        }
+        assert!(revision > last, "revision {revision} after {last}");
+        assert_eq!(store.revision(), revision);
+        last = revision;
+    }
+}
+
+fn odd_values() -> Vec<Value> {
+    vec![
+        json!(null),
+        json!(true),
+        json!(0),
+        json!(-1),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(0.5),
+        json!(1.0e300),
+        json!(-2.25e-10),
+        json!(""),
+        json!("ünïcödé ✓ \u{1F600} \"quoted\" \\ \n\t\u{0}"),
+        json!([]),
+        json!({}),
+        json!([1, "two", [3], {"four": 4}, null]),
+        json!({"z": 1, "a": {"nested": [{"deep": {"deeper": [true, false]}}]}, "m": "x".repeat(100_000)}),
+    ]
+}
+
+/// Values come back exactly as put, through get, list and watch.
+pub async fn values_round_trip(store: Arc<dyn Store>) {
+    let mut watch = store.watch(0).await.expect("watch");
+    for (i, value) in odd_values().into_iter().enumerate() {
+        let k = key("V", "ns", &format!("v{i:02}"));
+        store.put(&k, value.clone(), Precondition::None).await.expect("put");
+        assert_eq!(
+            store.get(&k).await.expect("get").expect("present").value,
+            value,
+            "get of {k}"
+        );
+        match next_event(&mut watch).await {
+            Event::Put(stored) => assert_eq!(stored.value, value, "watch of {k}"),
+            other => panic!("expected a put, got {other:?}"),
+        }
+    }
+    let listing = store.list(Some("V"), None).await.expect("list");
+    let values: Vec<Value> = listing.items.into_iter().map(|s| s.value).collect();
+    assert_eq!(values, odd_values());
+}
+
+/// A few writes of several keys, returning the events they should produce.
+async fn write_some(store: &Arc<dyn Store>, n: usize) -> Vec<Event> {
+    let mut events = Vec::new();
+    for i in 0..n {
+        let k = key("W", "ns", &format!("k{}", i % 4));
+        if i % 3 == 2 {
+            if let Some(revision) = store.delete(&k, Precondition::None).await.expect("delete") {
+                events.push(Event::Delete { key: k, revision });
             }
+        } else {
+            store.put(&k, json!({"i": i}), Precondition::None).await.expect("put");
+            events.push(Event::Put(store.get(&k).await.expect("get").expect("present")));
+        }
+    }
+    events
+}
+
+/// Watching from 0 replays every event (puts and deletes), then live ones.
+pub async fn watch_from_zero(store: Arc<dyn Store>) {
+    let expected = write_some(&store, 12).await;
+    let mut watch = store.watch(0).await.expect("watch");
+    for want in &expected {
+        assert_eq!(&next_event(&mut watch).await, want);
+    }
+    assert_quiet(&mut watch).await;
+    let more = write_some(&store, 6).await;
+    for want in &more {
+        assert_eq!(&next_event(&mut watch).await, want);
+    }
+}
+
+/// Watching from a past revision replays exactly the events after it.
+pub async fn watch_from_past(store: Arc<dyn Store>) {
+    let expected = write_some(&store, 12).await;
+    let from = expected[4].revision();
+    let mut watch = store.watch(from).await.expect("watch");
+    for want in &expected[5..] {
+        assert_eq!(&next_event(&mut watch).await, want);
+    }
+    assert_quiet(&mut watch).await;
+}
+
+/// Watching from the current revision sees only new writes, including deletes.
+pub async fn watch_live(store: Arc<dyn Store>) {
+    write_some(&store, 5).await;
+    let mut watch = store.watch(store.revision()).await.expect("watch");
+    assert_quiet(&mut watch).await;
+    let k = key("L", "ns", "live");
+    let r1 = store.put(&k, json!("x"), Precondition::None).await.expect("put");
+    match next_event(&mut watch).await {
+        Event::Put(stored) => assert_eq!((stored.key, stored.value, stored.revision), (k.clone(), json!("x"), r1)),
+        other => panic!("expected a put, got {other:?}"),
+    }
+    let r2 = store
+        .delete(&k, Precondition::None)
+        .await
+        .expect("delete")
+        .expect("deleted");
+    assert_eq!(next_event(&mut watch).await, Event::Delete { key: k, revision: r2 });
+}
+
+/// The list-then-watch pattern loses nothing written in between.
+pub async fn watch_after_list(store: Arc<dyn Store>) {
+    write_some(&store, 6).await;
+    let listing = store.list(None, None).await.expect("list");
+    let k = key("L", "ns", "between");
+    let revision = store.put(&k, json!(1), Precondition::None).await.expect("put");
+    let mut watch = store.watch(listing.revision).await.expect("watch");
+    let event = next_event(&mut watch).await;
+    assert_eq!((event.key(), event.revision()), (&k, revision));
+}
+
+/// Many concurrent writers: a watcher sees every write's revision exactly once, in order.
+pub async fn concurrent_writers(store: Arc<dyn Store>) {
+    const TASKS: usize = 4;
+    const PUTS: usize = 200;
+    let mut watch = store.watch(store.revision()).await.expect("watch");
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            for i in 0..PUTS {
+                let k = key("C", &format!("t{t}"), &format!("k{}", i % 10));
+                revisions.push(store.put(&k, json!([t, i]), Precondition::None).await.expect("put"));
+            }
+            revisions
         }));
     }
-    for t in tasks {
-        t.await.expect("writer");
+    let mut written = Vec::new();
+    for task in tasks {
+        let revisions = task.await.expect("writer task");
+        assert!(
+            revisions.windows(2).all(|w| w[0] < w[1]),
+            "one writer's revisions increase"
+        );
+        written.extend(revisions);
     }
-    let mut expect = start + 1;
-    while expect <= start + 800 {
-        let e = next(&mut w).await;
-        assert_eq!(e.revision(), expect, "a gap or a duplicate in the watch");
-        expect += 1;
+    written.sort_unstable();
+    let mut seen = Vec::new();
+    for _ in 0..written.len() {
+        seen.push(next_event(&mut watch).await.revision());
     }
-    assert_eq!(s.revision(), start + 800);
+    assert_eq!(seen, written, "the watcher sees every write once, in order");
+    assert_quiet(&mut watch).await;
+}
+
+/// A watcher that is not read does not block writers; read later, it either catches up without a
+/// gap or reports `Compacted`.
+pub async fn slow_watcher(store: Arc<dyn Store>) {
+    let mut watch = store.watch(0).await.expect("watch");
+    let k = key("S", "ns", "slow");
+    let mut written = Vec::new();
+    let writes = async {
+        for i in 0..3000 {
+            written.push(store.put(&k, json!(i), Precondition::None).await.expect("put"));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), writes)
+        .await
+        .expect("writers were blocked by an idle watcher");
+    let mut seen = Vec::new();
+    while seen.len() < written.len() {
+        match tokio::time::timeout(TIMEOUT, watch.next())
+            .await
+            .expect("watch stalled")
+        {
+            Some(Ok(event)) => seen.push(event.revision()),
+            Some(Err(StoreError::Compacted { .. })) => {
+                assert_eq!(seen[..], written[..seen.len()], "no gap before the compaction error");
+                return;
+            }
+            Some(Err(error)) => panic!("watch failed: {error}"),
+            None => panic!("watch ended"),
+        }
+    }
+    assert_eq!(seen, written);
+}
+
+/// After compacting, watching from before the compacted revision fails with `Compacted`; from it
+/// on works. Skipped for backends that return `Unsupported`.
+pub async fn compaction(store: Arc<dyn Store>) {
+    let events = write_some(&store, 12).await;
+    let at = events[3].revision();
+    match store.compact(at).await {
+        Err(StoreError::Unsupported { .. }) => return,
+        other => other.expect("compact"),
+    }
+    let before = events[1].revision();
+    match store.watch(before).await {
+        Err(StoreError::Compacted { requested, compacted }) => {
+            assert_eq!(requested, before);
+            assert!(compacted >= at);
+        }
+        Err(error) => panic!("expected Compacted, got {error}"),
+        Ok(_) => panic!("expected Compacted, got a watch"),
+    }
+    let mut watch = store.watch(at).await.expect("watch from the compacted revision");
+    for want in &events[4..] {
+        assert_eq!(&next_event(&mut watch).await, want);
+    }
+    // Objects survive compaction.
+    assert_eq!(store.list(None, None).await.expect("list").revision, store.revision());
 }

@@ -1,319 +1,445 @@
-//! The embedded store (the default): one redb database file (`l7mp.redb`) in a directory, ACID and durable (every
-//! write is committed to disk before it returns), no setup.
+//! The embedded backend: one redb database file on local disk, no setup.
 //!
-//! Tables: `objects` (key → the stored object as JSON), `events` (revision → the event as JSON, the last
-//! [`HISTORY`] of them, for watches that resume from a past revision) and `meta` (the current revision). Writes are
-//! serialised (redb has one writer) and run on the blocking pool. Live watchers get events through a broadcast
-//! channel; one that falls more than [`LIVE_QUEUE`] events behind is dropped with [`StoreError::Lagged`] and lists
-//! again, so a slow watcher never holds writers up.
+//! `DIR/l7mp.redb` holds three tables, all written in the same transaction per write:
+//! - `objects`: `(kind, namespace, name)` → the JSON of the value with its revisions;
+//! - `events`: revision → the JSON of the [`Event`] (the watch history, the last
+//!   [`EmbeddedOptions::history`] revisions);
+//! - `meta`: the current revision and the compacted revision (history holds every event after it).
+//!
+//! Every commit is durable (redb's default, fsync) before the call returns, so whatever a call
+//! reported as written survives a crash or restart. Writes are serialised by one lock that also
+//! covers the broadcast of the event to live watchers, so watchers see events in revision order.
+//! The lock is held inside `spawn_blocking`, never across an `.await`.
+//!
+//! Watchers share one `tokio::sync::broadcast` channel. A watcher that falls more than
+//! [`EmbeddedOptions::watch_buffer`] events behind does not slow writers down: it catches up
+//! from the on-disk history, and only if that was compacted past its position does it get
+//! [`StoreError::Compacted`] (then it relists).
 
-use super::{Event, Key, Precondition, Store, StoreError, StoreFuture, Stored, WatchStream};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde_json::Value;
-use std::path::Path;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
-const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+use super::{BoxFuture, Event, Key, Listing, Precondition, Store, StoreError, Stored, WatchStream};
+
+/// The database file's name inside the store directory.
+pub const DB_FILE: &str = "l7mp.redb";
+
+const OBJECTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
 
-/// Events kept for watches that resume from the past.
-pub const HISTORY: u64 = 10_000;
-/// Events a live watcher may fall behind before it is dropped.
-pub const LIVE_QUEUE: usize = 4096;
+/// Tuning of the embedded backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// How many revisions of history to keep for watches (at least 1).
+    pub history: u64,
+    /// How many events a live watcher may fall behind before it catches up from disk.
+    pub watch_buffer: usize,
+}
 
-/// The embedded store.
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            history: 10_000,
+            watch_buffer: 1024,
+        }
+    }
+}
+
+/// The embedded store (see the module documentation). Cheap to clone; clones share the database.
+#[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
-    revision: Arc<AtomicU64>,
-    /// Serialises writes with their broadcast, so live events go out in revision order.
-    write: Arc<Mutex<()>>,
-    live: broadcast::Sender<Event>,
-    /// Events kept for resuming watches.
-    history: u64,
+    inner: Arc<Inner>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    options: EmbeddedOptions,
+    /// Serialises writes and the broadcast of their events.
+    write: Mutex<()>,
+    revision: AtomicU64,
+    events: broadcast::Sender<Event>,
 }
 
-/// `kind/namespace/name` with `/` inside a part escaped, so keys sort by kind, then namespace, then name.
-fn db_key(k: &Key) -> String {
-    let esc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
-    format!("{}/{}/{}", esc(&k.kind), esc(&k.namespace), esc(&k.name))
+/// An object's record in the `objects` table.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    revision: u64,
+    create_revision: u64,
+    value: Value,
+}
+
+fn backend(error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(Box::new(error.into()))
+}
+
+fn corrupt(what: &str, error: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("corrupt {what} in the store: {error}").into())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|error| StoreError::Backend(Box::new(error)))
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store in `dir`, keeping [`HISTORY`] events for watches.
+    /// Opens (creating if missing) the store in `dir`, with default options. Blocks on disk I/O.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        Self::open_with_history(dir, HISTORY)
+        EmbeddedStore::open_with(dir, EmbeddedOptions::default())
     }
 
-    /// Opens the store in `dir`, keeping the last `history` events (at least 1) for watches.
-    pub fn open_with_history(dir: &Path, history: u64) -> Result<EmbeddedStore, StoreError> {
-        let open_err = |reason: String| StoreError::Open {
-            path: dir.display().to_string(),
-            reason,
+    /// Opens (creating if missing) the store in `dir`. Fails with [`StoreError::Open`] naming the
+    /// path if the directory cannot be created or the file cannot be opened (permissions, another
+    /// process or another `EmbeddedStore` holding it, corruption).
+    pub fn open_with(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
+        let options = EmbeddedOptions {
+            history: options.history.max(1),
+            watch_buffer: options.watch_buffer.max(1),
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let file = dir.join("l7mp.redb");
-        let db = Database::create(&file).map_err(|e| StoreError::Open {
-            path: file.display().to_string(),
-            reason: e.to_string(),
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::Open {
+            path: dir.to_path_buf(),
+            source: Box::new(error),
         })?;
-        let tx = db.begin_write().map_err(backend)?;
-        let revision = {
-            tx.open_table(OBJECTS).map_err(backend)?;
-            tx.open_table(EVENTS).map_err(backend)?;
-            let meta = tx.open_table(META).map_err(backend)?;
-            meta.get("revision").map_err(backend)?.map_or(0, |v| v.value())
+        let path = dir.join(DB_FILE);
+        let open_error = |error: redb::Error| StoreError::Open {
+            path: path.clone(),
+            source: Box::new(error),
         };
-        tx.commit().map_err(backend)?;
+        let db = Database::create(&path).map_err(|error| open_error(error.into()))?;
+        let txn = db.begin_write().map_err(|error| open_error(error.into()))?;
+        let revision = {
+            txn.open_table(OBJECTS).map_err(|error| open_error(error.into()))?;
+            txn.open_table(EVENTS).map_err(|error| open_error(error.into()))?;
+            let meta = txn.open_table(META).map_err(|error| open_error(error.into()))?;
+            let revision = meta
+                .get(META_REVISION)
+                .map_err(|error| open_error(error.into()))?
+                .map(|g| g.value());
+            revision.unwrap_or(0)
+        };
+        txn.commit().map_err(|error| open_error(error.into()))?;
+        let (events, _) = broadcast::channel(options.watch_buffer);
+        tracing::debug!(path = %path.display(), revision, "embedded store opened");
         Ok(EmbeddedStore {
-            db: Arc::new(db),
-            revision: Arc::new(AtomicU64::new(revision)),
-            write: Arc::new(Mutex::new(())),
-            live: broadcast::channel(LIVE_QUEUE).0,
-            history: history.max(1),
+            inner: Arc::new(Inner {
+                db,
+                path,
+                options,
+                write: Mutex::new(()),
+                revision: AtomicU64::new(revision),
+                events,
+            }),
         })
     }
 
-    fn read_one(db: &Database, key: &Key) -> Result<Option<Stored>, StoreError> {
-        let tx = db.begin_read().map_err(backend)?;
-        let t = tx.open_table(OBJECTS).map_err(backend)?;
-        match t.get(db_key(key).as_str()).map_err(backend)? {
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(backend),
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs blocking work on Tokio's blocking pool.
+    fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || work(&inner)).await {
+                Ok(result) => result,
+                Err(error) => Err(StoreError::Backend(Box::new(error))),
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .field("revision", &self.inner.revision.load(Ordering::SeqCst))
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl Inner {
+    fn get(&self, key: &Key) -> Result<Option<Stored>, StoreError> {
+        key.validate()?;
+        let txn = self.db.begin_read().map_err(backend)?;
+        let objects = txn.open_table(OBJECTS).map_err(backend)?;
+        let found = objects
+            .get((key.kind.as_str(), key.namespace.as_str(), key.name.as_str()))
+            .map_err(backend)?;
+        match found {
             None => Ok(None),
+            Some(guard) => {
+                let record: Record = serde_json::from_slice(guard.value()).map_err(|e| corrupt("object", e))?;
+                Ok(Some(Stored {
+                    key: key.clone(),
+                    value: record.value,
+                    revision: record.revision,
+                    create_revision: record.create_revision,
+                }))
+            }
         }
     }
 
-    /// One write (a put or a delete), under the write lock: check the precondition, apply, log the event, commit,
-    /// broadcast.
-    #[allow(clippy::too_many_arguments)]
-    fn write_blocking(
-        db: &Database,
-        revision: &AtomicU64,
-        lock: &Mutex<()>,
-        live: &broadcast::Sender<Event>,
-        history: u64,
-        key: &Key,
-        value: Option<Value>,
-        pre: Precondition,
-    ) -> Result<Option<u64>, StoreError> {
-        let _serial = lock
-            .lock()
-            .map_err(|_| StoreError::Backend("the write lock is poisoned".into()))?;
-        let tx = db.begin_write().map_err(backend)?;
-        let dk = db_key(key);
-        let event;
-        {
-            let mut objects = tx.open_table(OBJECTS).map_err(backend)?;
-            let current: Option<Stored> = match objects.get(dk.as_str()).map_err(backend)? {
-                Some(v) => Some(serde_json::from_slice(v.value()).map_err(backend)?),
+    /// Writes `value` at `key` (`None`: deletes it) if `pre` holds. Returns the write's revision,
+    /// `None` if it wrote nothing (deleting an absent object).
+    fn write(&self, key: &Key, value: Option<Value>, pre: Precondition) -> Result<Option<u64>, StoreError> {
+        key.validate()?;
+        let _guard = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let txn = self.db.begin_write().map_err(backend)?;
+        let event = {
+            let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
+            let tuple = (key.kind.as_str(), key.namespace.as_str(), key.name.as_str());
+            let current: Option<(u64, u64)> = match objects.get(tuple).map_err(backend)? {
                 None => None,
+                Some(guard) => {
+                    let record: Record = serde_json::from_slice(guard.value()).map_err(|e| corrupt("object", e))?;
+                    Some((record.revision, record.create_revision))
+                }
             };
-            let actual = current.as_ref().map(|s| s.revision);
-            let ok = match pre {
-                Precondition::None => true,
-                Precondition::Absent => actual.is_none(),
-                Precondition::Revision(r) => actual == Some(r),
-            };
-            if !ok {
-                return Err(StoreError::Conflict {
-                    key: key.clone(),
-                    expected: match pre {
-                        Precondition::Revision(r) => Some(r),
-                        _ => None,
-                    },
-                    actual,
-                });
-            }
-            if value.is_none() && current.is_none() {
-                return Ok(None);
-            }
-            let rev = revision.load(Ordering::SeqCst) + 1;
-            event = match value {
+            pre.check(key, current.map(|(revision, _)| revision))?;
+            let revision = self.revision.load(Ordering::SeqCst) + 1;
+            let event = match value {
                 Some(value) => {
-                    let stored = Stored {
-                        key: key.clone(),
+                    let create_revision = current.map_or(revision, |(_, created)| created);
+                    let record = Record {
+                        revision,
+                        create_revision,
                         value,
-                        revision: rev,
-                        create_revision: current.map_or(rev, |c| c.create_revision),
                     };
-                    let bytes = serde_json::to_vec(&stored).map_err(backend)?;
-                    objects.insert(dk.as_str(), bytes.as_slice()).map_err(backend)?;
-                    Event::Put(stored)
+                    objects.insert(tuple, encode(&record)?.as_slice()).map_err(backend)?;
+                    Event::Put(Stored {
+                        key: key.clone(),
+                        value: record.value,
+                        revision,
+                        create_revision,
+                    })
                 }
                 None => {
-                    objects.remove(dk.as_str()).map_err(backend)?;
+                    if current.is_none() {
+                        return Ok(None);
+                    }
+                    objects.remove(tuple).map_err(backend)?;
                     Event::Delete {
                         key: key.clone(),
-                        revision: rev,
+                        revision,
                     }
                 }
             };
-            let mut events = tx.open_table(EVENTS).map_err(backend)?;
-            let bytes = serde_json::to_vec(&event).map_err(backend)?;
-            events.insert(rev, bytes.as_slice()).map_err(backend)?;
-            if rev > history {
-                let cut = rev - history;
-                events.retain_in(..=cut, |_, _| false).map_err(backend)?;
+            let mut events = txn.open_table(EVENTS).map_err(backend)?;
+            events.insert(revision, encode(&event)?.as_slice()).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            meta.insert(META_REVISION, revision).map_err(backend)?;
+            let compacted = meta.get(META_COMPACTED).map_err(backend)?.map_or(0, |g| g.value());
+            let floor = revision.saturating_sub(self.options.history);
+            if floor > compacted {
+                events.retain_in(..=floor, |_, _| false).map_err(backend)?;
+                meta.insert(META_COMPACTED, floor).map_err(backend)?;
             }
-            let mut meta = tx.open_table(META).map_err(backend)?;
-            meta.insert("revision", rev).map_err(backend)?;
-        }
-        tx.commit().map_err(backend)?;
-        let rev = event.revision();
-        revision.store(rev, Ordering::SeqCst);
-        let _ = live.send(event); // nobody listening is fine
-        Ok(Some(rev))
+            event
+        };
+        txn.commit().map_err(backend)?;
+        let revision = event.revision();
+        self.revision.store(revision, Ordering::SeqCst);
+        // No receivers is fine: nobody watches.
+        let _ = self.events.send(event);
+        Ok(Some(revision))
     }
 
-    /// The kept events after `from`, and the oldest revision still kept.
-    fn history(db: &Database, from: u64) -> Result<(Vec<Event>, u64), StoreError> {
-        let tx = db.begin_read().map_err(backend)?;
-        let t = tx.open_table(EVENTS).map_err(backend)?;
-        let oldest = t.first().map_err(backend)?.map_or(u64::MAX, |(k, _)| k.value());
-        let mut out = Vec::new();
-        for item in t.range(from.saturating_add(1)..).map_err(backend)? {
-            let (_, v) = item.map_err(backend)?;
-            out.push(serde_json::from_slice(v.value()).map_err(backend)?);
+    fn list(&self, kind: Option<&str>, namespace: Option<&str>) -> Result<Listing, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let revision = meta.get(META_REVISION).map_err(backend)?.map_or(0, |g| g.value());
+        let objects = txn.open_table(OBJECTS).map_err(backend)?;
+        let range = match kind {
+            Some(kind) => objects.range((kind, "", "")..).map_err(backend)?,
+            None => objects.range::<(&str, &str, &str)>(..).map_err(backend)?,
+        };
+        let mut items = Vec::new();
+        for entry in range {
+            let (k, v) = entry.map_err(backend)?;
+            let (k_kind, k_namespace, k_name) = k.value();
+            if kind.is_some_and(|kind| kind != k_kind) {
+                break;
+            }
+            if namespace.is_some_and(|namespace| namespace != k_namespace) {
+                continue;
+            }
+            let record: Record = serde_json::from_slice(v.value()).map_err(|e| corrupt("object", e))?;
+            items.push(Stored {
+                key: Key::new(k_kind, k_namespace, k_name),
+                value: record.value,
+                revision: record.revision,
+                create_revision: record.create_revision,
+            });
         }
-        Ok((out, oldest))
+        Ok(Listing { items, revision })
+    }
+
+    /// The events after `from` kept on disk, in a read transaction `txn`.
+    fn history_in(txn: &redb::ReadTransaction, from: u64) -> Result<VecDeque<Event>, StoreError> {
+        let meta = txn.open_table(META).map_err(backend)?;
+        let compacted = meta.get(META_COMPACTED).map_err(backend)?.map_or(0, |g| g.value());
+        if from < compacted {
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted,
+            });
+        }
+        let events = txn.open_table(EVENTS).map_err(backend)?;
+        let mut out = VecDeque::new();
+        for entry in events.range(from.saturating_add(1)..).map_err(backend)? {
+            let (_, v) = entry.map_err(backend)?;
+            out.push_back(serde_json::from_slice(v.value()).map_err(|e| corrupt("event", e))?);
+        }
+        Ok(out)
+    }
+
+    fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let revision = revision.min(self.revision.load(Ordering::SeqCst));
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let compacted = meta.get(META_COMPACTED).map_err(backend)?.map_or(0, |g| g.value());
+            if revision <= compacted {
+                return Ok(());
+            }
+            let mut events = txn.open_table(EVENTS).map_err(backend)?;
+            events.retain_in(..=revision, |_, _| false).map_err(backend)?;
+            meta.insert(META_COMPACTED, revision).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)
     }
 }
 
-impl Store for EmbeddedStore {
-    fn get<'a>(&'a self, key: &'a Key) -> StoreFuture<'a, Option<Stored>> {
-        let (db, key) = (self.db.clone(), key.clone());
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || Self::read_one(&db, &key))
-                .await
-                .map_err(backend)?
-        })
-    }
-
-    fn put<'a>(&'a self, key: &'a Key, value: Value, pre: Precondition) -> StoreFuture<'a, u64> {
-        let (db, rev, lock, live, key, h) = (
-            self.db.clone(),
-            self.revision.clone(),
-            self.write.clone(),
-            self.live.clone(),
-            key.clone(),
-            self.history,
-        );
-        Box::pin(async move {
-            let r = tokio::task::spawn_blocking(move || {
-                Self::write_blocking(&db, &rev, &lock, &live, h, &key, Some(value), pre)
-            })
-            .await
-            .map_err(backend)??;
-            r.ok_or_else(|| StoreError::Backend("a put wrote nothing".into()))
-        })
-    }
-
-    fn delete<'a>(&'a self, key: &'a Key, pre: Precondition) -> StoreFuture<'a, Option<u64>> {
-        let (db, rev, lock, live, key, h) = (
-            self.db.clone(),
-            self.revision.clone(),
-            self.write.clone(),
-            self.live.clone(),
-            key.clone(),
-            self.history,
-        );
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || Self::write_blocking(&db, &rev, &lock, &live, h, &key, None, pre))
-                .await
-                .map_err(backend)?
-        })
-    }
-
-    fn list<'a>(&'a self, kind: Option<&'a str>, namespace: Option<&'a str>) -> StoreFuture<'a, (Vec<Stored>, u64)> {
-        let (db, kind, ns) = (self.db.clone(), kind.map(str::to_owned), namespace.map(str::to_owned));
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let tx = db.begin_read().map_err(backend)?;
-                let t = tx.open_table(OBJECTS).map_err(backend)?;
-                let meta = tx.open_table(META).map_err(backend)?;
-                let rev = meta.get("revision").map_err(backend)?.map_or(0, |v| v.value());
-                let mut out = Vec::new();
-                for item in t.iter().map_err(backend)? {
-                    let (_, v) = item.map_err(backend)?;
-                    let s: Stored = serde_json::from_slice(v.value()).map_err(backend)?;
-                    if kind.as_deref().is_none_or(|k| k == s.key.kind)
-                        && ns.as_deref().is_none_or(|n| n == s.key.namespace)
-                    {
-                        out.push(s);
-                    }
-                }
-                Ok((out, rev))
-            })
-            .await
-            .map_err(backend)?
-        })
-    }
-
-    fn watch(&self, from_revision: u64) -> StoreFuture<'_, WatchStream> {
-        // Subscribe before reading the history, so that nothing falls between the two (what is in both is sent
-        // once: live events at or below the last revision sent are skipped).
-        let live = self.live.subscribe();
-        let db = self.db.clone();
-        let current = self.revision.load(Ordering::SeqCst);
-        Box::pin(async move {
-            let (past, oldest) = tokio::task::spawn_blocking(move || Self::history(&db, from_revision))
-                .await
-                .map_err(backend)??;
-            if from_revision < current && from_revision.saturating_add(1) < oldest {
-                return Err(StoreError::Compacted {
-                    requested: from_revision,
-                    oldest: if oldest == u64::MAX { current } else { oldest },
-                });
-            }
-            let state = WatchState {
-                past: past.into(),
-                live,
-                last: from_revision,
-                done: false,
-            };
-            let s: WatchStream = Box::pin(futures_util::stream::unfold(state, next_event));
-            Ok(s)
-        })
-    }
-
-    fn revision(&self) -> u64 {
-        self.revision.load(Ordering::SeqCst)
-    }
-}
-
-struct WatchState {
-    past: std::collections::VecDeque<Event>,
+/// A watcher's state between two events.
+struct Watcher {
+    store: Weak<Inner>,
+    backlog: VecDeque<Event>,
     live: broadcast::Receiver<Event>,
+    /// The revision of the last event delivered (or the revision watched from).
     last: u64,
     done: bool,
 }
 
-async fn next_event(mut st: WatchState) -> Option<(Result<Event, StoreError>, WatchState)> {
-    if st.done {
-        return None;
-    }
-    if let Some(e) = st.past.pop_front() {
-        st.last = e.revision();
-        return Some((Ok(e), st));
-    }
-    loop {
-        match st.live.recv().await {
-            Ok(e) if e.revision() <= st.last => continue,
-            Ok(e) => {
-                st.last = e.revision();
-                return Some((Ok(e), st));
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                st.done = true;
-                return Some((Err(StoreError::Lagged), st));
-            }
-            Err(broadcast::error::RecvError::Closed) => return None,
+impl Watcher {
+    async fn next(mut self) -> Option<(Result<Event, StoreError>, Watcher)> {
+        if self.done {
+            return None;
         }
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                if event.revision() <= self.last {
+                    continue;
+                }
+                self.last = event.revision();
+                return Some((Ok(event), self));
+            }
+            match self.live.recv().await {
+                Ok(event) if event.revision() <= self.last => {}
+                Ok(event) if event.revision() == self.last + 1 => {
+                    self.last = event.revision();
+                    return Some((Ok(event), self));
+                }
+                // Fell behind (or, defensively, a gap): catch up from the on-disk history. Every
+                // event broadcast is committed first, so the history read now covers everything
+                // the receiver skipped; later events arrive through the receiver again.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let store = self.store.upgrade()?;
+                    let from = self.last;
+                    let read = tokio::task::spawn_blocking(move || {
+                        let txn = store.db.begin_read().map_err(backend)?;
+                        Inner::history_in(&txn, from)
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok(backlog)) => self.backlog = backlog,
+                        Ok(Err(error)) => {
+                            self.done = true;
+                            return Some((Err(error), self));
+                        }
+                        Err(error) => {
+                            self.done = true;
+                            return Some((Err(StoreError::Backend(Box::new(error))), self));
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn get<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        let key = key.clone();
+        self.blocking(move |inner| inner.get(&key))
+    }
+
+    fn put<'a>(&'a self, key: &'a Key, value: Value, pre: Precondition) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let key = key.clone();
+        self.blocking(move |inner| {
+            inner
+                .write(&key, Some(value), pre)?
+                .ok_or_else(|| StoreError::Backend("a put wrote no revision".into()))
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a Key, pre: Precondition) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let key = key.clone();
+        self.blocking(move |inner| inner.write(&key, None, pre))
+    }
+
+    fn list<'a>(
+        &'a self,
+        kind: Option<&'a str>,
+        namespace: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Listing, StoreError>> {
+        let kind = kind.map(str::to_string);
+        let namespace = namespace.map(str::to_string);
+        self.blocking(move |inner| inner.list(kind.as_deref(), namespace.as_deref()))
+    }
+
+    fn watch(&self, from_revision: u64) -> BoxFuture<'_, Result<WatchStream, StoreError>> {
+        let weak = Arc::downgrade(&self.inner);
+        self.blocking(move |inner| {
+            // Subscribe and take the read snapshot under the write lock: every event is then
+            // either in the snapshot or broadcast to this receiver (or both; duplicates are skipped).
+            let (live, txn) = {
+                let _guard = inner.write.lock().unwrap_or_else(PoisonError::into_inner);
+                (inner.events.subscribe(), inner.db.begin_read().map_err(backend)?)
+            };
+            let backlog = Inner::history_in(&txn, from_revision)?;
+            let watcher = Watcher {
+                store: weak,
+                backlog,
+                live,
+                last: from_revision,
+                done: false,
+            };
+            let stream: WatchStream = Box::pin(futures_util::stream::unfold(watcher, Watcher::next));
+            Ok(stream)
+        })
+    }
+
+    fn compact(&self, revision: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.blocking(move |inner| inner.compact(revision))
+    }
+
+    fn revision(&self) -> u64 {
+        self.inner.revision.load(Ordering::SeqCst)
     }
 }
