@@ -1,5 +1,5 @@
-//! A rough throughput measurement of the embedded store (ignored by default):
-//! `cargo test --release -p l7mp-control --test store_bench -- --ignored --nocapture`.
+//! A rough throughput measurement of the embedded store (puts and gets per second, printed):
+//! `cargo run --release -p l7mp-control --example store_bench`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,9 +7,8 @@ use std::time::Instant;
 use l7mp_control::store::{EmbeddedStore, Key, Precondition, Store};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a measurement, not a test"]
-async fn embedded_puts_per_second() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
     let value = json!({"spec": {"listener": "l", "rules": [1, 2, 3], "weight": 0.5}});
