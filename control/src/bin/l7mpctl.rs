@@ -315,7 +315,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         "NODE", "LABELS", "ADDRESS", "ACKED"
                     );
                     for ag in &a.agents {
-                        let labels: Vec<String> = ag.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let mut labels: Vec<String> = ag.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        labels.sort();
                         println!(
                             "{:<20} {:<28} {:<16} {:<10} {}",
                             ag.node_id,
