@@ -250,6 +250,25 @@ spec:
     let (ok, out) = l7mpctl(&lan, &["apply", "-f", "-"], Some(broken));
     assert!(!ok && out.contains("port"), "a broken object was accepted: {out}");
 
+    // An object that parses but cannot be translated (its Target does not exist) is stored and Rejected with the
+    // reason; the services already running are not disturbed.
+    let dangling = "
+apiVersion: l7mp.io/v1
+kind: Route
+metadata: { name: nowhere }
+spec:
+  destinationRef: no-such-target
+";
+    let out = apply(&lan, dangling);
+    assert!(out.contains("Rejected") && out.contains("no-such-target"), "{out}");
+    let (_, routes) = l7mpctl(&lan, &["get", "route", "nowhere", "-o", "json"], None);
+    assert!(routes.contains("\"state\": \"Rejected\""), "{routes}");
+    let check = client(lan.ns(BACK), format!("{}:9000", lan.addr(A1)));
+    assert_eq!(
+        ask(&check, b"still", Duration::from_secs(3)).as_deref(),
+        Some("new:still")
+    );
+
     // An agent that cannot bind the port NACKs, visibly.
     let both = mesh_yaml(&lan.addr(BACK), 7001).replace("matchLabels: { app: gw } }\n  listener", "}\n  listener");
     apply(&lan, &both);

@@ -15,7 +15,8 @@ once=false
 [ "${1:-}" = "--once" ] && once=true
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/l7mp/target}"
 echo "== building l7mp-control, l7mpctl and l7mp-agent (release)"
-cargo build --release -q -p l7mp-control -p l7mp-agent
+cargo build --release -q -p l7mp-agent --bin l7mp-agent
+cargo build --release -q -p l7mp-control --bin l7mp-control --bin l7mpctl
 bin="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d)
 pids=()
