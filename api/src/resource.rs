@@ -1221,13 +1221,7 @@ fn body_into(b: &RuleBody, o: &mut Map<String, Value>) {
         None => {}
     }
     if !b.action.rewrite.is_empty() {
-        let rw: Vec<Value> = b
-            .action
-            .rewrite
-            .iter()
-            .map(|rw| json!({"path": rw.path.to_string(), "value": rw.value}))
-            .collect();
-        a.insert("rewrite".into(), Value::Array(rw));
+        a.insert("rewrite".into(), rewrites_json(&b.action.rewrite));
     }
     if let Some(ap) = &b.action.apply {
         a.insert("apply".into(), ref_value(ap));
@@ -1755,13 +1749,7 @@ impl Flat {
             None => {}
         }
         if !b.action.rewrite.is_empty() {
-            let rw: Vec<Value> = b
-                .action
-                .rewrite
-                .iter()
-                .map(|rw| json!({"path": rw.path.to_string(), "value": rw.value}))
-                .collect();
-            action.insert("rewrite".into(), Value::Array(rw));
+            action.insert("rewrite".into(), rewrites_json(&b.action.rewrite));
         }
         if let Some(a) = &b.action.apply {
             self.rulelist(ix, a, agents);
@@ -1909,4 +1897,14 @@ pub fn translate(resources: &[Resource], agents: &[AgentInfo]) -> Translation {
         out.per_agent.insert(agent.node_id.clone(), cfg);
     }
     out
+}
+
+/// A rule action's `rewrite` list as JSON.
+fn rewrites_json(rewrites: &[crate::model::Rewrite]) -> Value {
+    Value::Array(
+        rewrites
+            .iter()
+            .map(|rw| json!({"path": rw.path.to_string(), "value": rw.value}))
+            .collect(),
+    )
 }
