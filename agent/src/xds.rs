@@ -230,6 +230,25 @@ async fn apply(
     }
 }
 
+/// Checks the control-plane URLs (the `--xds` flag) before anything connects: each must be an `http://` or
+/// `https://` URL with a host.
+pub fn check_servers(servers: &[String]) -> Result<(), String> {
+    for s in servers {
+        let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err(format!("{s:?}: expected http://HOST:PORT")),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(format!("{s:?}: no host"));
+        }
+    }
+    if servers.is_empty() {
+        return Err("no control-plane URL".into());
+    }
+    Ok(())
+}
+
 /// Parses `k=v,k2=v2` (the `--labels` flag).
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
@@ -255,6 +274,10 @@ mod tests {
         assert_eq!(l.get("zone").map(String::as_str), Some("a"));
         assert!(parse_labels("novalue").is_err());
         assert!(parse_labels("=x").is_err());
+        assert!(check_servers(&["http://10.0.0.1:18000".into()]).is_ok());
+        assert!(check_servers(&["10.0.0.1:18000".into()]).is_err());
+        assert!(check_servers(&["ftp://x".into()]).is_err());
+        assert!(check_servers(&[]).is_err());
         assert!(backoff(0) <= Duration::from_millis(125));
         assert!(backoff(20) <= MAX_BACKOFF.mul_f64(1.25));
         let n = node(&XdsOptions {
