@@ -8,7 +8,9 @@
 //!     cargo run --release -p l7mp-control --example xds_scale -- --server http://127.0.0.1:18000 \
 //!         --clients 1000 --labels app=scale --change change.yaml
 //!
-//! Prints one JSON object on the last line of its output.
+//! With `--hold`, once every client is configured and `--settle` has passed it prints
+//! `{"event":"connected",...}` and waits for a line on stdin before applying the change (the driver measures the
+//! control plane's idle memory in between). Prints one JSON object on the last line of its output.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
@@ -28,6 +30,7 @@ struct Opts {
     labels: Value,
     change: Option<String>,
     settle: Duration,
+    hold: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -37,6 +40,7 @@ fn parse() -> Result<Opts, String> {
         labels: json!({}),
         change: None,
         settle: Duration::from_secs(2),
+        hold: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -54,6 +58,7 @@ fn parse() -> Result<Opts, String> {
             }
             "--change" => o.change = Some(val()?),
             "--settle" => o.settle = Duration::from_secs_f64(val()?.parse().map_err(|e| format!("--settle: {e}"))?),
+            "--hold" => o.hold = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -172,6 +177,13 @@ async fn main() {
         o.clients
     );
     tokio::time::sleep(o.settle).await;
+    if o.hold {
+        // Tell the driver the streams are up and idle, and wait for its go (one line on stdin): it measures the
+        // control plane's memory with every stream connected and nothing in flight.
+        println!("{}", json!({"event": "connected", "clients": o.clients}));
+        let mut line = String::new();
+        let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
+    }
     let Some(change) = o.change else {
         println!(
             "{}",

@@ -461,6 +461,23 @@ async fn first_request_without_node_is_refused() {
 }
 
 #[tokio::test]
+async fn unknown_ads_method_is_unimplemented() {
+    let ts = TestServer::default().await;
+    let mut grpc = tonic::client::Grpc::new(ts.channel().await);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/NoSuchMethod",
+    );
+    let codec = tonic_prost::ProstCodec::<DiscoveryRequest, DiscoveryResponse>::default();
+    let e = grpc
+        .unary(tonic::Request::new(DiscoveryRequest::default()), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+    ts.shutdown().await;
+}
+
+#[tokio::test]
 async fn delta_initial_change_removal_unsubscribe() {
     let ts = TestServer::default().await;
     let snap = |b: &str, with_c: bool| {

@@ -108,18 +108,32 @@ def scenario(args, resources):
             with open(change, "w") as f:
                 f.write(target("svc", 7001))
             cpu0 = cpu_s(ctl.pid)
-            out = subprocess.run([args.scale, "--server", SERVER, "--clients", str(args.agents), "--labels",
-                                  "app=scale", "--change", change, "--settle", "2"], capture_output=True, text=True)
+            proc = subprocess.Popen([args.scale, "--server", SERVER, "--clients", str(args.agents), "--labels",
+                                     "app=scale", "--change", change, "--settle", "2", "--hold"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # The example prints a line once every stream is configured and idle, then waits for ours.
+            first = proc.stdout.readline()
+            streams = rss_kib(ctl.pid)
+            if first:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            try:
+                stdout, stderr = proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
             cpu1 = cpu_s(ctl.pid)
-            connected = rss_kib(ctl.pid)
-            if out.returncode != 0:
-                raise SystemExit(f"xds_scale failed: {out.stderr[-2000:]}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            after = rss_kib(ctl.pid)
+            if proc.returncode != 0 or not first:
+                raise SystemExit(f"xds_scale failed: {stderr[-2000:]}")
+            out_lines = stdout.strip().splitlines()
+            r = json.loads(out_lines[-1])
             r.update({
                 "resources": len(base),
                 "control_rss_idle_kib": idle,
-                "control_rss_connected_kib": connected,
-                "rss_per_agent_kib": round((connected - idle) / args.agents, 1),
+                "control_rss_streams_kib": streams,
+                "control_rss_after_change_kib": after,
+                "rss_per_agent_kib": round((streams - idle) / args.agents, 1),
                 "control_cpu_s_connect_and_change": round(cpu1 - cpu0, 2),
             })
             return r

@@ -6,12 +6,14 @@
 //! [`Cache`]; every stream of that node wakes and sends what changed.
 //!
 //! - [`cache`]: [`Cache`], [`Snapshot`], [`XdsResource`], content-hash versions.
-//! - [`server`]: [`XdsServer`], the ADS service, limits, keepalive, `serve`.
+//! - [`server`]: [`XdsServer`], the per-stream protocol state machine, limits, keepalive, `serve`.
+//! - [`ads`]: the ADS gRPC endpoint: small codec buffers, each stream driven by its response body.
 //! - [`status`]: per-node [`AgentStatus`] and the CSDS service.
 //! - [`debounce`]: [`Debouncer`], coalescing store events into one recompute.
 //!
 //! See `docs/xds.md` for the protocol semantics (ordering, versions, ACK/NACK).
 
+pub mod ads;
 pub mod cache;
 pub mod debounce;
 pub mod server;
@@ -171,8 +173,6 @@ pub struct XdsConfig {
     pub type_order: Vec<String>,
     /// Concurrent ADS streams; beyond it a stream is refused with `RESOURCE_EXHAUSTED`.
     pub max_streams: usize,
-    /// Capacity of each stream's outbound queue (responses).
-    pub stream_queue: usize,
     /// How long a new stream may take to send its first request (with the node) before it is closed
     /// with `DEADLINE_EXCEEDED`.
     pub first_request_timeout: Duration,
@@ -191,7 +191,6 @@ impl Default for XdsConfig {
         Self {
             type_order: default_type_order(),
             max_streams: 10_000,
-            stream_queue: 16,
             first_request_timeout: Duration::from_secs(30),
             snapshot_wait: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(30),

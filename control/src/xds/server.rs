@@ -1,7 +1,7 @@
 //! The ADS server: state of the world (`StreamAggregatedResources`) and delta
 //! (`DeltaAggregatedResources`) over one per-stream state machine, plus limits, keepalive and `serve`.
 //!
-//! Each stream is an independent task. Per type URL it keeps the subscription (wildcard or names), the
+//! Each stream is driven by its response body ([`super::ads`]). Per type URL it keeps the subscription (wildcard or names), the
 //! *view* (name → version the client was sent and is assumed to hold), and at most one nonce in flight.
 //! Whenever a request is processed or the node's snapshot changes, [`StreamState::schedule`] compares
 //! the view with the snapshot and sends, make-before-break:
@@ -15,29 +15,24 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
-use futures_util::Stream;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+use tonic::Status;
 use tonic::transport::server::{Router, TcpIncoming};
-use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use super::ads::AdsService;
 use super::cache::{Cache, Snapshot, XdsResource, set_version};
 use super::status::{AgentStatus, CsdsService, NackInfo, StatusRegistry};
-use super::{NodeHooks, NodeInfo, XdsConfig, XdsError};
+use super::{NodeHooks, XdsConfig, XdsError};
 
 /// Which protocol variant a stream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,18 +390,21 @@ impl StreamState {
     }
 }
 
-struct Inner {
-    cache: Arc<Cache>,
-    status: Arc<StatusRegistry>,
-    hooks: Arc<dyn NodeHooks>,
-    config: XdsConfig,
+/// What the server and its streams share.
+pub(super) struct Inner {
+    pub(super) cache: Arc<Cache>,
+    pub(super) status: Arc<StatusRegistry>,
+    pub(super) hooks: Arc<dyn NodeHooks>,
+    pub(super) config: XdsConfig,
     streams: AtomicUsize,
-    next_stream: AtomicU64,
-    shutdown: watch::Sender<bool>,
+    pub(super) next_stream: AtomicU64,
+    pub(super) shutdown: watch::Sender<bool>,
+    /// What a stream whose node has no snapshot answers from, once it stopped waiting for one.
+    pub(super) empty: Arc<Snapshot>,
 }
 
-/// Decrements the stream count when a stream task ends.
-struct StreamPermit(Arc<Inner>);
+/// Decrements the stream count when a stream ends.
+pub(super) struct StreamPermit(Arc<Inner>);
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
@@ -429,14 +427,6 @@ impl std::fmt::Debug for XdsServer {
     }
 }
 
-/// The ADS service (what [`XdsServer::ads_service`] wraps).
-#[derive(Clone)]
-pub struct AdsService {
-    inner: Arc<Inner>,
-}
-
-type OutStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 impl XdsServer {
     /// A server over `cache`, telling `hooks` who connects.
     pub fn new(cache: Arc<Cache>, hooks: Arc<dyn NodeHooks>, config: XdsConfig) -> Self {
@@ -449,6 +439,7 @@ impl XdsServer {
                 streams: AtomicUsize::new(0),
                 next_stream: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
+                empty: Arc::new(Snapshot::default()),
             }),
         }
     }
@@ -483,14 +474,9 @@ impl XdsServer {
         self.inner.shutdown.send_replace(true);
     }
 
-    /// The ADS gRPC service, with the message-size limits set.
-    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<AdsService> {
-        let max = self.inner.config.max_message_size;
-        AggregatedDiscoveryServiceServer::new(AdsService {
-            inner: self.inner.clone(),
-        })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max)
+    /// The ADS gRPC service (both methods), with the message-size limits set.
+    pub fn ads_service(&self) -> AdsService {
+        AdsService::new(self.inner.clone())
     }
 
     /// The CSDS gRPC service, with the message-size limits set.
@@ -549,7 +535,7 @@ impl XdsServer {
 }
 
 impl Inner {
-    fn admit(self: &Arc<Self>) -> Result<StreamPermit, Status> {
+    pub(super) fn admit(self: &Arc<Self>) -> Result<StreamPermit, Status> {
         let n = self.streams.fetch_add(1, Ordering::SeqCst);
         let permit = StreamPermit(self.clone());
         if n >= self.config.max_streams {
@@ -560,205 +546,10 @@ impl Inner {
     }
 }
 
-trait Wire: Send + 'static {
-    type Req: Send + 'static;
-    type Resp: Send + 'static;
-    const MODE: Mode;
-    fn node(r: &Self::Req) -> Option<&Node>;
-    fn norm(r: &Self::Req) -> NormRequest;
-    fn resp(o: Outgoing) -> Option<Self::Resp>;
-}
-
-struct SotwWire;
-impl Wire for SotwWire {
-    type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
-    const MODE: Mode = Mode::Sotw;
-    fn node(r: &DiscoveryRequest) -> Option<&Node> {
-        r.node.as_ref()
-    }
-    fn norm(r: &DiscoveryRequest) -> NormRequest {
-        r.into()
-    }
-    fn resp(o: Outgoing) -> Option<DiscoveryResponse> {
-        match o {
-            Outgoing::Sotw(r) => Some(r),
-            Outgoing::Delta(_) => None,
-        }
-    }
-}
-
-struct DeltaWire;
-impl Wire for DeltaWire {
-    type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
-    const MODE: Mode = Mode::Delta;
-    fn node(r: &DeltaDiscoveryRequest) -> Option<&Node> {
-        r.node.as_ref()
-    }
-    fn norm(r: &DeltaDiscoveryRequest) -> NormRequest {
-        r.into()
-    }
-    fn resp(o: Outgoing) -> Option<DeltaDiscoveryResponse> {
-        match o {
-            Outgoing::Delta(r) => Some(r),
-            Outgoing::Sotw(_) => None,
-        }
-    }
-}
-
-fn start<W: Wire>(inner: &Arc<Inner>, inbound: Streaming<W::Req>) -> Result<OutStream<W::Resp>, Status> {
-    let permit = inner.admit()?;
-    let (tx, mut rx) = mpsc::channel(inner.config.stream_queue.max(1));
-    let stream_id = inner.next_stream.fetch_add(1, Ordering::SeqCst);
-    tokio::spawn(run_stream::<W>(inner.clone(), inbound, tx, stream_id, permit));
-    Ok(Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))))
-}
-
-async fn run_stream<W: Wire>(
-    inner: Arc<Inner>,
-    mut inbound: Streaming<W::Req>,
-    tx: mpsc::Sender<Result<W::Resp, Status>>,
-    stream_id: u64,
-    _permit: StreamPermit,
-) {
-    let mut shutdown_rx = inner.shutdown.subscribe();
-    let first = tokio::select! {
-        m = inbound.message() => match m {
-            Ok(Some(r)) => r,
-            _ => return,
-        },
-        () = tokio::time::sleep(inner.config.first_request_timeout) => {
-            let _ = tx
-                .send(Err(Status::deadline_exceeded("no xDS request in time")))
-                .await;
-            return;
-        }
-        _ = shutdown_rx.changed() => return,
-    };
-    let Some(info) = W::node(&first)
-        .filter(|n| !n.id.is_empty())
-        .map(|n| NodeInfo::from_node(n, stream_id))
-    else {
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "the first xDS request must carry node.id",
-            )))
-            .await;
-        return;
-    };
-    let node_id = info.id.clone();
-    info!(node = %node_id, stream = stream_id, mode = ?W::MODE, "xDS stream open");
-    inner.status.connect(&info);
-    // Disconnect bookkeeping runs however the task ends (also if a hook panics).
-    let _conn = ConnGuard {
-        inner: inner.clone(),
-        node_id: node_id.clone(),
-        stream_id,
-    };
-    inner.hooks.connected(&info);
-
-    let mut snap_rx = inner.cache.watch(&node_id);
-    let wait = tokio::time::sleep(inner.config.snapshot_wait);
-    tokio::pin!(wait);
-    let mut waited = false;
-    let mut had_snapshot = false;
-    let empty = Arc::new(Snapshot::default());
-    let mut st = StreamState::new(
-        W::MODE,
-        &node_id,
-        stream_id,
-        inner.config.type_order.clone(),
-        inner.status.clone(),
-    );
-    st.handle(W::norm(&first));
-    drop(first);
-
-    'outer: loop {
-        if *shutdown_rx.borrow() {
-            break;
-        }
-        let current = snap_rx.borrow_and_update().clone();
-        had_snapshot |= current.is_some();
-        let snap = match current {
-            Some(s) => Some(s),
-            None if waited || had_snapshot => Some(empty.clone()),
-            None => None,
-        };
-        if let Some(snap) = snap {
-            for out in st.schedule(&snap) {
-                let Some(resp) = W::resp(out) else { continue };
-                if tx.send(Ok(resp)).await.is_err() {
-                    break 'outer;
-                }
-            }
-        }
-        tokio::select! {
-            msg = inbound.message() => match msg {
-                Ok(Some(req)) => st.handle(W::norm(&req)),
-                Ok(None) => break,
-                Err(e) => {
-                    debug!(node = %node_id, stream = stream_id, error = %e, "xDS stream error");
-                    break;
-                }
-            },
-            r = snap_rx.changed() => {
-                if r.is_err() {
-                    // The cache dropped the node's channel: treat as removal.
-                    had_snapshot = true;
-                    snap_rx = inner.cache.watch(&node_id);
-                }
-            }
-            () = &mut wait, if !waited => {
-                waited = true;
-                if snap_rx.borrow().is_none() {
-                    debug!(node = %node_id, "no snapshot yet, answering from an empty one");
-                }
-            }
-            _ = shutdown_rx.changed() => break,
-            () = tx.closed() => break,
-        }
-    }
-}
-
-struct ConnGuard {
-    inner: Arc<Inner>,
-    node_id: String,
-    stream_id: u64,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        info!(node = %self.node_id, stream = self.stream_id, "xDS stream closed");
-        if self.inner.status.disconnect(&self.node_id) {
-            self.inner.hooks.disconnected(&self.node_id);
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = OutStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = OutStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        start::<SotwWire>(&self.inner, request.into_inner()).map(Response::new)
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        start::<DeltaWire>(&self.inner, request.into_inner()).map(Response::new)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xds::NodeInfo;
 
     fn ty(n: &str) -> String {
         format!("{}{n}", super::super::L7MP_TYPE_PREFIX)
