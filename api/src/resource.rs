@@ -13,10 +13,12 @@ use crate::load::config_from_value;
 use crate::model::{ClusterSpec, Config, ListenerSpec, LoadBalancer, Retry, Rewrite};
 use crate::path::{FieldPath, Segment};
 use serde_json::{Map, Value, json};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The API group and version of every resource.
 pub const API_VERSION: &str = "l7mp.io/v1";
@@ -1336,7 +1338,8 @@ pub fn to_value(r: &Resource) -> Value {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Translation {
     /// By node id; every connected agent has an entry (possibly empty).
-    pub per_agent: BTreeMap<String, Config>,
+    /// Agents with the same labels share one configuration.
+    pub per_agent: BTreeMap<String, Arc<Config>>,
     /// `<field path>: <why>` for each resource left out.
     pub errors: BTreeMap<ResourceRef, String>,
 }
@@ -1495,7 +1498,7 @@ fn check_body(
     Ok(())
 }
 
-fn build_index(resources: &[Resource]) -> Index<'_> {
+fn build_index<R: Borrow<Resource>>(resources: &[R]) -> Index<'_> {
     let mut ix = Index {
         by_ref: BTreeMap::new(),
         errors: BTreeMap::new(),
@@ -1506,6 +1509,7 @@ fn build_index(resources: &[Resource]) -> Index<'_> {
     };
     let mut dup = BTreeSet::new();
     for r in resources {
+        let r: &Resource = r.borrow();
         let key = r.reference();
         if ix.by_ref.insert(key.clone(), r).is_some() {
             dup.insert(key);
@@ -1850,53 +1854,74 @@ fn agent_document(ix: &Index<'_>, install: &[ResourceRef], agents: &[AgentInfo])
 /// `namespace/name`, with the RuleList of the same name), the rules (`namespace/vsvc/rules/N` for inline rules,
 /// `namespace/name` for Rule objects), routes (`namespace/name`, or `<rule>/route` inline) and clusters
 /// (`namespace/name`) those use, and the cluster of every accepted Target whose selector picks it.
-pub fn translate(resources: &[Resource], agents: &[AgentInfo]) -> Translation {
+///
+/// What an agent gets depends only on its labels (and on the set of agents, for endpoint selectors), so agents
+/// with the same labels are translated once and share one [`Arc<Config>`].
+pub fn translate<R: Borrow<Resource>>(resources: &[R], agents: &[AgentInfo]) -> Translation {
     let ix = build_index(resources);
     let mut out = Translation {
         per_agent: BTreeMap::new(),
         errors: ix.errors.clone(),
     };
+    let mut groups: BTreeMap<&BTreeMap<String, String>, Vec<&AgentInfo>> = BTreeMap::new();
     for agent in agents {
-        let mut candidates: Vec<ResourceRef> = ix
-            .vsvcs
-            .iter()
-            .filter(|k| vs_spec(&ix, k).is_some_and(|v| selector_matches(&v.selector, &agent.labels)))
-            .cloned()
-            .collect();
-        candidates.extend(
-            ix.targets
-                .keys()
-                .filter(|t| {
-                    matches!(ix.by_ref.get(*t).map(|r| &r.spec),
-                     Some(ResourceSpec::Target(ts)) if selector_matches(&ts.selector, &agent.labels))
-                })
-                .cloned(),
-        );
-        let cfg = match config_from_value(&agent_document(&ix, &candidates, agents)) {
-            Ok(cfg) => cfg,
-            Err(_) => {
-                // Every piece was checked alone, but a combination can still be refused (say, a Target whose only
-                // endpoints of weight > 0 come from a selector that picks no agent). Add the resources one by one
-                // and leave out, with an error, each one that makes the configuration fail.
-                let mut kept: Vec<ResourceRef> = Vec::new();
-                let mut last = Config::default();
-                for c in candidates {
-                    kept.push(c.clone());
-                    match config_from_value(&agent_document(&ix, &kept, agents)) {
-                        Ok(cfg) => last = cfg,
-                        Err(e) => {
-                            kept.pop();
-                            let why = format!("on agent {}: {}", agent.node_id, e.to_string().replace('\n', "; "));
-                            out.errors.entry(c).or_insert(why);
-                        }
-                    }
-                }
-                last
-            }
-        };
-        out.per_agent.insert(agent.node_id.clone(), cfg);
+        groups.entry(&agent.labels).or_default().push(agent);
+    }
+    for (labels, members) in groups {
+        let Some(first) = members.first() else { continue };
+        let cfg = Arc::new(translate_group(&ix, labels, first, agents, &mut out.errors));
+        for agent in members {
+            out.per_agent.insert(agent.node_id.clone(), cfg.clone());
+        }
     }
     out
+}
+
+/// The configuration of the agents with these labels (`first` is one of them, named in errors).
+fn translate_group(
+    ix: &Index<'_>,
+    labels: &BTreeMap<String, String>,
+    first: &AgentInfo,
+    agents: &[AgentInfo],
+    errors: &mut BTreeMap<ResourceRef, String>,
+) -> Config {
+    let mut candidates: Vec<ResourceRef> = ix
+        .vsvcs
+        .iter()
+        .filter(|k| vs_spec(ix, k).is_some_and(|v| selector_matches(&v.selector, labels)))
+        .cloned()
+        .collect();
+    candidates.extend(
+        ix.targets
+            .keys()
+            .filter(|t| {
+                matches!(ix.by_ref.get(*t).map(|r| &r.spec),
+                 Some(ResourceSpec::Target(ts)) if selector_matches(&ts.selector, labels))
+            })
+            .cloned(),
+    );
+    match config_from_value(&agent_document(ix, &candidates, agents)) {
+        Ok(cfg) => cfg,
+        Err(_) => {
+            // Every piece was checked alone, but a combination can still be refused (say, a Target whose only
+            // endpoints of weight > 0 come from a selector that picks no agent). Add the resources one by one
+            // and leave out, with an error, each one that makes the configuration fail.
+            let mut kept: Vec<ResourceRef> = Vec::new();
+            let mut last = Config::default();
+            for c in candidates {
+                kept.push(c.clone());
+                match config_from_value(&agent_document(ix, &kept, agents)) {
+                    Ok(cfg) => last = cfg,
+                    Err(e) => {
+                        kept.pop();
+                        let why = format!("on agent {}: {}", first.node_id, e.to_string().replace('\n', "; "));
+                        errors.entry(c).or_insert(why);
+                    }
+                }
+            }
+            last
+        }
+    }
 }
 
 /// A rule action's `rewrite` list as JSON.

@@ -43,7 +43,7 @@ fn agent(id: &str, kv: &[(&str, &str)], addr: Option<&str>) -> AgentInfo {
 fn assert_loadable(t: &Translation) {
     for (node, cfg) in &t.per_agent {
         let again = config_from_value(&dump::config(cfg)).unwrap_or_else(|e| panic!("agent {node}: {e}"));
-        assert_eq!(&again, cfg, "agent {node}: the dump does not load back equal");
+        assert_eq!(&again, &**cfg, "agent {node}: the dump does not load back equal");
     }
 }
 
@@ -478,6 +478,23 @@ fn agents_get_only_their_virtual_services() {
 }
 
 #[test]
+fn agents_with_the_same_labels_share_one_translation() {
+    let rs = resources(&[vsvc("a", "one", 9001, "t"), target("t", json!(80))]);
+    let agents = [
+        agent("n1", &[("app", "one")], Some("10.0.0.1")),
+        agent("n2", &[("app", "one")], Some("10.0.0.2")),
+        agent("n3", &[("app", "two")], None),
+    ];
+    let t = translate(&rs, &agents);
+    assert_eq!(t.per_agent.len(), 3);
+    let (n1, n2, n3) = (&t.per_agent["n1"], &t.per_agent["n2"], &t.per_agent["n3"]);
+    assert!(std::sync::Arc::ptr_eq(n1, n2), "same labels: one configuration");
+    assert!(!std::sync::Arc::ptr_eq(n1, n3));
+    assert_eq!(listener_names(n1), vec!["default/a"]);
+    assert!(listener_names(n3).is_empty());
+}
+
+#[test]
 fn selector_endpoints_resolve_to_agent_addresses() {
     let rs = parse_documents(&example("udp-to-tcp.yaml")).expect("example");
     let agents = [
@@ -677,7 +694,7 @@ fn translation_is_deterministic() {
     let a = translate(&rs, &agents);
     let b = translate(&rs, &agents);
     assert_eq!(a, b);
-    let dumps = |t: &Translation| t.per_agent.values().map(dump::config).collect::<Vec<_>>();
+    let dumps = |t: &Translation| t.per_agent.values().map(|c| dump::config(c)).collect::<Vec<_>>();
     assert_eq!(dumps(&a), dumps(&b));
     // The order of the input does not matter either.
     let mut reversed = rs.clone();

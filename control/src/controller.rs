@@ -13,7 +13,7 @@ use crate::xds::{Cache, NodeHooks, NodeInfo, Snapshot, XdsResource, XdsServer};
 use l7mp_api::resource::{self, AgentInfo, Resource};
 use l7mp_api::wire;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
@@ -34,6 +34,13 @@ pub struct ObjectStatus {
     pub agents: Vec<String>,
 }
 
+/// An object as parsed at one revision.
+#[derive(Clone)]
+struct Parsed {
+    revision: u64,
+    resource: Result<Arc<Resource>, String>,
+}
+
 /// The control plane's shared state.
 pub struct ControlPlane {
     store: Arc<dyn Store>,
@@ -41,6 +48,8 @@ pub struct ControlPlane {
     xds: OnceLock<XdsServer>,
     agents: Mutex<BTreeMap<String, AgentInfo>>,
     status: Mutex<BTreeMap<Key, ObjectStatus>>,
+    /// Each object as last parsed, by key: an object whose revision did not change is not parsed again.
+    parsed: Mutex<HashMap<Key, Parsed>>,
     wake: Notify,
     /// The store revision the last computation covered.
     computed: watch::Sender<u64>,
@@ -55,6 +64,7 @@ impl ControlPlane {
             xds: OnceLock::new(),
             agents: Mutex::new(BTreeMap::new()),
             status: Mutex::new(BTreeMap::new()),
+            parsed: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             computed: watch::channel(0).0,
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -206,56 +216,90 @@ impl ControlPlane {
             revision,
         } = self.store.list(None, None).await?;
         let mut status: BTreeMap<Key, ObjectStatus> = BTreeMap::new();
-        let mut parsed: Vec<(Key, u64, Resource)> = Vec::new();
-        for o in objects {
-            match resource::parse_resource(&o.value) {
-                Ok(r) => parsed.push((o.key, o.revision, r)),
-                Err(e) => {
-                    status.insert(
-                        o.key,
-                        ObjectStatus {
-                            accepted: false,
-                            reason: Some(e.to_string()),
-                            observed_revision: o.revision,
-                            agents: vec![],
-                        },
-                    );
+        let mut accepted: Vec<(Key, u64)> = Vec::new();
+        let mut resources: Vec<Arc<Resource>> = Vec::new();
+        {
+            let mut cache = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = HashMap::with_capacity(objects.len());
+            for o in objects {
+                let p = match cache.remove(&o.key) {
+                    Some(p) if p.revision == o.revision => p,
+                    _ => Parsed {
+                        revision: o.revision,
+                        resource: resource::parse_resource(&o.value)
+                            .map(Arc::new)
+                            .map_err(|e| e.to_string()),
+                    },
+                };
+                match &p.resource {
+                    Ok(r) => {
+                        accepted.push((o.key.clone(), o.revision));
+                        resources.push(r.clone());
+                    }
+                    Err(e) => {
+                        status.insert(
+                            o.key.clone(),
+                            ObjectStatus {
+                                accepted: false,
+                                reason: Some(e.clone()),
+                                observed_revision: o.revision,
+                                agents: vec![],
+                            },
+                        );
+                    }
                 }
+                next.insert(o.key, p);
             }
+            *cache = next;
         }
         let agents: Vec<AgentInfo> = self
             .agents
             .lock()
             .map(|a| a.values().cloned().collect())
             .unwrap_or_default();
-        let resources: Vec<Resource> = parsed.iter().map(|(_, _, r)| r.clone()).collect();
         let t = resource::translate(&resources, &agents);
-        for (key, rev, r) in &parsed {
+        // One snapshot per distinct configuration (agents with the same labels share one), encoded once.
+        let mut groups: Vec<Group> = Vec::new();
+        let mut by_config: HashMap<*const l7mp_api::Config, usize> = HashMap::new();
+        for a in &agents {
+            let cfg = t.per_agent.get(&a.node_id).cloned().unwrap_or_default();
+            let i = *by_config.entry(Arc::as_ptr(&cfg)).or_insert_with(|| {
+                let mut snap = Snapshot::new();
+                for w in wire::encode(&cfg) {
+                    snap.insert(XdsResource::new(w.name, w.type_url, w.body));
+                }
+                groups.push(Group {
+                    cfg,
+                    snapshot: Arc::new(snap),
+                    nodes: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            if let Some(g) = groups.get_mut(i) {
+                g.nodes.push(a.node_id.clone());
+                self.cache.set_snapshot(&a.node_id, g.snapshot.clone());
+            }
+        }
+        let placements: Vec<Placement<'_>> = groups.iter().map(|g| Placement::of(&g.cfg)).collect();
+        for ((key, rev), r) in accepted.into_iter().zip(&resources) {
             let rref = r.reference();
             let reason = t.errors.get(&rref).cloned();
-            let placed: Vec<String> = t
-                .per_agent
+            let fqn = rref.fqn();
+            let placed: Vec<String> = groups
                 .iter()
-                .filter(|(_, cfg)| placed_in(cfg, &rref))
-                .map(|(node, _)| node.clone())
+                .zip(&placements)
+                .filter(|(_, p)| p.holds(rref.kind, &fqn))
+                .flat_map(|(g, _)| g.nodes.iter().cloned())
                 .collect();
             status.insert(
-                key.clone(),
+                key,
                 ObjectStatus {
                     accepted: reason.is_none(),
                     reason,
-                    observed_revision: *rev,
+                    observed_revision: rev,
                     agents: placed,
                 },
             );
-        }
-        for a in &agents {
-            let cfg = t.per_agent.get(&a.node_id).cloned().unwrap_or_default();
-            let mut snap = Snapshot::new();
-            for w in wire::encode(&cfg) {
-                snap.insert(XdsResource::new(w.name, w.type_url, w.body));
-            }
-            self.cache.set_snapshot(&a.node_id, snap);
         }
         let rejected = status.values().filter(|s| !s.accepted).count();
         tracing::info!(
@@ -274,15 +318,41 @@ impl ControlPlane {
     }
 }
 
-/// Whether an agent's configuration holds the object translated from `r` (the translation names it `ns/name`).
-fn placed_in(cfg: &l7mp_api::Config, r: &resource::ResourceRef) -> bool {
-    use resource::ResourceKind as K;
-    let fqn = r.fqn();
-    match r.kind {
-        K::VirtualService => cfg.listeners.iter().any(|l| l.name == fqn),
-        K::Target => cfg.clusters.iter().any(|c| c.name == fqn),
-        K::Route => cfg.routes.iter().any(|x| x.name == fqn),
-        K::Rule => cfg.rules.iter().any(|x| x.name == fqn),
+/// The agents that share one configuration, and its snapshot.
+struct Group {
+    cfg: Arc<l7mp_api::Config>,
+    snapshot: Arc<Snapshot>,
+    nodes: Vec<String>,
+}
+
+/// The names of what one configuration holds, by kind of the resource it was translated from (the translation names
+/// it `ns/name`).
+struct Placement<'a> {
+    listeners: HashSet<&'a str>,
+    clusters: HashSet<&'a str>,
+    routes: HashSet<&'a str>,
+    rules: HashSet<&'a str>,
+}
+
+impl<'a> Placement<'a> {
+    fn of(cfg: &'a l7mp_api::Config) -> Self {
+        Placement {
+            listeners: cfg.listeners.iter().map(|x| x.name.as_str()).collect(),
+            clusters: cfg.clusters.iter().map(|x| x.name.as_str()).collect(),
+            routes: cfg.routes.iter().map(|x| x.name.as_str()).collect(),
+            rules: cfg.rules.iter().map(|x| x.name.as_str()).collect(),
+        }
+    }
+
+    /// Whether the configuration holds the object of this kind and fully qualified name.
+    fn holds(&self, kind: resource::ResourceKind, fqn: &str) -> bool {
+        use resource::ResourceKind as K;
+        match kind {
+            K::VirtualService => self.listeners.contains(fqn),
+            K::Target => self.clusters.contains(fqn),
+            K::Route => self.routes.contains(fqn),
+            K::Rule => self.rules.contains(fqn),
+        }
     }
 }
 

@@ -199,22 +199,25 @@ impl Cache {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sets the snapshot of a node and wakes its streams (only when it differs from the current one).
-    pub fn set_snapshot(&self, node_id: &str, snapshot: Snapshot) {
+    /// Sets the snapshot of a node and wakes its streams (only when it differs from the current one). Nodes may
+    /// share one `Arc<Snapshot>` (the control plane gives agents with the same labels the same one).
+    pub fn set_snapshot(&self, node_id: &str, snapshot: impl Into<Arc<Snapshot>>) {
+        let snapshot = snapshot.into();
         let mut nodes = self.lock();
         match nodes.get(node_id) {
             Some(tx) => {
                 tx.send_if_modified(|cur| {
-                    if cur.as_deref() == Some(&snapshot) {
-                        false
-                    } else {
-                        *cur = Some(Arc::new(snapshot));
-                        true
+                    let same = cur
+                        .as_ref()
+                        .is_some_and(|c| Arc::ptr_eq(c, &snapshot) || **c == *snapshot);
+                    if !same {
+                        *cur = Some(snapshot);
                     }
+                    !same
                 });
             }
             None => {
-                let (tx, _) = watch::channel(Some(Arc::new(snapshot)));
+                let (tx, _) = watch::channel(Some(snapshot));
                 nodes.insert(node_id.to_string(), tx);
             }
         }
