@@ -1,5 +1,5 @@
-//! The control plane's admin HTTP listener: `/live`, `/ready` (the store answered and the first computation is
-//! done) and `/metrics` (Prometheus: connected agents, objects by state, snapshot pushes, ACKs and NACKs).
+//! The control plane's admin HTTP listener: `/live`, `/ready` (the first computation is done and the store is
+//! reachable; else 503 with the reason) and `/metrics` (Prometheus: connected agents, objects by state, snapshot pushes, ACKs and NACKs).
 
 use crate::controller::ControlPlane;
 use axum::extract::State;
@@ -31,13 +31,9 @@ pub async fn start(addr: SocketAddr, cp: Arc<ControlPlane>) -> anyhow::Result<So
 }
 
 async fn ready(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
-    if cp.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the store has not been read yet\n",
-        )
+    match cp.not_ready_reason() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
 }
 
@@ -77,5 +73,24 @@ async fn metrics(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
     );
     let _ = writeln!(out, "# TYPE l7mp_control_store_revision gauge");
     let _ = writeln!(out, "l7mp_control_store_revision {}", cp.computed_revision());
+    let problem = cp.store_problem();
+    let _ = writeln!(
+        out,
+        "# HELP l7mp_control_store_up Whether the store answered the last call (0 while it is unreachable)."
+    );
+    let _ = writeln!(out, "# TYPE l7mp_control_store_up gauge");
+    let _ = writeln!(out, "l7mp_control_store_up {}", u8::from(problem.is_none()));
+    let _ = writeln!(
+        out,
+        "# HELP l7mp_control_store_unreachable_seconds How long the store has been unreachable (0 while it is up)."
+    );
+    let _ = writeln!(out, "# TYPE l7mp_control_store_unreachable_seconds gauge");
+    let _ = writeln!(
+        out,
+        "l7mp_control_store_unreachable_seconds {}",
+        problem
+            .and_then(|p| p.since.elapsed().ok())
+            .map_or(0.0, |d| d.as_secs_f64())
+    );
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

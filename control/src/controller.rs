@@ -22,6 +22,10 @@ use tokio::sync::{Notify, watch};
 const QUIET: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(2);
 
+/// How often the loop and the store watch retry while the store is unreachable (doubling from MIN to MAX).
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// The computed state of one object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectStatus {
@@ -41,6 +45,13 @@ struct Parsed {
     resource: Result<Arc<Resource>, String>,
 }
 
+/// The store is unreachable: the last error, and when the problem began.
+#[derive(Debug, Clone)]
+pub struct StoreProblem {
+    pub error: String,
+    pub since: std::time::SystemTime,
+}
+
 /// The control plane's shared state.
 pub struct ControlPlane {
     store: Arc<dyn Store>,
@@ -48,12 +59,20 @@ pub struct ControlPlane {
     xds: OnceLock<XdsServer>,
     agents: Mutex<BTreeMap<String, AgentInfo>>,
     status: Mutex<BTreeMap<Key, ObjectStatus>>,
-    /// Each object as last parsed, by key: an object whose revision did not change is not parsed again.
-    parsed: Mutex<HashMap<Key, Parsed>>,
+    /// The last listing, each object as parsed, by key: an object whose revision did not change is not parsed
+    /// again, and while the store is unreachable the loop computes from it (say, for an agent that connects
+    /// meanwhile). `None` until the store was listed once.
+    parsed: Mutex<Option<BTreeMap<Key, Parsed>>>,
+    /// Why the store cannot be read or written, while it cannot (the last error and since when).
+    store_error: Mutex<Option<StoreProblem>>,
     wake: Notify,
     /// The store revision the last computation covered.
     computed: watch::Sender<u64>,
     ready: std::sync::atomic::AtomicBool,
+    /// The store URL as shown to users (no credentials).
+    store_url: OnceLock<String>,
+    /// This process: `host/pid`.
+    replica: String,
 }
 
 impl ControlPlane {
@@ -64,15 +83,40 @@ impl ControlPlane {
             xds: OnceLock::new(),
             agents: Mutex::new(BTreeMap::new()),
             status: Mutex::new(BTreeMap::new()),
-            parsed: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(None),
+            store_error: Mutex::new(None),
             wake: Notify::new(),
             computed: watch::channel(0).0,
             ready: std::sync::atomic::AtomicBool::new(false),
+            store_url: OnceLock::new(),
+            replica: format!(
+                "{}/{}",
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "localhost".into()),
+                std::process::id()
+            ),
         })
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Records the store URL to show (strip credentials and query options first).
+    pub fn set_store_url(&self, url: &str) {
+        let shown = url.split('?').next().unwrap_or(url);
+        let _ = self.store_url.set(shown.to_string());
+    }
+
+    /// The store URL as shown to users ("" if not set).
+    pub fn store_url(&self) -> String {
+        self.store_url.get().cloned().unwrap_or_default()
+    }
+
+    /// This process, as `host/pid`.
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -127,9 +171,54 @@ impl ControlPlane {
         v
     }
 
-    /// Whether the store was read and snapshots computed at least once.
+    /// Whether the store was read and snapshots computed at least once, and the store is reachable now.
     pub fn ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+        self.ready.load(std::sync::atomic::Ordering::Relaxed) && self.store_problem().is_none()
+    }
+
+    /// Why the control plane is not ready (`None` when it is).
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(p) = self.store_problem() {
+            let secs = p.since.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+            return Some(format!(
+                "the store is unreachable (for {secs} s): {}; agents keep the last configuration, writes are refused",
+                p.error
+            ));
+        }
+        (!self.ready.load(std::sync::atomic::Ordering::Relaxed)).then(|| "the store has not been read yet".to_string())
+    }
+
+    /// The store problem, while there is one.
+    pub fn store_problem(&self) -> Option<StoreProblem> {
+        self.store_error.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Records that a store call failed (`Some`) or succeeded (`None`); the Management API reports its failures
+    /// here too, so that readiness follows what clients see.
+    pub fn store_result(&self, error: Option<&crate::store::StoreError>) {
+        use crate::store::StoreError as E;
+        // Only failures to reach the store count; a conflict or a bad key is the caller's problem.
+        let error = match error {
+            Some(e @ E::Backend(_)) => Some(e),
+            Some(_) => return,
+            None => None,
+        };
+        let Ok(mut p) = self.store_error.lock() else { return };
+        match (error, p.as_mut()) {
+            (None, Some(_)) => {
+                tracing::info!("the store is reachable again");
+                *p = None;
+            }
+            (None, None) => {}
+            (Some(e), Some(cur)) => cur.error = e.to_string(),
+            (Some(e), None) => {
+                tracing::warn!("the store is unreachable: {e}; serving the last configuration");
+                *p = Some(StoreProblem {
+                    error: e.to_string(),
+                    since: std::time::SystemTime::now(),
+                });
+            }
+        }
     }
 
     /// The store revision the last computation covered.
@@ -162,6 +251,7 @@ impl ControlPlane {
     pub async fn run(self: Arc<Self>) {
         let watcher = self.clone();
         tokio::spawn(async move { watcher.watch_store().await });
+        let mut retry = RETRY_MIN;
         loop {
             self.wake.notified().await;
             // Quiet time: more changes within QUIET extend the wait, up to MAX_DELAY.
@@ -176,10 +266,14 @@ impl ControlPlane {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.recompute().await {
-                tracing::warn!("control loop: {e}; keeping the previous snapshots");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                self.kick();
+            match self.recompute().await {
+                Ok(()) => retry = RETRY_MIN,
+                Err(e) => {
+                    tracing::debug!("control loop: {e}; retrying in {retry:?}");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    self.kick();
+                }
             }
         }
     }
@@ -188,12 +282,14 @@ impl ControlPlane {
     /// watcher) or a failed watch starts over with a full recompute.
     async fn watch_store(self: Arc<Self>) {
         use futures_util::StreamExt;
+        let mut retry = RETRY_MIN;
         loop {
             let from = self.store.revision();
             self.kick();
             match self.store.watch(from).await {
                 Ok(mut events) => {
                     while let Some(ev) = events.next().await {
+                        retry = RETRY_MIN;
                         match ev {
                             Ok(_) => self.kick(),
                             Err(e) => {
@@ -203,54 +299,69 @@ impl ControlPlane {
                         }
                     }
                 }
-                Err(e) => tracing::warn!("store watch: {e}; retrying"),
+                Err(e) => {
+                    tracing::debug!("store watch: {e}; retrying in {retry:?}");
+                    self.store_result(Some(&e));
+                }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(RETRY_MAX);
         }
     }
 
-    /// One computation: list, parse, translate, publish.
+    /// One computation: list, parse, translate, publish. When the store cannot be listed, the computation runs on
+    /// the last listing (agents that connected meanwhile get their configuration) and the error is returned.
     pub async fn recompute(&self) -> Result<(), crate::store::StoreError> {
-        let crate::store::Listing {
-            items: objects,
-            revision,
-        } = self.store.list(None, None).await?;
+        let listed = self.store.list(None, None).await;
+        self.store_result(listed.as_ref().err());
+        let mut cache = self.parsed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (revision, failure) = match listed {
+            Ok(listing) => {
+                let mut old = cache.unwrap_or_default();
+                let mut next = BTreeMap::new();
+                for o in listing.items {
+                    let p = match old.remove(&o.key) {
+                        Some(p) if p.revision == o.revision => p,
+                        _ => Parsed {
+                            revision: o.revision,
+                            resource: resource::parse_resource(&o.value)
+                                .map(Arc::new)
+                                .map_err(|e| e.to_string()),
+                        },
+                    };
+                    next.insert(o.key, p);
+                }
+                cache = Some(next);
+                (listing.revision, None)
+            }
+            Err(e) if cache.is_some() => (self.computed_revision(), Some(e)),
+            Err(e) => return Err(e),
+        };
+        let objects = cache.unwrap_or_default();
         let mut status: BTreeMap<Key, ObjectStatus> = BTreeMap::new();
         let mut accepted: Vec<(Key, u64)> = Vec::new();
         let mut resources: Vec<Arc<Resource>> = Vec::new();
-        {
-            let mut cache = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
-            let mut next = HashMap::with_capacity(objects.len());
-            for o in objects {
-                let p = match cache.remove(&o.key) {
-                    Some(p) if p.revision == o.revision => p,
-                    _ => Parsed {
-                        revision: o.revision,
-                        resource: resource::parse_resource(&o.value)
-                            .map(Arc::new)
-                            .map_err(|e| e.to_string()),
-                    },
-                };
-                match &p.resource {
-                    Ok(r) => {
-                        accepted.push((o.key.clone(), o.revision));
-                        resources.push(r.clone());
-                    }
-                    Err(e) => {
-                        status.insert(
-                            o.key.clone(),
-                            ObjectStatus {
-                                accepted: false,
-                                reason: Some(e.clone()),
-                                observed_revision: o.revision,
-                                agents: vec![],
-                            },
-                        );
-                    }
+        for (key, p) in &objects {
+            match &p.resource {
+                Ok(r) => {
+                    accepted.push((key.clone(), p.revision));
+                    resources.push(r.clone());
                 }
-                next.insert(o.key, p);
+                Err(e) => {
+                    status.insert(
+                        key.clone(),
+                        ObjectStatus {
+                            accepted: false,
+                            reason: Some(e.clone()),
+                            observed_revision: p.revision,
+                            agents: vec![],
+                        },
+                    );
+                }
             }
-            *cache = next;
+        }
+        if let Ok(mut c) = self.parsed.lock() {
+            *c = Some(objects);
         }
         let agents: Vec<AgentInfo> = self
             .agents
@@ -314,7 +425,10 @@ impl ControlPlane {
         }
         self.computed.send_replace(revision);
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

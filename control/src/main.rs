@@ -77,6 +77,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot open the store")?
         .with_context(|| format!("--store {}", args.store))?;
     let cp = ControlPlane::new(store);
+    cp.set_store_url(&args.store);
     let xds = XdsServer::new(cp.cache().clone(), Arc::new(Hooks(cp.clone())), XdsConfig::default());
     cp.set_xds(xds.clone());
     cp.recompute().await.context("cannot read the store")?;

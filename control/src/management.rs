@@ -1,5 +1,6 @@
 //! The Management API (`l7mp.management.v1.Management`, gRPC): Apply, Get, List, Delete, Watch and Agents over the
-//! store, with each object's computed status added.
+//! store, with each object's computed status added, and Status (the control plane's readiness). A store that cannot
+//! be reached is `UNAVAILABLE` with the store's error and what was (not) written.
 //!
 //! Apply validates every object first (all or nothing; errors name the document and field:
 //! `objects[1] (Target default/echo): spec.cluster.spec.port: expected an integer 1..65535, got "x"`), then writes
@@ -25,6 +26,25 @@ pub struct ManagementService {
 }
 
 impl ManagementService {
+    /// Reports a store failure to the control plane (readiness follows what clients see) and maps it to a status.
+    fn failed(&self, e: StoreError) -> Status {
+        self.cp.store_result(Some(&e));
+        store_error(e)
+    }
+
+    /// Like [`Self::failed`], for a write: says that nothing was written.
+    fn write_failed(&self, e: StoreError, written: usize) -> Status {
+        let s = self.failed(e);
+        if s.code() != tonic::Code::Unavailable {
+            return s;
+        }
+        let what = match written {
+            0 => "nothing was written".to_string(),
+            n => format!("the first {n} object(s) were written, the rest not; apply again"),
+        };
+        Status::unavailable(format!("{}; {what}", s.message()))
+    }
+
     pub fn new(cp: Arc<ControlPlane>) -> pb::management_server::ManagementServer<ManagementService> {
         pb::management_server::ManagementServer::new(ManagementService { cp })
     }
@@ -33,7 +53,8 @@ impl ManagementService {
 fn store_error(e: StoreError) -> Status {
     match e {
         e @ StoreError::Conflict { .. } => Status::aborted(e.to_string()),
-        other => Status::unavailable(other.to_string()),
+        e @ StoreError::InvalidKey { .. } => Status::invalid_argument(e.to_string()),
+        other => Status::unavailable(format!("the store is unreachable: {other}")),
     }
 }
 
@@ -114,14 +135,19 @@ impl Management for ManagementService {
         let mut last = 0;
         let mut keys = Vec::with_capacity(parsed.len());
         for (key, value, pre) in parsed {
-            last = self.cp.store().put(&key, value, pre).await.map_err(store_error)?;
+            last = self
+                .cp
+                .store()
+                .put(&key, value, pre)
+                .await
+                .map_err(|e| self.write_failed(e, keys.len()))?;
             keys.push(key);
         }
         self.cp.kick();
         self.cp.computed(last, Duration::from_secs(5)).await;
         let mut out = Vec::with_capacity(keys.len());
         for k in &keys {
-            if let Some(s) = self.cp.store().get(k).await.map_err(store_error)? {
+            if let Some(s) = self.cp.store().get(k).await.map_err(|e| self.failed(e))? {
                 out.push(self.out(&s));
             }
         }
@@ -130,7 +156,7 @@ impl Management for ManagementService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::StoredObject>, Status> {
         let key = key_of(req.into_inner().r#ref)?;
-        match self.cp.store().get(&key).await.map_err(store_error)? {
+        match self.cp.store().get(&key).await.map_err(|e| self.failed(e))? {
             Some(s) => Ok(Response::new(self.out(&s))),
             None => Err(Status::not_found(format!("{key} does not exist"))),
         }
@@ -143,7 +169,12 @@ impl Management for ManagementService {
         let crate::store::Listing {
             items: objects,
             revision,
-        } = self.cp.store().list(k.as_deref(), ns).await.map_err(store_error)?;
+        } = self
+            .cp
+            .store()
+            .list(k.as_deref(), ns)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(Response::new(pb::ListResponse {
             objects: objects.iter().map(|s| self.out(s)).collect(),
             revision,
@@ -157,7 +188,7 @@ impl Management for ManagementService {
             .store()
             .delete(&key, Precondition::None)
             .await
-            .map_err(store_error)?
+            .map_err(|e| self.write_failed(e, 0))?
         {
             Some(revision) => {
                 self.cp.kick();
@@ -177,13 +208,13 @@ impl Management for ManagementService {
         let store = self.cp.store().clone();
         // From 0: the current state first (as PUTs), then the changes after it.
         let (initial, from) = if r.from_revision == 0 {
-            let l = store.list(want.as_deref(), None).await.map_err(store_error)?;
+            let l = store.list(want.as_deref(), None).await.map_err(|e| self.failed(e))?;
             let (objects, rev) = (l.items, l.revision);
             (objects, rev)
         } else {
             (Vec::new(), r.from_revision)
         };
-        let events = store.watch(from).await.map_err(store_error)?;
+        let events = store.watch(from).await.map_err(|e| self.failed(e))?;
         let to_ref = |k: &Key| pb::ObjectRef {
             kind: k.kind.clone(),
             namespace: k.namespace.clone(),
@@ -243,5 +274,21 @@ impl Management for ManagementService {
             })
             .collect();
         Ok(Response::new(pb::AgentsResponse { agents }))
+    }
+
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let (accepted, rejected) = self.cp.object_counts();
+        let problem = self.cp.store_problem();
+        Ok(Response::new(pb::StatusResponse {
+            ready: self.cp.ready(),
+            reason: self.cp.not_ready_reason().unwrap_or_default(),
+            store: self.cp.store_url(),
+            computed_revision: self.cp.computed_revision(),
+            agents: self.cp.xds().map_or(0, |x| x.agents().len()) as u32,
+            objects_accepted: accepted as u32,
+            objects_rejected: rejected as u32,
+            replica: self.cp.replica().to_string(),
+            store_unreachable_since: problem.map(|p| rfc3339(p.since)).unwrap_or_default(),
+        }))
     }
 }

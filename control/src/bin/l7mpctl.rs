@@ -21,6 +21,7 @@ EXAMPLES
   l7mpctl delete vsvc udp-echo
   l7mpctl watch targets                             # print changes as they happen (Ctrl-C to stop)
   l7mpctl agents                                    # connected agents, acknowledged versions, last NACK
+  l7mpctl status                                    # is the control plane ready? its store, revision, agents
 
 Kinds: VirtualService (vsvc), Target (tr), Route, Rule; plural and lower-case forms are accepted.";
 
@@ -73,6 +74,12 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// The control plane itself: ready or not (and why), its store, the revision its snapshots come from, agents
+    /// and objects. Exits with status 2 when it is not ready.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +93,7 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<NotReady>() => ExitCode::from(2),
         Err(e) => {
             eprintln!("l7mpctl: {e:#}");
             ExitCode::from(1)
@@ -345,6 +353,54 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Status { output } => {
+            let mut c = client(&args.server).await?;
+            let s = c.status(pb::StatusRequest {}).await.map_err(describe)?.into_inner();
+            match output {
+                Output::Table => {
+                    let state = if s.ready {
+                        "ready".to_string()
+                    } else {
+                        format!("NOT READY: {}", s.reason)
+                    };
+                    println!("control plane  {} ({})", args.server, s.replica);
+                    println!("state          {state}");
+                    println!("store          {}", s.store);
+                    if !s.store_unreachable_since.is_empty() {
+                        println!("unreachable    since {}", s.store_unreachable_since);
+                    }
+                    println!("revision       {}", s.computed_revision);
+                    println!("agents         {}", s.agents);
+                    println!(
+                        "objects        {} accepted, {} rejected",
+                        s.objects_accepted, s.objects_rejected
+                    );
+                }
+                other => print(
+                    vec![json!({"ready": s.ready, "reason": s.reason, "store": s.store,
+                                "computed_revision": s.computed_revision, "agents": s.agents,
+                                "objects_accepted": s.objects_accepted, "objects_rejected": s.objects_rejected,
+                                "replica": s.replica, "store_unreachable_since": s.store_unreachable_since})],
+                    other,
+                    true,
+                )?,
+            }
+            if !s.ready {
+                return Err(NotReady.into());
+            }
+        }
     }
     Ok(())
 }
+
+/// `l7mpctl status` found the control plane not ready (exit status 2; the reason was printed).
+#[derive(Debug)]
+struct NotReady;
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the control plane is not ready")
+    }
+}
+
+impl std::error::Error for NotReady {}
