@@ -8,6 +8,7 @@
 //! resources keep their content-hash versions, so an agent receives only what changed. Status is kept in memory and
 //! added to objects by the Management API (it is derived state; writing it to the store would wake the loop again).
 
+use crate::registry::{LocalRegistry, Registration, Registry};
 use crate::store::{Key, Store};
 use crate::xds::{Cache, NodeHooks, NodeInfo, Snapshot, XdsResource, XdsServer};
 use l7mp_api::resource::{self, AgentInfo, Resource};
@@ -57,7 +58,10 @@ pub struct ControlPlane {
     store: Arc<dyn Store>,
     cache: Arc<Cache>,
     xds: OnceLock<XdsServer>,
-    agents: Mutex<BTreeMap<String, AgentInfo>>,
+    /// The agents connected to this process.
+    agents: Mutex<BTreeMap<String, Registration>>,
+    /// Every replica's agents (the translator needs them all).
+    registry: Arc<dyn Registry>,
     status: Mutex<BTreeMap<Key, ObjectStatus>>,
     /// The last listing, each object as parsed, by key: an object whose revision did not change is not parsed
     /// again, and while the store is unreachable the loop computes from it (say, for an agent that connects
@@ -76,9 +80,16 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// A control plane that is the only replica on its store.
     pub fn new(store: Arc<dyn Store>) -> Arc<ControlPlane> {
+        Self::with_registry(store, Arc::new(LocalRegistry::default()))
+    }
+
+    /// A control plane that shares its store (and `registry`) with other replicas.
+    pub fn with_registry(store: Arc<dyn Store>, registry: Arc<dyn Registry>) -> Arc<ControlPlane> {
         Arc::new(ControlPlane {
             store,
+            registry,
             cache: Arc::new(Cache::new()),
             xds: OnceLock::new(),
             agents: Mutex::new(BTreeMap::new()),
@@ -130,6 +141,17 @@ impl ControlPlane {
 
     pub fn xds(&self) -> Option<&XdsServer> {
         self.xds.get()
+    }
+
+    /// Every replica's agents, this process's own included.
+    pub fn all_agents(&self) -> BTreeMap<String, Registration> {
+        let mut all = self.registry.agents();
+        if let Ok(local) = self.agents.lock() {
+            for (id, r) in local.iter() {
+                all.insert(id.clone(), r.clone());
+            }
+        }
+        all
     }
 
     /// The computed status of an object, if it was seen.
@@ -251,6 +273,14 @@ impl ControlPlane {
     pub async fn run(self: Arc<Self>) {
         let watcher = self.clone();
         tokio::spawn(async move { watcher.watch_store().await });
+        let mut registered = self.registry.subscribe();
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Agents coming and going on other replicas change translations here too.
+            while registered.changed().await.is_ok() {
+                me.kick();
+            }
+        });
         let mut retry = RETRY_MIN;
         loop {
             self.wake.notified().await;
@@ -363,32 +393,34 @@ impl ControlPlane {
         if let Ok(mut c) = self.parsed.lock() {
             *c = Some(objects);
         }
-        let agents: Vec<AgentInfo> = self
-            .agents
-            .lock()
-            .map(|a| a.values().cloned().collect())
-            .unwrap_or_default();
+        let local: BTreeMap<String, Registration> = self.agents.lock().map(|a| a.clone()).unwrap_or_default();
+        let agents: Vec<AgentInfo> = self.all_agents().values().map(Registration::agent).collect();
         let t = resource::translate(&resources, &agents);
-        // One snapshot per distinct configuration (agents with the same labels share one), encoded once.
+        // Agents with the same labels share one configuration: encoded once, into one snapshot, for the agents
+        // connected here (other replicas serve the rest).
         let mut groups: Vec<Group> = Vec::new();
         let mut by_config: HashMap<*const l7mp_api::Config, usize> = HashMap::new();
         for a in &agents {
             let cfg = t.per_agent.get(&a.node_id).cloned().unwrap_or_default();
             let i = *by_config.entry(Arc::as_ptr(&cfg)).or_insert_with(|| {
-                let mut snap = Snapshot::new();
-                for w in wire::encode(&cfg) {
-                    snap.insert(XdsResource::new(w.name, w.type_url, w.body));
-                }
                 groups.push(Group {
                     cfg,
-                    snapshot: Arc::new(snap),
+                    snapshot: None,
                     nodes: Vec::new(),
                 });
                 groups.len() - 1
             });
-            if let Some(g) = groups.get_mut(i) {
-                g.nodes.push(a.node_id.clone());
-                self.cache.set_snapshot(&a.node_id, g.snapshot.clone());
+            let Some(g) = groups.get_mut(i) else { continue };
+            g.nodes.push(a.node_id.clone());
+            if local.contains_key(&a.node_id) {
+                let snap = g.snapshot.get_or_insert_with(|| {
+                    let mut snap = Snapshot::new();
+                    for w in wire::encode(&g.cfg) {
+                        snap.insert(XdsResource::new(w.name, w.type_url, w.body));
+                    }
+                    Arc::new(snap)
+                });
+                self.cache.set_snapshot(&a.node_id, snap.clone());
             }
         }
         let placements: Vec<Placement<'_>> = groups.iter().map(|g| Placement::of(&g.cfg)).collect();
@@ -432,10 +464,10 @@ impl ControlPlane {
     }
 }
 
-/// The agents that share one configuration, and its snapshot.
+/// The agents that share one configuration, and its snapshot (encoded if one of them is connected here).
 struct Group {
     cfg: Arc<l7mp_api::Config>,
-    snapshot: Arc<Snapshot>,
+    snapshot: Option<Arc<Snapshot>>,
     nodes: Vec<String>,
 }
 
@@ -497,16 +529,32 @@ pub fn agent_info(node: &NodeInfo) -> AgentInfo {
 /// The xDS server's view of connections, feeding the control loop.
 pub struct Hooks(pub Arc<ControlPlane>);
 
-impl NodeHooks for Hooks {
-    fn connected(&self, node: &NodeInfo) {
-        let info = agent_info(node);
-        let changed = self
+impl Hooks {
+    /// Tells the registry which agents this process serves now.
+    fn publish(&self) {
+        let local: Vec<Registration> = self
             .0
             .agents
             .lock()
-            .is_ok_and(|mut a| a.insert(info.node_id.clone(), info.clone()) != Some(info));
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default();
+        self.0.registry.publish(local);
+    }
+}
+
+impl NodeHooks for Hooks {
+    fn connected(&self, node: &NodeInfo) {
+        let info = agent_info(node);
+        let changed = self.0.agents.lock().is_ok_and(|mut a| {
+            if a.get(&info.node_id).is_some_and(|r| r.agent() == info) {
+                return false;
+            }
+            a.insert(info.node_id.clone(), Registration::new(&info, &self.0.replica));
+            true
+        });
         if changed {
             tracing::info!(node = %node.id, "agent connected");
+            self.publish();
             self.0.kick();
         }
     }
@@ -515,6 +563,7 @@ impl NodeHooks for Hooks {
         if self.0.agents.lock().is_ok_and(|mut a| a.remove(node_id).is_some()) {
             tracing::info!(node = %node_id, "agent disconnected");
             self.0.cache.remove(node_id);
+            self.publish();
             self.0.kick();
         }
     }

@@ -9,5 +9,6 @@
 pub mod admin;
 pub mod controller;
 pub mod management;
+pub mod registry;
 pub mod store;
 pub mod xds;
