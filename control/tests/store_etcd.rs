@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::etcd::{EtcdServer, TlsFiles};
+use common::proxy::TcpProxy;
 use futures_util::StreamExt;
 use l7mp_control::store::conformance::{CASES, Fixture};
 use l7mp_control::store::{self, Event, Key, Precondition, Store, StoreError, WatchStream};
@@ -147,6 +148,150 @@ async fn watch_survives_restart() {
     assert_quiet(&mut watch, Duration::from_millis(500)).await;
     let revisions: Vec<u64> = expected.iter().map(Event::revision).collect();
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
+}
+
+/// A store that reaches `server` through a proxy the test can cut, and one that reaches it
+/// directly, on the same prefix.
+async fn behind_proxy(server: &EtcdServer, prefix: &str) -> (TcpProxy, Arc<dyn Store>, Arc<dyn Store>) {
+    let upstream = format!("127.0.0.1:{}", server.client_port()).parse().expect("address");
+    let proxy = TcpProxy::start(upstream).await;
+    let proxied = open(&format!("etcd://{}{prefix}", proxy.addr())).await;
+    let direct = open(&server.url_with_prefix(prefix)).await;
+    (proxy, proxied, direct)
+}
+
+/// A watch cut off from etcd while others write gets, once it is back, exactly the events it
+/// missed, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_replays_what_a_partition_hid() {
+    let Some(server) = EtcdServer::start() else { return };
+    let (proxy, watcher, writer) = behind_proxy(&server, "/partition").await;
+    let mut watch = watcher.watch(watcher.revision()).await.expect("watch");
+    let k = |i: usize| Key::new("Target", "ns", format!("t{}", i % 2));
+    let first = put(&writer, &k(0), json!(0)).await;
+    assert_eq!(next_event(&mut watch).await, first);
+
+    proxy.cut();
+    let mut missed = Vec::new();
+    for i in 1..5 {
+        missed.push(put(&writer, &k(i), json!(i)).await);
+    }
+    missed.push(delete(&writer, &k(0)).await);
+    // The watcher notices and keeps retrying against the closed port for a while.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.restore().await;
+    for want in &missed {
+        assert_eq!(&next_event(&mut watch).await, want);
+    }
+    let live = put(&writer, &k(7), json!("live")).await;
+    assert_eq!(next_event(&mut watch).await, live);
+    assert_quiet(&mut watch, Duration::from_millis(300)).await;
+}
+
+/// If the history a disconnected watch needs is compacted meanwhile, the watch ends with
+/// `Compacted` when it reconnects (a relist), instead of skipping events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_ends_compacted_when_history_went_during_a_partition() {
+    let Some(server) = EtcdServer::start() else { return };
+    let (proxy, watcher, writer) = behind_proxy(&server, "/compacted").await;
+    let mut watch = watcher.watch(watcher.revision()).await.expect("watch");
+    let k = Key::new("Route", "ns", "r");
+    let seen = put(&writer, &k, json!(0)).await;
+    assert_eq!(next_event(&mut watch).await, seen);
+
+    proxy.cut();
+    let mut last = 0;
+    for i in 1..4 {
+        last = writer.put(&k, json!(i), Precondition::None).await.expect("put");
+    }
+    writer.compact(last).await.expect("compact");
+    proxy.restore().await;
+    match tokio::time::timeout(EVENT_TIMEOUT, watch.next()).await {
+        Ok(Some(Err(StoreError::Compacted { requested, compacted }))) => {
+            assert_eq!(requested, seen.revision(), "the watch was at its last event");
+            assert_eq!(compacted, last);
+        }
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    assert!(watch.next().await.is_none(), "the watch ends after Compacted");
+}
+
+/// A watch whose connection goes silent (no reset: a black hole) notices through HTTP/2
+/// keep-alive pings, reconnects and delivers what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_recovers_from_a_silent_connection() {
+    let Some(server) = EtcdServer::start() else { return };
+    let (proxy, watcher, writer) = behind_proxy(&server, "/silent").await;
+    let mut watch = watcher.watch(watcher.revision()).await.expect("watch");
+    let k = |i: usize| Key::new("VirtualService", "ns", format!("v{i}"));
+    let first = put(&writer, &k(0), json!(0)).await;
+    assert_eq!(next_event(&mut watch).await, first);
+
+    proxy.blackhole();
+    let mut missed = Vec::new();
+    for i in 1..4 {
+        missed.push(put(&writer, &k(i), json!(i)).await);
+    }
+    // New connections work again; the watch's own connection stays silent.
+    proxy.heal();
+    let started = Instant::now();
+    for want in &missed {
+        assert_eq!(&next_event(&mut watch).await, want);
+    }
+    // Keep-alive: a ping every 5 s, 5 s for its answer.
+    let took = started.elapsed();
+    eprintln!("the watch came back after {took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_quiet(&mut watch, Duration::from_millis(300)).await;
+}
+
+/// An etcd that accepts connections but never answers (a black hole, not a refusal): calls fail
+/// with `Unavailable` after the request timeout instead of hanging, opening too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_when_etcd_hangs() {
+    const BOUND: Duration = Duration::from_secs(8);
+    let Some(server) = EtcdServer::start() else { return };
+    let (proxy, store, _direct) = behind_proxy(&server, "/hang").await;
+    let endpoint = proxy.addr().to_string();
+    let k = Key::new("Target", "ns", "t");
+    store.put(&k, json!(1), Precondition::None).await.expect("put");
+    proxy.blackhole();
+
+    let started = Instant::now();
+    let url = format!("etcd://{endpoint}/hang");
+    let (get, put, watch, opened) = tokio::join!(
+        store.get(&k),
+        store.put(&k, json!(2), Precondition::None),
+        store.watch(0),
+        store::open(&url),
+    );
+    let elapsed = started.elapsed();
+    assert!(elapsed < BOUND, "the calls took {elapsed:?}");
+    assert_unavailable("get", get, &endpoint);
+    assert_unavailable("put", put, &endpoint);
+    assert_unavailable("watch", watch.map(|_| ()), &endpoint);
+    assert_unavailable("open", opened.map(|_| ()), &endpoint);
+    eprintln!("calls to a silent etcd failed after {elapsed:?}");
+
+    // restore() resets the held connections: the first call may still pick the dead one and fail
+    // with Unavailable; the client then connects anew.
+    proxy.restore().await;
+    let started = Instant::now();
+    let got = loop {
+        match store.get(&k).await {
+            Ok(got) => break got,
+            Err(StoreError::Unavailable { reason }) if started.elapsed() < BOUND => {
+                eprintln!("right after the restore: {reason}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("get once etcd answers again: {error}"),
+        }
+    };
+    assert_eq!(
+        got.expect("present").value,
+        json!(1),
+        "the put into the black hole wrote nothing"
+    );
 }
 
 fn assert_unavailable<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>, endpoint: &str) {

@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -29,9 +30,7 @@ use etcd_client::{
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{
-    BoxFuture, EtcdUrl, Event, Key, Listing, Precondition, Store, StoreError, Stored, WatchStream, read_named_file,
-};
+use super::{BoxFuture, EtcdUrl, Event, Key, Listing, Precondition, Store, StoreError, Stored, WatchStream};
 
 /// How long a connection attempt to one endpoint may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,6 +64,14 @@ struct Inner {
     /// Dropped with the store: the watchers see it and end.
     _closed: watch::Sender<()>,
     closed: watch::Receiver<()>,
+}
+
+/// Reads a file the store URL names (a TLS certificate or key), for [`StoreError::Open`].
+fn read_named_file(path: &Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|error| StoreError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(error),
+    })
 }
 
 /// etcd's revisions are `i64` and never negative.

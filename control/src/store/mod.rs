@@ -25,7 +25,7 @@ pub mod etcd;
 
 use std::fmt;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -474,14 +474,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         }
         StoreUrl::Etcd(url) => Ok(Arc::new(EtcdStore::connect(&url).await?)),
     }
-}
-
-/// Reads a file the store URL names, for [`StoreError::Open`].
-fn read_named_file(path: &Path) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|error| StoreError::Open {
-        path: path.to_path_buf(),
-        source: Box::new(error),
-    })
 }
 
 #[cfg(test)]

@@ -270,7 +270,8 @@ impl EtcdServer {
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // etcd logs to the file; sh would only report the job it killed.
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn sh for etcd");
         let mut line = String::new();
