@@ -431,9 +431,8 @@ impl Watcher {
     /// [`Store::watch`] itself reports a compacted start) it also asks etcd whether that revision
     /// is still kept.
     async fn open(&mut self, inner: &Inner, check_compacted: bool) -> Result<(), StoreError> {
-        let start = i64::try_from(self.last.saturating_add(1)).map_err(|_| StoreError::Compacted {
-            requested: self.last,
-            compacted: 0,
+        let start = i64::try_from(self.last.saturating_add(1)).map_err(|_| {
+            StoreError::Backend(format!("revision {} is beyond etcd's (64-bit signed) revisions", self.last).into())
         })?;
         let options = WatchOptions::new().with_prefix().with_start_revision(start);
         let mut stream = inner
