@@ -71,10 +71,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let url = args.store.clone();
-    let store = tokio::task::spawn_blocking(move || store::open(&url))
+    let store = store::open(&args.store)
         .await
-        .context("cannot open the store")?
         .with_context(|| format!("--store {}", args.store))?;
     let cp = ControlPlane::new(store);
     cp.set_store_url(&args.store);

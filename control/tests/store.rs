@@ -151,8 +151,8 @@ fn open_unwritable_dir_names_the_path() {
     assert!(error.to_string().contains("a-file"), "{error}");
 }
 
-#[test]
-fn store_urls() {
+#[tokio::test]
+async fn store_urls() {
     assert_eq!(
         parse_store_url("embedded:./data").expect("parse"),
         StoreUrl::Embedded("./data".into())
@@ -166,7 +166,7 @@ fn store_urls() {
         StoreUrl::Embedded("./l7mp-data".into())
     );
     for (url, says) in [
-        ("etcd://localhost:2379", "later release"),
+        ("etcd://localhost", "no port"),
         ("kubernetes:", "later release"),
         ("embedded:", "directory"),
         ("./data", "SCHEME"),
@@ -176,7 +176,9 @@ fn store_urls() {
         assert!(error.to_string().contains(says), "{url}: {error}");
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let opened = store::open(&format!("embedded:{}", dir.path().display())).expect("open by URL");
+    let opened = store::open(&format!("embedded:{}", dir.path().display()))
+        .await
+        .expect("open by URL");
     assert_eq!(opened.revision(), 0);
 }
 

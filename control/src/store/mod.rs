@@ -14,12 +14,14 @@
 //!   [`StoreError::Compacted`] and the caller relists ([`Store::list`] returns the revision its
 //!   snapshot was taken at, the revision to watch from).
 //!
-//! Backends: [`embedded::EmbeddedStore`] (the default, a redb file on local disk). etcd and
-//! Kubernetes come later and must pass [`conformance`], the suite the embedded backend passes.
-//! [`open`] turns a store URL (`embedded:DIR`) into a backend.
+//! Backends: [`embedded::EmbeddedStore`] (the default, a redb file on local disk) and
+//! [`etcd::EtcdStore`] (an etcd v3 cluster). Kubernetes comes later; every backend must pass
+//! [`conformance`]. [`open`] turns a store URL (`embedded:DIR`, `etcd://HOST:PORT/PREFIX`) into a
+//! backend.
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 
 use std::fmt;
 use std::future::Future;
@@ -32,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use etcd::EtcdStore;
 
 /// The store URL used when none is given.
 pub const DEFAULT_STORE_URL: &str = "embedded:./l7mp-data";
@@ -216,7 +219,11 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The backend failed (I/O error, corrupt record, connection lost).
+    /// The store cannot be reached (etcd down or unreachable, TLS refused, no answer in time).
+    /// Nothing is known to have been written; the caller may retry later.
+    #[error("the store is unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// The backend failed (I/O error, corrupt record, an error reported by the server).
     #[error("store backend: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend does not implement this operation.
@@ -262,7 +269,10 @@ pub trait Store: Send + Sync {
     /// fails with [`StoreError::Compacted`] afterwards). Backends that compact on their own may
     /// return [`StoreError::Unsupported`].
     fn compact(&self, revision: u64) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// The revision of the latest write (0 for a store never written to).
+    /// The latest revision this store has seen: the revision of the latest write (0 for a fresh
+    /// embedded store). A backend whose revision counter is shared with other users (etcd, where
+    /// other prefixes write too) reports the highest revision its answers carried, so it may move
+    /// without writes to this store's objects.
     fn revision(&self) -> u64;
 }
 
@@ -271,9 +281,43 @@ pub trait Store: Send + Sync {
 pub enum StoreUrl {
     /// `embedded:DIR`: the embedded backend with its files in `DIR`.
     Embedded(PathBuf),
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` or `etcds://...?ca=FILE[&cert=FILE&key=FILE]`.
+    Etcd(EtcdUrl),
 }
 
-/// Parses a store URL: `embedded:DIR` today; `etcd://` and `kubernetes:` come with later releases.
+/// Where an etcd store lives: the cluster's client endpoints, the key prefix, TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUrl {
+    /// `HOST:PORT` of each endpoint (IPv6 hosts in brackets).
+    pub endpoints: Vec<String>,
+    /// The key prefix, starting with `/` and not ending with it (default [`DEFAULT_ETCD_PREFIX`]).
+    pub prefix: String,
+    /// `Some` for `etcds://`.
+    pub tls: Option<EtcdTls>,
+}
+
+/// The TLS files of an `etcds://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA certificate (PEM) that signed the servers' certificates.
+    pub ca: PathBuf,
+    /// The client certificate and its key (PEM), for servers that authenticate clients.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// The etcd key prefix used when the URL names none.
+pub const DEFAULT_ETCD_PREFIX: &str = "/l7mp";
+
+impl EtcdUrl {
+    /// The endpoint URLs as the etcd client takes them (`http://` or `https://`).
+    pub fn endpoint_urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        self.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect()
+    }
+}
+
+/// Parses a store URL: `embedded:DIR`, `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`,
+/// `etcds://HOST:PORT[,...][/PREFIX]?ca=FILE[&cert=FILE&key=FILE]`. `kubernetes:` comes later.
 pub fn parse_store_url(url: &str) -> Result<StoreUrl, StoreError> {
     let error = |reason: &str| StoreError::Url {
         url: url.to_string(),
@@ -293,16 +337,229 @@ pub fn parse_store_url(url: &str) -> Result<StoreUrl, StoreError> {
             }
             Ok(StoreUrl::Embedded(PathBuf::from(dir)))
         }
-        "etcd" | "etcds" => Err(error("etcd:// comes with a later release; use embedded:DIR")),
-        "kubernetes" | "k8s" => Err(error("kubernetes: comes with a later release; use embedded:DIR")),
-        other => Err(error(&format!("unknown store scheme {other:?}; use embedded:DIR"))),
+        "etcd" | "etcds" => {
+            let Some(rest) = rest.strip_prefix("//") else {
+                return Err(error(&format!("expected {scheme}://HOST:PORT[,HOST:PORT...][/PREFIX]")));
+            };
+            parse_etcd(rest, scheme == "etcds")
+                .map(StoreUrl::Etcd)
+                .map_err(|reason| error(&reason))
+        }
+        "kubernetes" | "k8s" => Err(error(
+            "kubernetes: comes with a later release; use embedded:DIR or etcd://HOST:PORT",
+        )),
+        other => Err(error(&format!(
+            "unknown store scheme {other:?}; use embedded:DIR or etcd://HOST:PORT"
+        ))),
     }
 }
 
-/// Opens the store a URL names (see [`parse_store_url`]). Blocks while the embedded backend opens
-/// its file: call it at startup, or from `spawn_blocking`.
-pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+/// The part of an etcd URL after `etcd://`; the error is the reason.
+fn parse_etcd(rest: &str, tls: bool) -> Result<EtcdUrl, String> {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let (hosts, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let mut endpoints = Vec::new();
+    for endpoint in hosts.split(',') {
+        endpoints.push(parse_endpoint(endpoint)?);
+    }
+    let prefix = match path.trim_end_matches('/') {
+        "" => DEFAULT_ETCD_PREFIX.to_string(),
+        prefix => {
+            if prefix.split('/').skip(1).any(str::is_empty) {
+                return Err(format!("the prefix {prefix:?} has an empty segment ('//')"));
+            }
+            percent_decode(prefix)?
+        }
+    };
+    if prefix.contains('\0') {
+        return Err("the prefix contains NUL".to_string());
+    }
+    let (mut ca, mut cert, mut key) = (None, None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("the option {pair:?} has no value (expected NAME=VALUE)"))?;
+        let slot = match name {
+            "ca" => &mut ca,
+            "cert" => &mut cert,
+            "key" => &mut key,
+            other => return Err(format!("unknown option {other:?} (known: ca, cert, key)")),
+        };
+        if !tls {
+            return Err(format!("the option {name:?} needs TLS: use etcds://"));
+        }
+        if value.is_empty() {
+            return Err(format!("the option {name:?} is empty"));
+        }
+        if slot.replace(PathBuf::from(percent_decode(value)?)).is_some() {
+            return Err(format!("the option {name:?} is given twice"));
+        }
+    }
+    let tls = if tls {
+        let ca = ca.ok_or("etcds:// needs ?ca=FILE, the CA certificate that signed the servers' certificates")?;
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => return Err("cert= needs key= (the client certificate's private key)".to_string()),
+            (None, Some(_)) => return Err("key= needs cert= (the client certificate)".to_string()),
+        };
+        Some(EtcdTls { ca, identity })
+    } else {
+        None
+    };
+    Ok(EtcdUrl { endpoints, prefix, tls })
+}
+
+/// `HOST:PORT` or `[IPV6]:PORT`.
+fn parse_endpoint(endpoint: &str) -> Result<String, String> {
+    if endpoint.is_empty() {
+        return Err("an empty endpoint (expected HOST:PORT[,HOST:PORT...])".to_string());
+    }
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .ok_or_else(|| format!("the endpoint {endpoint:?} has no port (expected HOST:PORT)"))?;
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if bare.is_empty() {
+        return Err(format!("the endpoint {endpoint:?} has no host"));
+    }
+    if bare.contains(':') && bare == host {
+        return Err(format!("the IPv6 host of {endpoint:?} needs brackets: [ADDRESS]:PORT"));
+    }
+    if bare.contains(['@', ' ', '[', ']']) {
+        return Err(format!("the host of {endpoint:?} is malformed"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(endpoint.to_string()),
+        _ => Err(format!("the port of {endpoint:?} is not a number from 1 to 65535")),
+    }
+}
+
+/// Decodes `%XX` escapes (so that paths with `&`, `?` or spaces fit in a URL).
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let byte = text
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or_else(|| format!("bad %-escape in {text:?}"))?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{text:?} decodes to invalid UTF-8"))
+}
+
+/// Opens the store a URL names (see [`parse_store_url`]). The embedded backend opens its file on
+/// the blocking pool; the etcd backend connects and reads the current revision, failing with
+/// [`StoreError::Unavailable`] within a few seconds if the cluster cannot be reached.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     match parse_store_url(url)? {
-        StoreUrl::Embedded(dir) => Ok(Arc::new(EmbeddedStore::open(&dir)?)),
+        StoreUrl::Embedded(dir) => {
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+                .await
+                .map_err(|error| StoreError::Backend(Box::new(error)))??;
+            Ok(Arc::new(store))
+        }
+        StoreUrl::Etcd(url) => Ok(Arc::new(EtcdStore::connect(&url).await?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etcd(url: &str) -> EtcdUrl {
+        match parse_store_url(url) {
+            Ok(StoreUrl::Etcd(etcd)) => etcd,
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn etcd_urls() {
+        assert_eq!(
+            etcd("etcd://127.0.0.1:2379"),
+            EtcdUrl {
+                endpoints: vec!["127.0.0.1:2379".into()],
+                prefix: DEFAULT_ETCD_PREFIX.into(),
+                tls: None
+            }
+        );
+        let url = etcd("etcd://a:1,b.example:2,[::1]:2379/mesh/prod/");
+        assert_eq!(url.endpoints, vec!["a:1", "b.example:2", "[::1]:2379"]);
+        assert_eq!(url.prefix, "/mesh/prod");
+        assert_eq!(
+            url.endpoint_urls(),
+            vec!["http://a:1", "http://b.example:2", "http://[::1]:2379"]
+        );
+        assert_eq!(etcd("etcd://a:1/").prefix, DEFAULT_ETCD_PREFIX);
+        let url = etcd("etcds://h:2379/x?ca=/etc/ca.pem&cert=/c%20d.pem&key=k.pem");
+        assert_eq!(url.prefix, "/x");
+        assert_eq!(
+            url.tls,
+            Some(EtcdTls {
+                ca: "/etc/ca.pem".into(),
+                identity: Some(("/c d.pem".into(), "k.pem".into())),
+            })
+        );
+        assert_eq!(url.endpoint_urls(), vec!["https://h:2379"]);
+        let url = etcd("etcds://h:2379?ca=ca.pem");
+        assert_eq!(
+            (url.prefix.as_str(), url.tls),
+            (
+                DEFAULT_ETCD_PREFIX,
+                Some(EtcdTls {
+                    ca: "ca.pem".into(),
+                    identity: None
+                })
+            )
+        );
+    }
+
+    #[test]
+    fn bad_urls_name_the_problem() {
+        for (url, says) in [
+            ("etcd:localhost:2379", "etcd://HOST:PORT"),
+            ("etcd://", "empty endpoint"),
+            ("etcd://a:1,,b:2", "empty endpoint"),
+            ("etcd://localhost", "no port"),
+            ("etcd://localhost:http", "port"),
+            ("etcd://localhost:0", "port"),
+            ("etcd://localhost:65536", "port"),
+            ("etcd://:2379", "no host"),
+            ("etcd://::1:2379", "brackets"),
+            ("etcd://a:1/x//y", "empty segment"),
+            ("etcd://a:1/x%zz", "%-escape"),
+            ("etcd://a:1?ca=ca.pem", "etcds://"),
+            ("etcds://a:1", "ca=FILE"),
+            ("etcds://a:1?ca=", "empty"),
+            ("etcds://a:1?ca=x&ca=y", "twice"),
+            ("etcds://a:1?ca=x&cert=c", "key="),
+            ("etcds://a:1?ca=x&key=k", "cert="),
+            ("etcds://a:1?ca=x&user=u", "unknown option"),
+            ("etcds://a:1?ca", "no value"),
+            ("kubernetes:", "later release"),
+            ("embedded:", "directory"),
+            ("./data", "SCHEME"),
+            ("mysql://x", "unknown"),
+        ] {
+            let error = parse_store_url(url).expect_err(url);
+            let message = error.to_string();
+            assert!(matches!(error, StoreError::Url { .. }), "{url}: {message}");
+            assert!(message.contains(says), "{url}: {message}");
+            assert!(message.contains(url), "{url}: the error names the URL: {message}");
+        }
     }
 }
