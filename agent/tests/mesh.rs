@@ -10,11 +10,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+use common::mesh::*;
 use common::*;
 use std::net::UdpSocket;
-use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const CTL: usize = 0;
@@ -22,142 +20,15 @@ const A1: usize = 1;
 const A2: usize = 2;
 const BACK: usize = 3;
 
-/// Runs `l7mpctl` in the control plane's namespace; returns (success, stdout + stderr).
+/// Runs `l7mpctl` against the control plane, in its namespace.
 fn l7mpctl(lan: &Lan, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    use std::io::Write;
-    let server = format!("http://{}:18000", lan.addr(CTL));
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lan.ns(CTL).name])
-        .arg(sibling_binary("l7mpctl"))
-        .args(["--server", &server])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    l7mpctl_in(lan, CTL, &format!("http://{}:18000", lan.addr(CTL)), args, stdin)
 }
 
 fn apply(lan: &Lan, yaml: &str) -> String {
     let (ok, out) = l7mpctl(lan, &["apply", "-f", "-"], Some(yaml));
     assert!(ok, "l7mpctl apply failed: {out}");
     out
-}
-
-/// A UDP server in namespace `ns` on `port` answering `<tag>:<datagram>`.
-fn backend(ns: &Netns, port: u16, tag: &'static str) {
-    let sock = ns.enter(move || UdpSocket::bind(("0.0.0.0", port)).unwrap());
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(&[tag.as_bytes(), b":", &buf[..n]].concat(), peer);
-        }
-    });
-}
-
-/// A UDP client socket in namespace `ns`, connected to `to`.
-fn client(ns: &Netns, to: String) -> UdpSocket {
-    ns.enter(move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.connect(to).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        s
-    })
-}
-
-/// Sends until an answer comes (the configuration may still be on its way); `None` after `within`.
-fn ask(s: &UdpSocket, msg: &[u8], within: Duration) -> Option<String> {
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 2048];
-    while Instant::now() < deadline {
-        let _ = s.send(msg);
-        if let Ok(n) = s.recv(&mut buf) {
-            return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    }
-    None
-}
-
-/// A client that keeps one session busy: a datagram every 10 ms, counting answers by their tag.
-struct Steady {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    thread: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl Steady {
-    fn start(s: UdpSocket) -> Steady {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let (stop2, sent2) = (stop.clone(), sent.clone());
-        s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
-        let thread = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let n = sent2.fetch_add(1, Ordering::Relaxed);
-                let _ = s.send(format!("steady{n}").as_bytes());
-                if let Ok(k) = s.recv(&mut buf) {
-                    got.push(String::from_utf8_lossy(&buf[..k]).into_owned());
-                }
-            }
-            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-            while let Ok(k) = s.recv(&mut buf) {
-                got.push(String::from_utf8_lossy(&buf[..k]).into_owned());
-            }
-            got
-        });
-        Steady { stop, sent, thread }
-    }
-
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let got = self.thread.join().unwrap();
-        (self.sent.load(Ordering::Relaxed), got)
-    }
-}
-
-fn mesh_yaml(backend_addr: &str, port: u16) -> String {
-    format!(
-        "
-apiVersion: l7mp.io/v1
-kind: Target
-metadata: {{ name: echo }}
-spec:
-  selector: {{ matchLabels: {{ app: gw }} }}
-  cluster:
-    spec: {{ UDP: {{ port: {port} }} }}
-    endpoints: [ {{ spec: {{ address: {backend_addr} }} }} ]
----
-apiVersion: l7mp.io/v1
-kind: Route
-metadata: {{ name: to-echo }}
-spec:
-  destinationRef: echo
-  retry: {{ retry_on: always, num_retries: 3 }}
----
-apiVersion: l7mp.io/v1
-kind: VirtualService
-metadata: {{ name: gw }}
-spec:
-  selector: {{ matchLabels: {{ app: gw }} }}
-  listener:
-    spec: {{ UDP: {{ port: 9000 }} }}
-    rules:
-      - action: {{ routeRef: to-echo }}
-"
-    )
 }
 
 #[test]

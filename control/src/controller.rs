@@ -27,6 +27,9 @@ const MAX_DELAY: Duration = Duration::from_secs(2);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How often the store is probed (see [`ControlPlane::run`]).
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
 /// The computed state of one object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectStatus {
@@ -221,7 +224,7 @@ impl ControlPlane {
         use crate::store::StoreError as E;
         // Only failures to reach the store count; a conflict or a bad key is the caller's problem.
         let error = match error {
-            Some(e @ E::Backend(_)) => Some(e),
+            Some(e @ (E::Unavailable { .. } | E::Backend(_))) => Some(e),
             Some(_) => return,
             None => None,
         };
@@ -239,6 +242,10 @@ impl ControlPlane {
                     error: e.to_string(),
                     since: std::time::SystemTime::now(),
                 });
+                drop(p);
+                // The loop retries (with back-off) until the store answers, which clears the problem; a watch
+                // that waits for the store silently would never wake it.
+                self.kick();
             }
         }
     }
@@ -269,10 +276,12 @@ impl ControlPlane {
             .is_ok()
     }
 
-    /// Runs the loop and the store watch until the process ends.
+    /// Runs the loop, the store watch and the store probe until the process ends.
     pub async fn run(self: Arc<Self>) {
         let watcher = self.clone();
         tokio::spawn(async move { watcher.watch_store().await });
+        let prober = self.clone();
+        tokio::spawn(async move { prober.probe_store().await });
         let mut registered = self.registry.subscribe();
         let me = self.clone();
         tokio::spawn(async move {
@@ -304,6 +313,23 @@ impl ControlPlane {
                     retry = (retry * 2).min(RETRY_MAX);
                     self.kick();
                 }
+            }
+        }
+    }
+
+    /// Reads one key every [`PROBE_EVERY`], so that an unreachable store shows (in `/ready`, the metrics and
+    /// `l7mpctl status`) even while nothing is written and the watch waits for the store quietly.
+    async fn probe_store(self: Arc<Self>) {
+        let probe = Key::new("Health", "", "probe");
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let r = self.store.get(&probe).await;
+            // A failure is recorded at once; success clears the problem only through a completed computation
+            // (so that "ready" also means the snapshots are current).
+            match r {
+                Err(e) => self.store_result(Some(&e)),
+                Ok(_) if self.store_problem().is_some() => self.kick(),
+                Ok(_) => {}
             }
         }
     }

@@ -5,7 +5,6 @@ use anyhow::Context;
 use clap::Parser;
 use l7mp_control::controller::{ControlPlane, Hooks};
 use l7mp_control::management::ManagementService;
-use l7mp_control::store;
 use l7mp_control::xds::{XdsConfig, XdsServer};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -29,7 +28,9 @@ struct Args {
     /// The gRPC address (xDS, CSDS and the Management API).
     #[arg(long, env = "L7MP_LISTEN", default_value = "0.0.0.0:18000")]
     listen: SocketAddr,
-    /// Where the desired state lives: `embedded:DIR` (a database file in DIR, created if missing).
+    /// Where the desired state lives: `embedded:DIR` (a database file in DIR, created if missing; one control-plane
+    /// process), or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (`etcds://...?ca=FILE&cert=FILE&key=FILE` for TLS),
+    /// shared by every replica that names the same etcd and prefix.
     #[arg(long, env = "L7MP_STORE", default_value = "embedded:./l7mp-data")]
     store: String,
     /// Serve `/live`, `/ready` and `/metrics` (Prometheus) over HTTP on this address.
@@ -71,10 +72,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let store = store::open(&args.store)
+    let (store, registry) = l7mp_control::registry::open(&args.store)
         .await
         .with_context(|| format!("--store {}", args.store))?;
-    let cp = ControlPlane::new(store);
+    let cp = ControlPlane::with_registry(store, registry);
     cp.set_store_url(&args.store);
     let xds = XdsServer::new(cp.cache().clone(), Arc::new(Hooks(cp.clone())), XdsConfig::default());
     cp.set_xds(xds.clone());

@@ -250,27 +250,32 @@ impl Management for ManagementService {
     }
 
     async fn agents(&self, _: Request<pb::AgentsRequest>) -> Result<Response<pb::AgentsResponse>, Status> {
+        let xds = self.cp.xds();
         let agents = self
             .cp
-            .xds()
-            .map(|x| x.agents())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| {
-                let info = crate::controller::agent_info(&a.node);
-                pb::Agent {
-                    node_id: a.node.id.clone(),
-                    labels: info.labels.into_iter().collect(),
-                    address: info.address.map(|i| i.to_string()).unwrap_or_default(),
-                    acked_versions: a
+            .all_agents()
+            .into_values()
+            .map(|r| {
+                let mut out = pb::Agent {
+                    node_id: r.node_id.clone(),
+                    labels: r.labels.clone().into_iter().collect(),
+                    address: r.address.map(|i| i.to_string()).unwrap_or_default(),
+                    connected_since: rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(r.since)),
+                    replica: r.replica.clone(),
+                    ..Default::default()
+                };
+                // The exchange details of the agents served here.
+                if let Some(a) = xds.and_then(|x| x.agent(&r.node_id)) {
+                    out.acked_versions = a
                         .types
                         .iter()
                         .map(|(t, s)| (t.clone(), s.acked_version.clone()))
-                        .collect(),
-                    last_nack: a.last_nack.as_ref().map(|n| n.message.clone()).unwrap_or_default(),
-                    last_nack_at: a.last_nack.as_ref().map(|n| rfc3339(n.at)).unwrap_or_default(),
-                    connected_since: rfc3339(a.connected_since),
+                        .collect();
+                    out.last_nack = a.last_nack.as_ref().map(|n| n.message.clone()).unwrap_or_default();
+                    out.last_nack_at = a.last_nack.as_ref().map(|n| rfc3339(n.at)).unwrap_or_default();
+                    out.connected_since = rfc3339(a.connected_since);
                 }
+                out
             })
             .collect();
         Ok(Response::new(pb::AgentsResponse { agents }))

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod mesh;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -106,6 +107,14 @@ impl Agent {
             None => Command::new(&path),
         };
         cmd.args(args);
+        let agent = Self::spawn_cmd(cmd, tempfile::tempdir().expect("tempdir"));
+        agent.wait_log(ready);
+        agent
+    }
+
+    /// Starts any command (say `ip netns exec NS etcd ...`) with its stderr as the log, and waits until `ready`
+    /// appears in it.
+    pub fn start_command(cmd: Command, ready: &str) -> Agent {
         let agent = Self::spawn_cmd(cmd, tempfile::tempdir().expect("tempdir"));
         agent.wait_log(ready);
         agent

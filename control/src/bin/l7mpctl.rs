@@ -319,18 +319,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             match output {
                 Output::Table => {
                     println!(
-                        "{:<20} {:<28} {:<16} {:<10} LAST NACK",
-                        "NODE", "LABELS", "ADDRESS", "ACKED"
+                        "{:<20} {:<28} {:<16} {:<10} {:<16} LAST NACK",
+                        "NODE", "LABELS", "ADDRESS", "ACKED", "REPLICA"
                     );
                     for ag in &a.agents {
                         let mut labels: Vec<String> = ag.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         labels.sort();
                         println!(
-                            "{:<20} {:<28} {:<16} {:<10} {}",
+                            "{:<20} {:<28} {:<16} {:<10} {:<16} {}",
                             ag.node_id,
                             labels.join(","),
                             if ag.address.is_empty() { "-" } else { &ag.address },
                             format!("{} types", ag.acked_versions.len()),
+                            ag.replica,
                             if ag.last_nack.is_empty() {
                                 "-".to_owned()
                             } else {
@@ -346,7 +347,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         .map(|ag| {
                             json!({"node_id": ag.node_id, "labels": ag.labels, "address": ag.address,
                                    "acked_versions": ag.acked_versions, "last_nack": ag.last_nack,
-                                   "last_nack_at": ag.last_nack_at, "connected_since": ag.connected_since})
+                                   "last_nack_at": ag.last_nack_at, "connected_since": ag.connected_since,
+                                   "replica": ag.replica})
                         })
                         .collect();
                     print(v, other, false)?;

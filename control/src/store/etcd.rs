@@ -177,6 +177,24 @@ impl EtcdStore {
     pub fn objects_prefix(&self) -> &str {
         &self.inner.objects
     }
+
+    /// The store's `PREFIX` (what every key of this store starts with, without the trailing `/`).
+    pub fn prefix(&self) -> &str {
+        self.inner
+            .objects
+            .strip_suffix("/objects/")
+            .unwrap_or(&self.inner.objects)
+    }
+
+    /// The connection, shared (for the agent registry of the same cluster).
+    pub fn client(&self) -> Client {
+        self.inner.client.clone()
+    }
+
+    /// The endpoints, for error messages.
+    pub fn endpoints(&self) -> &str {
+        &self.inner.endpoints
+    }
 }
 
 impl std::fmt::Debug for EtcdStore {

@@ -5,18 +5,24 @@
 //! [publishes](Registry::publish) the set it serves and reads back everyone's ([`Registry::agents`]).
 //!
 //! - [`LocalRegistry`]: one replica (the embedded store is one process's file): the set published is the set.
-//! - `EtcdRegistry` (with the etcd store): records under the store's prefix, on a lease this process keeps alive,
+//! - [`EtcdRegistry`] (with the etcd store): records under the store's prefix, on a lease this process keeps alive,
 //!   so the agents of a replica that dies vanish within the lease's TTL.
 //!
 //! A registry always includes this replica's own agents, also while the shared store cannot be reached.
 
+pub mod etcd;
+
+pub use etcd::EtcdRegistry;
+
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use l7mp_api::resource::AgentInfo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use crate::store::{EtcdStore, Store, StoreError, StoreUrl, parse_store_url};
 
 /// One agent as registered: what the translator needs, which replica serves it, and since when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +107,19 @@ impl Registry for LocalRegistry {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+/// Opens the store a URL names with the registry that goes with it: an [`EtcdRegistry`] on the same cluster for
+/// `etcd://`, a [`LocalRegistry`] otherwise.
+pub async fn open(url: &str) -> Result<(Arc<dyn Store>, Arc<dyn Registry>), StoreError> {
+    match parse_store_url(url)? {
+        StoreUrl::Etcd(u) => {
+            let store = EtcdStore::connect(&u).await?;
+            let registry = EtcdRegistry::new(&store);
+            Ok((Arc::new(store), Arc::new(registry)))
+        }
+        StoreUrl::Embedded(_) => Ok((crate::store::open(url).await?, Arc::new(LocalRegistry::default()))),
     }
 }
 
