@@ -2,10 +2,13 @@
 """How l7mp-control scales: N simulated agents (lightweight delta-ADS clients in one process, the `xds_scale`
 example of l7mp-control) connect; one change is applied through the Management API; the time until every agent has
 received and ACKed it is measured (p50/p99/max), with the control plane's RSS per connected agent stream and its CPU
-time for the change. Then the same with a store of many resources (the change still reaches every agent).
+time for the change. Then the same with a store of many resources (the change still reaches every agent). Each
+store backend runs the same scenarios in the same run: the embedded store and etcd (a local etcd server on loopback,
+its data in /dev/shm, started and removed by this script; skipped with a note if etcd is not installed), with how
+fast each stored the resources (objects/s applied through the Management API, 500 per request).
 
     cargo build --release -p l7mp-control --bin l7mp-control --bin l7mpctl --example xds_scale
-    python3 e2e/bench/xds_scale.py [--agents 1000] [--resources 10000] [--smoke] [--out FILE]
+    python3 e2e/bench/xds_scale.py [--agents 1000] [--resources 10000] [--stores embedded,etcd] [--smoke] [--out FILE]
 
 Targets on a 2-core machine: p99 <= 1 s for 1,000 agents, <= 20 KiB RSS per idle agent stream. Python standard
 library only. Exit status 1 if an agent never got the change.
@@ -14,6 +17,7 @@ library only. Exit status 1 if an agent never got the change.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import log, start, stop  # noqa: E402
 
 GRPC, ADMIN = 18100, 18101
+ETCD_CLIENT, ETCD_PEER = 18102, 18103
 SERVER = f"http://127.0.0.1:{GRPC}"
 
 
@@ -85,10 +90,39 @@ def apply(l7mpctl, text, tmp):
         raise SystemExit(f"l7mpctl apply failed: {out.stderr}")
 
 
-def scenario(args, resources):
-    """One run: a fresh control plane with `resources` objects in its store, args.agents clients, one change."""
+def etcd_start(tmp):
+    """A fresh single-member etcd on loopback with its data in /dev/shm (or tmp); returns the process."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else tmp
+    data = tempfile.mkdtemp(prefix="l7mp-bench-etcd-", dir=shm)
+    proc = start(["etcd", "--name", "bench", "--data-dir", data,
+                  "--listen-client-urls", f"http://127.0.0.1:{ETCD_CLIENT}",
+                  "--advertise-client-urls", f"http://127.0.0.1:{ETCD_CLIENT}",
+                  "--listen-peer-urls", f"http://127.0.0.1:{ETCD_PEER}",
+                  "--initial-advertise-peer-urls", f"http://127.0.0.1:{ETCD_PEER}",
+                  "--initial-cluster", f"bench=http://127.0.0.1:{ETCD_PEER}"], os.path.join(tmp, "etcd.log"))
+    proc.data_dir = data
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ETCD_CLIENT}/health", timeout=1) as r:
+                if b'"true"' in r.read():
+                    return proc
+        except OSError:
+            time.sleep(0.1)
+    stop(proc)
+    raise SystemExit("etcd did not become healthy (see etcd.log)")
+
+
+def scenario(args, resources, store):
+    """One run: a fresh control plane (and store) with `resources` objects, args.agents clients, one change."""
     with tempfile.TemporaryDirectory() as tmp:
-        ctl = start([args.control, "--listen", f"127.0.0.1:{GRPC}", "--store", f"embedded:{tmp}/store",
+        etcd = None
+        if store == "etcd":
+            etcd = etcd_start(tmp)
+            url = f"etcd://127.0.0.1:{ETCD_CLIENT}/l7mp-bench"
+        else:
+            url = f"embedded:{tmp}/store"
+        ctl = start([args.control, "--listen", f"127.0.0.1:{GRPC}", "--store", url,
                      "--admin", f"127.0.0.1:{ADMIN}", "-l", "warn"], os.path.join(tmp, "control.log"))
         try:
             if not ready():
@@ -102,7 +136,8 @@ def scenario(args, resources):
             t0 = time.time()
             for i in range(0, len(base), 500):
                 apply(args.l7mpctl, "---\n".join(base[i:i + 500]), tmp)
-            log(f"  stored {len(base)} resources in {time.time() - t0:.1f} s")
+            stored_s = time.time() - t0
+            log(f"  stored {len(base)} resources in {stored_s:.1f} s")
             idle = rss_kib(ctl.pid)
             change = os.path.join(tmp, "change.yaml")
             with open(change, "w") as f:
@@ -129,7 +164,9 @@ def scenario(args, resources):
             out_lines = stdout.strip().splitlines()
             r = json.loads(out_lines[-1])
             r.update({
+                "store": store,
                 "resources": len(base),
+                "applied_per_s": round(len(base) / stored_s) if stored_s > 0 else 0,
                 "control_rss_idle_kib": idle,
                 "control_rss_streams_kib": streams,
                 "control_rss_after_change_kib": after,
@@ -139,6 +176,9 @@ def scenario(args, resources):
             return r
         finally:
             stop(ctl)
+            if etcd is not None:
+                stop(etcd)
+                shutil.rmtree(etcd.data_dir, ignore_errors=True)
 
 
 def main():
@@ -149,23 +189,36 @@ def main():
     p.add_argument("--scale", default=f"{tgt}/release/examples/xds_scale")
     p.add_argument("--agents", type=int, default=1000)
     p.add_argument("--resources", type=int, default=10000)
+    p.add_argument("--stores", default="embedded,etcd", help="store backends to compare (embedded, etcd)")
     p.add_argument("--smoke", action="store_true", help="20 agents, 100 resources (CI)")
     p.add_argument("--out", help="also write the markdown table here")
     args = p.parse_args()
     if args.smoke:
         args.agents, args.resources = 20, 100
+    stores = [s for s in args.stores.split(",") if s]
+    for s in stores:
+        if s not in ("embedded", "etcd"):
+            raise SystemExit(f"--stores: unknown store {s!r} (embedded, etcd)")
+    if "etcd" in stores and shutil.which("etcd") is None:
+        if os.environ.get("L7MP_REQUIRE_ETCD") == "1":
+            raise SystemExit("etcd is not installed and L7MP_REQUIRE_ETCD=1 (apt-get install etcd-server)")
+        log("note: etcd is not installed (apt-get install etcd-server): measuring the embedded store only")
+        stores.remove("etcd")
+    runs = [(store, res) for res in (2, args.resources) for store in stores]
     rows = []
-    for res in (2, args.resources):
-        log(f"[{len(rows) + 1}/2] {args.agents} agents, {res} resources")
-        r = scenario(args, res)
+    for store, res in runs:
+        log(f"[{len(rows) + 1}/{len(runs)}] {store} store, {args.agents} agents, {res} resources")
+        r = scenario(args, res, store)
         log(f"  {json.dumps(r)}")
         rows.append(r)
     lines = [
-        "| agents | resources | change ACKed by all: p50 | p99 | max | control RSS per agent stream | control CPU (connect + change) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| store | agents | resources | objects/s applied | change ACKed by all: p50 | p99 | max "
+        "| control RSS per agent stream | control CPU (connect + change) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['clients']} | {r['resources']} | {r['p50_s'] * 1000:.0f} ms | {r['p99_s'] * 1000:.0f} ms "
+        lines.append(f"| {r['store']} | {r['clients']} | {r['resources']} | {r['applied_per_s']} "
+                     f"| {r['p50_s'] * 1000:.0f} ms | {r['p99_s'] * 1000:.0f} ms "
                      f"| {r['max_s'] * 1000:.0f} ms | {r['rss_per_agent_kib']} KiB | {r['control_cpu_s_connect_and_change']} s |")
     table = "\n".join(lines)
     print(table)
