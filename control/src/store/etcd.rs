@@ -555,11 +555,7 @@ impl Watcher {
             return None;
         }
         loop {
-            if let Some(event) = self.backlog.pop_front() {
-                if event.revision() <= self.last {
-                    continue;
-                }
-                self.last = event.revision();
+            if let Some(event) = super::next_after(&mut self.backlog, &mut self.last) {
                 return Some((Ok(event), self));
             }
             let Some(stream) = self.stream.as_mut() else {

@@ -276,6 +276,18 @@ pub trait Store: Send + Sync {
     fn revision(&self) -> u64;
 }
 
+/// The next event of a watcher's `backlog` with a revision after `*last` (older ones, already delivered, are
+/// dropped), advancing `*last` to it: what keeps a watch free of duplicates across replays and reconnects.
+pub(crate) fn next_after(backlog: &mut std::collections::VecDeque<Event>, last: &mut u64) -> Option<Event> {
+    while let Some(event) = backlog.pop_front() {
+        if event.revision() > *last {
+            *last = event.revision();
+            return Some(event);
+        }
+    }
+    None
+}
+
 /// A parsed store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
