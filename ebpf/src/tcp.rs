@@ -1,0 +1,128 @@
+//! TCP splices: the `splice_socks` SOCKHASH and `splice_peers` map of `bpf/tcp_splice.c`.
+//!
+//! Splicing two established sockets puts both into the SOCKHASH (keyed by socket cookie) and records each one's
+//! peer; from then on the stream verdict program sends whatever arrives on one socket out of the other. Data that was
+//! already queued on a socket before the splice stays there for its owner to read; EOF still reaches the owner.
+
+use std::{io, os::fd::AsRawFd, os::fd::BorrowedFd};
+
+/// Two sockets spliced by [`crate::Kernel::splice_tcp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpliceHandle {
+    pub(crate) a: u64,
+    pub(crate) b: u64,
+}
+
+impl SpliceHandle {
+    /// The socket cookies of `a` and `b` (as `bpftool map dump name splice_peers` shows them).
+    pub fn cookies(&self) -> (u64, u64) {
+        (self.a, self.b)
+    }
+}
+
+/// Bytes carried by a splice, per direction, as counted by the program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpliceStats {
+    /// Bytes that arrived on `a` and left through `b`.
+    pub a_to_b_bytes: u64,
+    /// Bytes that arrived on `b` and left through `a`.
+    pub b_to_a_bytes: u64,
+    /// sk_buffs redirected a → b.
+    pub a_to_b_segments: u64,
+    /// sk_buffs redirected b → a.
+    pub b_to_a_segments: u64,
+    /// sk_buffs dropped because the peer socket had left the map (both directions).
+    pub dropped: u64,
+}
+
+/// `struct peer` of `tcp_splice.c` (32 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) peer_cookie: u64,
+    pub(crate) bytes: u64,
+    pub(crate) segments: u64,
+    pub(crate) dropped: u64,
+}
+
+// SAFETY: repr(C) struct of u64s; every bit pattern is valid.
+unsafe impl aya::Pod for Peer {}
+
+/// The socket cookie (`SO_COOKIE`), the key the programs use for a socket.
+pub(crate) fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the fd is valid for the borrow; `cookie`/`len` are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// Whether the fd is a TCP stream socket (`SO_PROTOCOL`).
+pub(crate) fn is_tcp(fd: BorrowedFd<'_>) -> bool {
+    let mut proto: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PROTOCOL,
+            (&raw mut proto).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && proto == libc::IPPROTO_TCP
+}
+
+/// Whether the fd is a TCP socket in the ESTABLISHED state (`TCP_INFO`). The kernel also accepts listening sockets
+/// into a SOCKHASH, which would make no sense for a splice.
+pub(crate) fn is_established(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: tcp_info is plain data; zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    const TCP_ESTABLISHED: u8 = 1;
+    rc == 0 && len >= 1 && info.tcpi_state == TCP_ESTABLISHED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_layout_matches_the_c_struct() {
+        assert_eq!(size_of::<Peer>(), 32);
+    }
+
+    #[test]
+    fn cookies_are_distinct_and_udp_is_not_tcp() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        use std::os::fd::AsFd;
+        let (ca, cb) = (socket_cookie(a.as_fd()), socket_cookie(b.as_fd()));
+        assert!(matches!((ca, cb), (Ok(x), Ok(y)) if x != y));
+        assert!(!is_tcp(a.as_fd()));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        assert!(is_tcp(l.as_fd()));
+    }
+}

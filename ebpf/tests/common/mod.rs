@@ -1,0 +1,118 @@
+//! Helpers for the kernel tests: throw-away network namespaces, running code inside them, and the skip rule.
+
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use l7mp_ebpf::{Kernel, OffloadError};
+
+/// Whether the tests must not skip (CI sets `L7MP_REQUIRE_EBPF=1`).
+pub fn required() -> bool {
+    std::env::var("L7MP_REQUIRE_EBPF").is_ok_and(|v| v == "1")
+}
+
+/// Returns true (after printing a skip line) when BPF cannot be used here and that is allowed.
+pub fn skip(test: &str) -> bool {
+    let probe = Netns::new("probe").and_then(|ns| {
+        ns.run(|| Kernel::load(&["lo".to_owned()]).map(drop).map_err(|e| e.to_string()))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    });
+    match probe {
+        Ok(()) => false,
+        Err(e) if !required() => {
+            eprintln!("SKIP {test}: eBPF offload unavailable here ({e}); set L7MP_REQUIRE_EBPF=1 to fail instead");
+            true
+        }
+        Err(e) => panic!("{test}: L7MP_REQUIRE_EBPF=1 but eBPF offload is unavailable: {e}"),
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique tag (pid + sequence) for names; interface names must stay under 16 bytes.
+pub fn tag() -> String {
+    format!(
+        "{}x{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A named network namespace, deleted (with its interfaces) on drop, also when a test panics.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Result<Netns, String> {
+        let name = format!("l7mp-ebpf-{}-{role}", tag());
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.exec(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> args…`
+    pub fn exec(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets and attachments made there belong to it.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+            // SAFETY: a valid namespace fd; setns affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| "namespace thread panicked".to_owned())?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair with one end in each namespace, both up.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<(), String> {
+    ip(&[
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ])?;
+    a.exec(&["link", "set", a_if, "up"])?;
+    b.exec(&["link", "set", b_if, "up"])
+}
+
+/// Loads the offload in `ns` (on every interface that is up there).
+pub fn load_in(ns: &Netns, interfaces: Vec<String>) -> Result<Kernel, OffloadError> {
+    ns.run(move || Kernel::load(&interfaces))
+        .map_err(OffloadError::Object)?
+}
