@@ -138,6 +138,15 @@ fn three_namespaces(v6: bool) {
         }
         ns.exec(&args).expect("addr");
     };
+    // Complete checksums on the wire from both ends, so that the receivers verify what the program patched.
+    let off = |ns: &Netns, dev: &str| {
+        let dev = dev.to_owned();
+        ns.run(move || common::tx_checksum_off(&dev))
+            .expect("enter ns")
+            .expect("tx checksum off");
+    };
+    off(&c, &c0);
+    off(&s, &s0);
     add(&c, ca, &c0);
     add(&m, ma, &m0);
     add(&m, mb, &m1);
@@ -192,6 +201,32 @@ fn three_namespaces(v6: bool) {
     let events = kernel.udp_events().expect("events");
     assert_eq!(events.redirected, 2 * 20, "{events:?}");
     assert_eq!(events.errors, 0, "{events:?}");
+
+    if !v6 {
+        // IPv4 allows "no checksum" (0). The program must leave it 0: patching it would make the server drop the
+        // datagram as corrupt.
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sockets.client.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_NO_CHECK");
+        let handle = kernel.add_udp_flow(&flow).expect("add flow");
+        sockets.client.send_to(b"no checksum", flow.listener).expect("send");
+        let (n, from) = sockets
+            .server
+            .recv_from(&mut buf)
+            .expect("server receives the zero-checksum datagram");
+        assert_eq!((&buf[..n], from), (&b"no checksum"[..], flow.local));
+        kernel.remove_udp_flow(&handle);
+    }
 }
 
 #[test]

@@ -26,7 +26,12 @@ pub fn skip(test: &str) -> bool {
     match probe {
         Ok(()) => false,
         Err(e) if !required() => {
-            eprintln!("SKIP {test}: eBPF offload unavailable here ({e}); set L7MP_REQUIRE_EBPF=1 to fail instead");
+            // Straight to stderr, past the test harness's output capture, so the skip is visible.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test}: eBPF offload unavailable here ({e}); set L7MP_REQUIRE_EBPF=1 to fail instead"
+            );
             true
         }
         Err(e) => panic!("{test}: L7MP_REQUIRE_EBPF=1 but eBPF offload is unavailable: {e}"),
@@ -109,6 +114,45 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<(), String> 
     ])?;
     a.exec(&["link", "set", a_if, "up"])?;
     b.exec(&["link", "set", b_if, "up"])
+}
+
+/// Turns off transmit checksum offload on an interface of the calling thread's namespace (`ethtool -K dev tx off`
+/// without ethtool), so that packets leave with complete checksums and the receiver verifies them: on veth a
+/// CHECKSUM_PARTIAL packet is never verified, and a checksum bug would go unnoticed.
+pub fn tx_checksum_off(dev: &str) -> std::io::Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    let bytes = dev.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::other("interface name too long"));
+    }
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live ethtool_value.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Loads the offload in `ns` (on every interface that is up there).
