@@ -23,3 +23,12 @@ pub use udp::{DirectionStats, FlowHandle, FlowStats, UdpEvents, UdpFlow};
 pub const fn built_with_programs() -> bool {
     cfg!(l7mp_ebpf)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<crate::Kernel>();
+    }
+}
