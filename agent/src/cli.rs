@@ -63,6 +63,30 @@ pub struct Args {
     #[arg(short = 's', long, env = "L7MP_STRICT", help_heading = "Configuration")]
     pub strict: bool,
 
+    /// Hand flows that need no transformation (UDP to UDP, no chains, no reconnects) to the kernel (eBPF): `off`
+    /// (every flow in user space), `auto` (use the kernel when it can be loaded; say why once and go on in user space
+    /// when not: no root, no BPF, built without clang), `force` (refuse to start without it). Overrides
+    /// `admin.offload`; the default is off. Needs IP forwarding on the interfaces where packets arrive.
+    #[arg(
+        long = "offload",
+        env = "L7MP_OFFLOAD",
+        value_name = "MODE",
+        value_parser = ["off", "auto", "force"],
+        help_heading = "Data plane"
+    )]
+    pub offload: Option<String>,
+
+    /// The interfaces the kernel fast path attaches to, comma-separated (default: every interface that is up).
+    /// Overrides `admin.offload_ifs`.
+    #[arg(
+        long = "offload-interfaces",
+        env = "L7MP_OFFLOAD_INTERFACES",
+        value_name = "IF,...",
+        value_delimiter = ',',
+        help_heading = "Data plane"
+    )]
+    pub offload_interfaces: Vec<String>,
+
     /// Log level: silly, verbose, info, notice, warn, error, silent (the original's names), trace, debug, or a list
     /// of `target=level` directives after a default level, such as `info,l7mp_agent::session=debug` (per-module
     /// levels). Overrides `admin.log_level`; the default is info.

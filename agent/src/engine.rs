@@ -89,7 +89,8 @@ pub struct Engine {
     seq: AtomicU64,
     /// Parent of every session's cancellation token.
     sessions_cancel: CancellationToken,
-    offload: Box<dyn Offload>,
+    /// The kernel fast path (set once at start; none until then).
+    offload: std::sync::OnceLock<Arc<dyn Offload>>,
     /// The REST API router, for `L7mpController` clusters (set once the admin API is built).
     controller: std::sync::OnceLock<axum::Router>,
     metrics: Option<Arc<Metrics>>,
@@ -110,7 +111,7 @@ impl Engine {
             sessions_changed: tokio::sync::Notify::new(),
             seq: AtomicU64::new(0),
             sessions_cancel: CancellationToken::new(),
-            offload: Box::new(NoOffload),
+            offload: std::sync::OnceLock::new(),
             controller: std::sync::OnceLock::new(),
         })
     }
@@ -130,7 +131,15 @@ impl Engine {
     }
 
     pub fn offload(&self) -> &dyn Offload {
-        self.offload.as_ref()
+        match self.offload.get() {
+            Some(o) => o.as_ref(),
+            None => &NoOffload,
+        }
+    }
+
+    /// Sets the kernel fast path (once, at start; later calls are ignored).
+    pub fn set_offload(&self, offload: Arc<dyn Offload>) {
+        let _ = self.offload.set(offload);
     }
 
     /// Gives `L7mpController` clusters the REST API to serve (once; later calls are ignored).

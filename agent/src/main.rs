@@ -119,6 +119,16 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
             log: Some(log),
             metrics: !args.no_metrics,
         });
+        let offload_mode = match args.offload.as_deref() {
+            Some(m) => l7mp_api::OffloadMode::parse(m).unwrap_or_default(),
+            None => config.admin.offload,
+        };
+        let offload_ifs = if args.offload_interfaces.is_empty() {
+            config.admin.offload_ifs.clone()
+        } else {
+            args.offload_interfaces.clone()
+        };
+        engine.set_offload(l7mp_agent::offload::start(offload_mode, &offload_ifs).map_err(|e| anyhow::anyhow!(e))?);
         let base = if args.config.is_some() {
             l7mp_api::dump::config(&config)
         } else {

@@ -106,6 +106,8 @@ struct SessionState {
     events: Vec<Event>,
     stages: Vec<StageInfo>,
     ended: Option<SystemTime>,
+    /// The kernel fast path's flow (the session task holds it; gone when the session ends).
+    offload: Option<std::sync::Weak<dyn crate::offload::OffloadedFlow>>,
 }
 
 impl SessionInfo {
@@ -156,6 +158,12 @@ impl SessionInfo {
         self.state.lock().ok().and_then(|s| s.ended)
     }
 
+    /// The kernel fast path's view of this session (`None` when it has no offloaded flow, or no longer).
+    pub fn offload(&self) -> Option<serde_json::Value> {
+        let flow = self.state.lock().ok()?.offload.as_ref()?.upgrade()?;
+        Some(flow.describe())
+    }
+
     fn stage_status(&self, role: Role, index: usize, status: &'static str) {
         self.set(|st| {
             if let Some(s) = st.stages.iter_mut().filter(|s| s.role == role).nth(index) {
@@ -201,6 +209,7 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
             events: vec![],
             stages: vec![],
             ended: None,
+            offload: None,
         }),
     });
     info.event("INIT", format!("session emitted by listener {:?}", s.listener.name));
@@ -395,13 +404,22 @@ async fn drive(
         destination,
         egress,
     };
-    if stages.ingress.is_empty() && stages.egress.is_empty() {
-        engine.offload().offer(&info.name, &stages);
-    }
     let route_name = route.cfg.name.clone();
     // Stream stages are reconnected mid-session with `disconnect`/`always`; not those of an HTTP request (its
     // exchange is answered once), nor Stdio (the agent's own stdin/stdout cannot be reopened).
     let reconnects = retry.reconnects() && retry.num_retries > 0 && exchange.is_none();
+    // A flow that needs no transformation (no chains) and keeps its sockets (no reconnects) may go to the kernel,
+    // for as long as `_offloaded` lives (until the session ends).
+    let _offloaded = (stages.ingress.is_empty() && stages.egress.is_empty() && !reconnects)
+        .then(|| engine.offload().offer(&info.name, &stages, &info.stats))
+        .flatten();
+    if let Some(f) = &_offloaded {
+        info.set(|st| st.offload = Some(Arc::downgrade(f)));
+        info.event(
+            "OFFLOAD",
+            format!("offered to the kernel ({})", engine.offload().name()),
+        );
+    }
     let cluster_of = |which: StageRef| -> Option<&str> {
         match which {
             StageRef::Destination => Some(dest_name.as_str()),

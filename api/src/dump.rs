@@ -44,6 +44,12 @@ fn admin_fields(a: &Admin, effective_level: bool) -> Value {
     if let Some(p) = &a.access_log_path {
         o.insert("access_log_path".into(), json!(p));
     }
+    if a.offload != crate::model::OffloadMode::Off {
+        o.insert("offload".into(), json!(a.offload.as_str()));
+    }
+    if !a.offload_ifs.is_empty() {
+        o.insert("offload_ifs".into(), json!(a.offload_ifs));
+    }
     Value::Object(o)
 }
 

@@ -219,6 +219,37 @@ impl Builder {
         if let Some(s) = o.get("strict") {
             admin.strict = self.d.bool(s, &o.at("strict")).unwrap_or(false);
         }
+        if let Some(m) = o.get("offload")
+            && let Some(s) = self.d.string(m, &o.at("offload"))
+        {
+            match crate::model::OffloadMode::parse(&s) {
+                Some(mode) => admin.offload = mode,
+                None => self.d.error(
+                    &o.at("offload"),
+                    format!("unknown offload mode {s:?} (expected auto, off or force; the original's init, no_init and disable work too)"),
+                ),
+            }
+        }
+        if let Some(v) = o.get("offload_ifs") {
+            let path = o.at("offload_ifs");
+            match v {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(name) = self.d.string(item, &path.index(i)) {
+                            admin.offload_ifs.push(name);
+                        }
+                    }
+                }
+                Value::String(s) if s == "all" => {}
+                other => self.d.error(
+                    &path,
+                    format!(
+                        "expected a list of interface names, got {}",
+                        crate::decode::describe(other)
+                    ),
+                ),
+            }
+        }
         self.cfg.admin = admin;
     }
 

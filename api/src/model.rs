@@ -96,6 +96,43 @@ pub struct Admin {
     pub log_file: Option<String>,
     pub access_log_path: Option<String>,
     pub strict: bool,
+    /// Whether flows that need no transformation are handed to the kernel (eBPF).
+    pub offload: OffloadMode,
+    /// The interfaces the UDP fast path is attached to (empty: every interface that is up).
+    pub offload_ifs: Vec<String>,
+}
+
+/// `admin.offload`: whether the agent hands flows that need no transformation to the kernel (eBPF).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OffloadMode {
+    /// Carry every flow in user space.
+    #[default]
+    Off,
+    /// Use the kernel fast path when it can be loaded; say why once and carry flows in user space when not.
+    Auto,
+    /// Require the kernel fast path: the agent refuses to start without it.
+    Force,
+}
+
+impl OffloadMode {
+    /// The name in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffloadMode::Off => "off",
+            OffloadMode::Auto => "auto",
+            OffloadMode::Force => "force",
+        }
+    }
+
+    /// Parses our names and the original's (`init` and `no_init`: auto, `disable`: off).
+    pub fn parse(s: &str) -> Option<OffloadMode> {
+        match s {
+            "off" | "disable" => Some(OffloadMode::Off),
+            "auto" | "init" | "no_init" => Some(OffloadMode::Auto),
+            "force" => Some(OffloadMode::Force),
+            _ => None,
+        }
+    }
 }
 
 /// Whether a stream keeps message boundaries.

@@ -58,6 +58,7 @@ pub fn session_json(s: &SessionInfo, listener_spec: Value) -> Value {
             "from_source": {"bytes": st.up_bytes.load(Relaxed), "messages": st.up_msgs.load(Relaxed)},
             "to_source": {"bytes": st.down_bytes.load(Relaxed), "messages": st.down_msgs.load(Relaxed)},
         },
+        "offload": s.offload(),
         "events": events,
     })
 }

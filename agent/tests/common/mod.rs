@@ -69,26 +69,38 @@ impl Agent {
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, yaml).expect("write config");
         let mut agent = Self::spawn(&[], &cfg, dir, &[]);
+        agent.wait_running_or_exit()?;
+        Ok(agent)
+    }
+
+    /// Spawns the agent like [`Agent::start_prefixed`] without waiting for it to run (see
+    /// [`Agent::wait_running_or_exit`]).
+    pub fn spawn_prefixed(prefix: &[&str], cfg: &Path, dir: tempfile::TempDir, extra: &[&str]) -> Agent {
+        Self::spawn(prefix, cfg, dir, extra)
+    }
+
+    /// Waits until the agent runs (`Ok`) or exits first (`Err` with its log).
+    pub fn wait_running_or_exit(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if agent.count_log("l7mp-agent running") > 0 {
-                return Ok(agent);
+            if self.count_log("l7mp-agent running") > 0 {
+                return Ok(());
             }
-            if let Some(status) = agent.child.try_wait().expect("wait") {
-                while !agent.log_closed.load(Ordering::Acquire) && Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                while !self.log_closed.load(Ordering::Acquire) && Instant::now() < deadline {
                     thread::sleep(Duration::from_millis(5));
                 }
                 return Err(format!(
                     "the agent exited ({status}) before it ran; log:\n{}",
-                    agent.log_lines().join("\n")
+                    self.log_lines().join("\n")
                 ));
             }
             assert!(
                 Instant::now() < deadline,
                 "the agent neither ran nor exited within {TIMEOUT:?}; log:\n{}",
-                agent.log_lines().join("\n")
+                self.log_lines().join("\n")
             );
-            let (m, cv) = &*agent.log;
+            let (m, cv) = &*self.log;
             let lines = m.lock().unwrap();
             drop(cv.wait_timeout(lines, Duration::from_millis(20)).unwrap());
         }

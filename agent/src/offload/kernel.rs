@@ -1,0 +1,213 @@
+//! UDP ↔ UDP flows carried by the kernel: the `l7mp-ebpf` tc program rewrites a session's datagrams (client →
+//! listener becomes agent → server, and back) and sends them on without waking the agent.
+//!
+//! A flow is offered when the session starts and installed once its first datagram went through user space (so the
+//! first packets keep their order and the session exists in the listing), by a poller thread that also, every
+//! [`POLL`], adds the kernel's per-flow counters to the session's traffic counters: the idle timeout, the session
+//! listing and the metrics see the offloaded traffic. The session's sockets stay open, so the ports stay reserved,
+//! and when the session ends (idle, deleted, its listener removed) its [`Flow`] is dropped and the entries leave the
+//! kernel. Dropping the [`KernelOffload`] detaches the programs.
+
+use super::{Offload, OffloadedFlow};
+use crate::pipeline::{Stages, Stats};
+use crate::protocol::Stage;
+use crate::stream::Reader;
+use l7mp_ebpf::{FlowHandle, Kernel, UdpFlow};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// How often installs happen and kernel counters are collected.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// The kernel fast path, loaded and attached.
+pub struct KernelOffload {
+    kernel: Arc<Kernel>,
+    /// The flows offered and not yet dropped.
+    flows: Mutex<Vec<Weak<Flow>>>,
+}
+
+impl KernelOffload {
+    /// Loads and attaches the programs on `interfaces` (empty: every interface that is up) and starts the poller.
+    pub fn start(interfaces: &[String]) -> Result<Arc<KernelOffload>, String> {
+        let kernel = Kernel::load(interfaces).map_err(|e| e.to_string())?;
+        tracing::info!(interfaces = ?kernel.interfaces(), "eBPF offload on: UDP flows without transformation go through the kernel");
+        warn_without_forwarding(kernel.interfaces());
+        let k = Arc::new(KernelOffload {
+            kernel: Arc::new(kernel),
+            flows: Mutex::new(Vec::new()),
+        });
+        let weak = Arc::downgrade(&k);
+        std::thread::Builder::new()
+            .name("l7mp-offload".into())
+            .spawn(move || {
+                while let Some(k) = weak.upgrade() {
+                    k.poll();
+                    drop(k);
+                    std::thread::sleep(POLL);
+                }
+            })
+            .map_err(|e| format!("cannot start the offload poller: {e}"))?;
+        Ok(k)
+    }
+
+    fn poll(&self) {
+        let live: Vec<Arc<Flow>> = {
+            let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+            flows.retain(|f| f.strong_count() > 0);
+            flows.iter().filter_map(Weak::upgrade).collect()
+        };
+        for f in live {
+            f.tick(&self.kernel);
+        }
+    }
+}
+
+/// Packets that arrive on an interface without IP forwarding cannot be routed by the program: they stay in user space.
+fn warn_without_forwarding(interfaces: &[String]) {
+    for i in interfaces.iter().filter(|i| i.as_str() != "lo") {
+        let off: Vec<&str> = ["ipv4", "ipv6"]
+            .into_iter()
+            .filter(|v| {
+                !std::fs::read_to_string(format!("/proc/sys/net/{v}/conf/{i}/forwarding"))
+                    .is_ok_and(|s| s.trim() == "1")
+            })
+            .collect();
+        if !off.is_empty() {
+            let sysctl: Vec<String> = off.iter().map(|v| format!("net.{v}.conf.{i}.forwarding=1")).collect();
+            tracing::warn!(
+                interface = %i,
+                "{} forwarding is off on {i}: those flows arriving there stay in user space (sysctl -w {})",
+                off.join(" and "),
+                sysctl.join(" ")
+            );
+        }
+    }
+}
+
+impl Offload for KernelOffload {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn offer(&self, session: &str, stages: &Stages, stats: &Arc<Stats>) -> Option<Arc<dyn OffloadedFlow>> {
+        let spec = udp_flow(stages)?;
+        if let Err(e) = spec.validate() {
+            tracing::debug!(session, "not offloaded: {e}");
+            return None;
+        }
+        let flow = Arc::new(Flow {
+            kernel: self.kernel.clone(),
+            session: session.to_owned(),
+            spec,
+            stats: stats.clone(),
+            state: Mutex::new(State::Pending),
+        });
+        self.flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&flow));
+        Some(flow)
+    }
+}
+
+/// The UDP flow of a session whose source and destination are both connected UDP sockets.
+fn udp_flow(stages: &Stages) -> Option<UdpFlow> {
+    let addrs = |r: &Reader| -> Option<(SocketAddr, SocketAddr)> {
+        match r {
+            Reader::Udp(u) => Some((u.socket.local_addr().ok()?, u.socket.peer_addr().ok()?)),
+            _ => None,
+        }
+    };
+    let (listener, client) = addrs(&stages.source.0)?;
+    let Stage::Stream { reader, .. } = &stages.destination else {
+        return None;
+    };
+    let (local, server) = addrs(reader)?;
+    Some(UdpFlow {
+        client,
+        listener,
+        local,
+        server,
+    })
+}
+
+enum State {
+    /// Waiting for the session's first datagram to pass through user space.
+    Pending,
+    /// In the kernel; the counters already added to the session.
+    Kernel { handle: FlowHandle, added: [(u64, u64); 2] },
+    /// The kernel refused it; user space carries it.
+    Failed(String),
+}
+
+/// One offered flow; dropping it takes it out of the kernel.
+pub struct Flow {
+    kernel: Arc<Kernel>,
+    session: String,
+    spec: UdpFlow,
+    stats: Arc<Stats>,
+    state: Mutex<State>,
+}
+
+impl Flow {
+    fn tick(&self, kernel: &Kernel) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *st {
+            State::Pending if self.stats.up_msgs.load(Relaxed) > 0 => match kernel.add_udp_flow(&self.spec) {
+                Ok(handle) => {
+                    tracing::debug!(session = %self.session, flow = ?self.spec, "offloaded to the kernel");
+                    *st = State::Kernel {
+                        handle,
+                        added: [(0, 0); 2],
+                    };
+                }
+                Err(e) => {
+                    tracing::info!(session = %self.session, "not offloaded: {e}");
+                    *st = State::Failed(e.to_string());
+                }
+            },
+            State::Kernel { handle, added } => {
+                let Ok(s) = kernel.udp_stats(handle) else { return };
+                let up = (s.client_to_server.packets, s.client_to_server.bytes);
+                let down = (s.server_to_client.packets, s.server_to_client.bytes);
+                let st = &self.stats;
+                st.up_msgs.fetch_add(up.0.saturating_sub(added[0].0), Relaxed);
+                st.up_bytes.fetch_add(up.1.saturating_sub(added[0].1), Relaxed);
+                st.down_msgs.fetch_add(down.0.saturating_sub(added[1].0), Relaxed);
+                st.down_bytes.fetch_add(down.1.saturating_sub(added[1].1), Relaxed);
+                *added = [up, down];
+            }
+            _ => {}
+        }
+    }
+}
+
+impl OffloadedFlow for Flow {
+    fn describe(&self) -> Value {
+        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            State::Pending => json!({"state": "pending"}),
+            State::Failed(why) => json!({"state": "failed", "reason": why}),
+            State::Kernel { added, .. } => {
+                json!({
+                    "state": "kernel",
+                    "kernel": {
+                        "from_source": {"messages": added[0].0, "bytes": added[0].1},
+                        "to_source": {"messages": added[1].0, "bytes": added[1].1},
+                    },
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        if let State::Kernel { handle, .. } = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            self.kernel.remove_udp_flow(handle);
+            tracing::debug!(session = %self.session, "flow taken out of the kernel");
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The seam for kernel fast paths.
+//!
+//! When a session's route has no ingress or egress chain and does not reconnect, its data needs no transformation,
+//! and the engine offers the flow to an [`Offload`] before starting the user-space pumps. An offload that accepts
+//! returns an [`OffloadedFlow`]; the session keeps it for as long as it runs and the kernel carries the packets
+//! meanwhile (dropping it takes the flow out of the kernel). The pumps still run and see whatever the kernel passes
+//! up, and the session's end is still decided here: the kernel's per-flow counters are added to the session's
+//! traffic counters, so the idle timeout, the session listing and the metrics see the offloaded traffic.
+//!
+//! - [`NoOffload`] declines everything (`admin.offload: off`, the default).
+//! - [`kernel::KernelOffload`]: UDP ↔ UDP flows through the `l7mp-ebpf` tc program (`admin.offload: auto|force`).
+
+pub mod kernel;
+
+use crate::pipeline::{Stages, Stats};
+use l7mp_api::OffloadMode;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// A kernel fast path for flows that need no transformation.
+pub trait Offload: Send + Sync {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+    /// Offers a direct flow (source ↔ destination, no chains). `Some`: the kernel carries it (or will, after the
+    /// session's first packets) for as long as the returned flow is kept; its counters are added to `stats`.
+    fn offer(&self, session: &str, stages: &Stages, stats: &Arc<Stats>) -> Option<Arc<dyn OffloadedFlow>>;
+}
+
+/// A flow the kernel carries (see [`Offload::offer`]). Dropping the last reference takes it out of the kernel.
+pub trait OffloadedFlow: Send + Sync {
+    /// For the session listing: `{"state": "pending"|"kernel"|"failed", "kernel": {counters}}`.
+    fn describe(&self) -> Value;
+}
+
+/// Carries every flow in user space.
+pub struct NoOffload;
+
+impl Offload for NoOffload {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn offer(&self, _session: &str, _stages: &Stages, _stats: &Arc<Stats>) -> Option<Arc<dyn OffloadedFlow>> {
+        None
+    }
+}
+
+/// The offload `mode` asks for, on `interfaces` (empty: every interface that is up). `off` gives [`NoOffload`];
+/// `auto` the kernel fast path if it can be loaded, else [`NoOffload`] after one warning that says why; `force` the
+/// kernel fast path or the error (the agent does not start).
+pub fn start(mode: OffloadMode, interfaces: &[String]) -> Result<Arc<dyn Offload>, String> {
+    match mode {
+        OffloadMode::Off => Ok(Arc::new(NoOffload)),
+        OffloadMode::Auto => match kernel::KernelOffload::start(interfaces) {
+            Ok(k) => Ok(k),
+            Err(e) => {
+                tracing::warn!("eBPF offload is off: {e}; every flow is carried in user space");
+                Ok(Arc::new(NoOffload))
+            }
+        },
+        OffloadMode::Force => kernel::KernelOffload::start(interfaces)
+            .map(|k| k as Arc<dyn Offload>)
+            .map_err(|e| format!("admin.offload is force, but the eBPF offload cannot start: {e}")),
+    }
+}
