@@ -137,8 +137,21 @@ impl Engine {
         }
     }
 
-    /// Sets the kernel fast path (once, at start; later calls are ignored).
+    /// Sets the kernel fast path (once, at start; later calls are ignored) and, unless it is [`NoOffload`], adds
+    /// its metrics.
     pub fn set_offload(&self, offload: Arc<dyn Offload>) {
+        if offload.name() != NoOffload.name()
+            && let Some(m) = &self.metrics
+        {
+            match crate::metrics::OffloadCollector::new(offload.clone()) {
+                Ok(c) => {
+                    if let Err(e) = m.registry().register(Box::new(c)) {
+                        tracing::warn!("offload metrics: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("offload metrics: {e}"),
+            }
+        }
         let _ = self.offload.set(offload);
     }
 

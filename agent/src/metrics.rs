@@ -776,3 +776,74 @@ mod tests {
         assert!(t.contains("process_resident_memory_bytes"), "{t}");
     }
 }
+
+/// The kernel fast path's metrics, read from the offload at scrape time: `l7mp_offload_flows{state}` and
+/// `l7mp_offload_{packets,bytes}_total{direction}` (`rx`: from sessions' sources, `tx`: back to them).
+#[derive(Clone)]
+pub struct OffloadCollector {
+    offload: Arc<dyn crate::offload::Offload>,
+    descs: Vec<Desc>,
+}
+
+const OFFLOAD_FLOWS: (&str, &str) = (
+    "l7mp_offload_flows",
+    "Sessions whose flow the kernel carries (kernel) or will once their first datagram passed (pending).",
+);
+const OFFLOAD_PACKETS: (&str, &str) = (
+    "l7mp_offload_packets_total",
+    "Datagrams the kernel fast path carried from (rx) and back to (tx) sessions' sources.",
+);
+const OFFLOAD_BYTES: (&str, &str) = (
+    "l7mp_offload_bytes_total",
+    "Payload bytes the kernel fast path carried from (rx) and back to (tx) sessions' sources.",
+);
+
+impl OffloadCollector {
+    pub fn new(offload: Arc<dyn crate::offload::Offload>) -> prometheus::Result<OffloadCollector> {
+        let desc = |(name, help): (&str, &str), label: &str| {
+            Desc::new(name.into(), help.into(), vec![label.into()], HashMap::new())
+        };
+        Ok(OffloadCollector {
+            offload,
+            descs: vec![
+                desc(OFFLOAD_FLOWS, "state")?,
+                desc(OFFLOAD_PACKETS, "direction")?,
+                desc(OFFLOAD_BYTES, "direction")?,
+            ],
+        })
+    }
+}
+
+impl Collector for OffloadCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<proto::MetricFamily> {
+        let c = self.offload.counters();
+        let gauge = |(name, help): (&str, &str), values: [(&str, u64); 2]| {
+            let v = IntGaugeVec::new(Opts::new(name, help), &["state"])?;
+            for (l, n) in values {
+                v.with_label_values(&[l]).set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            one_family(v.collect())
+        };
+        let counter = |(name, help): (&str, &str), rx: u64, tx: u64| {
+            let v = IntCounterVec::new(Opts::new(name, help), &["direction"])?;
+            v.with_label_values(&["rx"]).inc_by(rx);
+            v.with_label_values(&["tx"]).inc_by(tx);
+            one_family(v.collect())
+        };
+        [
+            gauge(
+                OFFLOAD_FLOWS,
+                [("pending", c.flows_pending), ("kernel", c.flows_kernel)],
+            ),
+            counter(OFFLOAD_PACKETS, c.up_msgs, c.down_msgs),
+            counter(OFFLOAD_BYTES, c.up_bytes, c.down_bytes),
+        ]
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect()
+    }
+}

@@ -173,6 +173,20 @@ fn udp_flows_go_through_the_kernel_and_leave_it_with_their_session() {
         "user space carried {user:?} of {total:?} messages after the flow was offloaded"
     );
 
+    // The metrics count the flow and what the kernel carried.
+    let (code, _, text) = lan.ns(AG).enter(|| api::http(ADMIN, "GET", "/metrics", None, ""));
+    assert_eq!(code, 200);
+    let metric = |line: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in /metrics:\n{text}"))
+    };
+    assert_eq!(metric("l7mp_offload_flows{state=\"kernel\"}"), 1);
+    assert!(metric("l7mp_offload_packets_total{direction=\"rx\"}") >= kernel.0);
+    assert!(metric("l7mp_offload_packets_total{direction=\"tx\"}") >= kernel.1);
+
     // Ending the session takes the flow out of the kernel: the next datagrams make a new session.
     let (code, body) = api(&lan, "DELETE", format!("/api/v1/sessions/{}", name.replace(':', "%3A")));
     assert_eq!(code, 200, "{body}");

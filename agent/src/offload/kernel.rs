@@ -8,13 +8,14 @@
 //! and when the session ends (idle, deleted, its listener removed) its [`Flow`] is dropped and the entries leave the
 //! kernel. Dropping the [`KernelOffload`] detaches the programs.
 
-use super::{Offload, OffloadedFlow};
+use super::{Offload, OffloadCounters, OffloadedFlow};
 use crate::pipeline::{Stages, Stats};
 use crate::protocol::Stage;
 use crate::stream::Reader;
 use l7mp_ebpf::{FlowHandle, Kernel, UdpFlow};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -27,6 +28,17 @@ pub struct KernelOffload {
     kernel: Arc<Kernel>,
     /// The flows offered and not yet dropped.
     flows: Mutex<Vec<Weak<Flow>>>,
+    /// What the kernel carried, every flow together, over the agent's life.
+    totals: Arc<Totals>,
+}
+
+/// Messages and bytes each way, summed over flows.
+#[derive(Default)]
+struct Totals {
+    up_msgs: AtomicU64,
+    up_bytes: AtomicU64,
+    down_msgs: AtomicU64,
+    down_bytes: AtomicU64,
 }
 
 impl KernelOffload {
@@ -38,6 +50,7 @@ impl KernelOffload {
         let k = Arc::new(KernelOffload {
             kernel: Arc::new(kernel),
             flows: Mutex::new(Vec::new()),
+            totals: Arc::new(Totals::default()),
         });
         let weak = Arc::downgrade(&k);
         std::thread::Builder::new()
@@ -92,6 +105,33 @@ impl Offload for KernelOffload {
         "ebpf"
     }
 
+    fn counters(&self) -> OffloadCounters {
+        let flows: Vec<Arc<Flow>> = self
+            .flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let (mut pending, mut kernel) = (0, 0);
+        for f in &flows {
+            match &*f.state.lock().unwrap_or_else(|e| e.into_inner()) {
+                State::Pending => pending += 1,
+                State::Kernel { .. } => kernel += 1,
+                State::Failed(_) => {}
+            }
+        }
+        let t = &self.totals;
+        OffloadCounters {
+            flows_pending: pending,
+            flows_kernel: kernel,
+            up_msgs: t.up_msgs.load(Relaxed),
+            up_bytes: t.up_bytes.load(Relaxed),
+            down_msgs: t.down_msgs.load(Relaxed),
+            down_bytes: t.down_bytes.load(Relaxed),
+        }
+    }
+
     fn offer(&self, session: &str, stages: &Stages, stats: &Arc<Stats>) -> Option<Arc<dyn OffloadedFlow>> {
         let spec = udp_flow(stages)?;
         if let Err(e) = spec.validate() {
@@ -100,6 +140,7 @@ impl Offload for KernelOffload {
         }
         let flow = Arc::new(Flow {
             kernel: self.kernel.clone(),
+            totals: self.totals.clone(),
             session: session.to_owned(),
             spec,
             stats: stats.clone(),
@@ -146,6 +187,7 @@ enum State {
 /// One offered flow; dropping it takes it out of the kernel.
 pub struct Flow {
     kernel: Arc<Kernel>,
+    totals: Arc<Totals>,
     session: String,
     spec: UdpFlow,
     stats: Arc<Stats>,
@@ -173,11 +215,22 @@ impl Flow {
                 let Ok(s) = kernel.udp_stats(handle) else { return };
                 let up = (s.client_to_server.packets, s.client_to_server.bytes);
                 let down = (s.server_to_client.packets, s.server_to_client.bytes);
-                let st = &self.stats;
-                st.up_msgs.fetch_add(up.0.saturating_sub(added[0].0), Relaxed);
-                st.up_bytes.fetch_add(up.1.saturating_sub(added[0].1), Relaxed);
-                st.down_msgs.fetch_add(down.0.saturating_sub(added[1].0), Relaxed);
-                st.down_bytes.fetch_add(down.1.saturating_sub(added[1].1), Relaxed);
+                let d = [
+                    up.0.saturating_sub(added[0].0),
+                    up.1.saturating_sub(added[0].1),
+                    down.0.saturating_sub(added[1].0),
+                    down.1.saturating_sub(added[1].1),
+                ];
+                let pairs = [
+                    (&self.stats.up_msgs, &self.totals.up_msgs),
+                    (&self.stats.up_bytes, &self.totals.up_bytes),
+                    (&self.stats.down_msgs, &self.totals.down_msgs),
+                    (&self.stats.down_bytes, &self.totals.down_bytes),
+                ];
+                for ((session, total), n) in pairs.into_iter().zip(d) {
+                    session.fetch_add(n, Relaxed);
+                    total.fetch_add(n, Relaxed);
+                }
                 *added = [up, down];
             }
             _ => {}

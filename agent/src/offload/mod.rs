@@ -17,10 +17,29 @@ use l7mp_api::OffloadMode;
 use serde_json::Value;
 use std::sync::Arc;
 
+/// What a kernel fast path carries, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffloadCounters {
+    /// Flows offered, waiting for their first datagram to pass through user space.
+    pub flows_pending: u64,
+    /// Flows in the kernel now.
+    pub flows_kernel: u64,
+    /// Messages and bytes the kernel carried from sessions' sources (uplink), and back to them (downlink), over the
+    /// agent's life.
+    pub up_msgs: u64,
+    pub up_bytes: u64,
+    pub down_msgs: u64,
+    pub down_bytes: u64,
+}
+
 /// A kernel fast path for flows that need no transformation.
 pub trait Offload: Send + Sync {
     /// Short name for logs.
     fn name(&self) -> &'static str;
+    /// What it carries (zero for [`NoOffload`]).
+    fn counters(&self) -> OffloadCounters {
+        OffloadCounters::default()
+    }
     /// Offers a direct flow (source ↔ destination, no chains). `Some`: the kernel carries it (or will, after the
     /// session's first packets) for as long as the returned flow is kept; its counters are added to `stats`.
     fn offer(&self, session: &str, stages: &Stages, stats: &Arc<Stats>) -> Option<Arc<dyn OffloadedFlow>>;
