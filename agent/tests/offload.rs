@@ -6,7 +6,8 @@
 //! same exchange goes through user space.
 //!
 //! Needs root and a kernel that loads BPF programs; without them (or without clang at build time) it skips, unless
-//! `L7MP_REQUIRE_EBPF=1` (CI).
+//! `L7MP_REQUIRE_EBPF=1` (CI). A second test runs the agent as an unprivileged user: `auto` falls back to user space
+//! saying why, `force` refuses to start.
 
 #![allow(clippy::unwrap_used)]
 
@@ -210,4 +211,51 @@ fn udp_flows_go_through_the_kernel_and_leave_it_with_their_session() {
     let total = counts(&list[0]["traffic"]);
     assert!(total.0 >= 48, "{total:?}");
     drop(agent);
+}
+
+/// Without the privileges to load BPF programs: `auto` says why once and carries flows in user space; `force` refuses
+/// to start, saying why. (The agent binary is copied where an unprivileged user can run it.)
+#[test]
+fn without_privileges_auto_falls_back_and_force_refuses() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root to run the agent as another user");
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("l7mp-unpriv").tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("l7mp-agent");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "listeners:\n  - name: udp-in\n    spec: { protocol: UDP, port: 18961 }\n    rules: [ { action: { route: { destination: echo } } } ]\nclusters:\n  - name: echo\n    spec: { protocol: Echo }\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = |mode: &str| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .arg(&bin)
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--offload", mode]);
+        c
+    };
+    let agent = Agent::start_command(run("auto"), "l7mp-agent running");
+    let warning = agent.wait_log("eBPF offload is off:");
+    assert!(
+        warning.contains("not permitted") || warning.contains("clang"),
+        "the warning does not say why: {warning}"
+    );
+    drop(agent);
+    let out = run("force").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "force started without privileges: {err}");
+    assert!(
+        err.contains("admin.offload is force") && (err.contains("not permitted") || err.contains("clang")),
+        "{err}"
+    );
 }
