@@ -50,7 +50,7 @@ pub struct TargetSpec {
 pub struct Cluster {
     /// The protocol spec, keyed (`{TCP: {port: 9002}}`) or flat (`{protocol: TCP, port: 9002}`).
     #[schemars(schema_with = "schema::free_object")]
-    pub spec: Value,
+    pub spec: serde_json::Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loadbalancer: Option<LoadBalancer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

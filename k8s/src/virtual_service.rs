@@ -42,7 +42,7 @@ pub struct Listener {
     pub name: Option<String>,
     /// The protocol spec, keyed (`{UDP: {port: 9001}}`) or flat (`{protocol: UDP, port: 9001}`).
     #[schemars(schema_with = "schema::free_object")]
-    pub spec: Value,
+    pub spec: serde_json::Map<String, Value>,
     /// A list of rules, or (the original's form) a VirtualService reference as a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::any_value")]
