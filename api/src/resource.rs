@@ -193,15 +193,18 @@ pub fn selector_matches(sel: &Selector, labels: &BTreeMap<String, String>) -> bo
     sel.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// `status`: filled by the control plane.
+/// `status`: derived by the control plane (what the Management API returns; a status sent with an object is read but
+/// not stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub state: State,
     /// `<field path>: <why>` when rejected.
     pub reason: Option<String>,
-    /// Node ids of the agents that acknowledged / refused the configuration carrying this resource.
-    pub acked: Vec<String>,
-    pub nacked: Vec<String>,
+    /// How many agents the resource was placed on, and how many of those acknowledged / refused the configuration
+    /// carrying it (a list of node ids is read as its length).
+    pub placed: u64,
+    pub acked: u64,
+    pub nacked: u64,
     pub observed_revision: Option<u64>,
 }
 
@@ -209,6 +212,8 @@ pub struct Status {
 pub enum State {
     Accepted,
     Rejected,
+    /// Not computed yet.
+    Pending,
 }
 
 /// One resource.
@@ -966,8 +971,9 @@ fn parse_status(r: &mut Reader, v: &Value, path: &FieldPath) -> Option<Status> {
     let state = match o.get("state").and_then(Value::as_str) {
         Some("Accepted") => Some(State::Accepted),
         Some("Rejected") => Some(State::Rejected),
+        Some("Pending") => Some(State::Pending),
         _ => {
-            r.err(&path.key("state"), "expected Accepted or Rejected");
+            r.err(&path.key("state"), "expected Accepted, Rejected or Pending");
             None
         }
     };
@@ -975,24 +981,18 @@ fn parse_status(r: &mut Reader, v: &Value, path: &FieldPath) -> Option<Status> {
         None | Some(Value::Null) => None,
         Some(v) => r.string(v, &path.key("reason")),
     };
-    let mut acked = Vec::new();
-    let mut nacked = Vec::new();
+    let mut counts = [0u64; 3];
     if let Some(a) = o.get("agents")
-        && let Some(ao) = r.object(a, &path.key("agents"), &["acked", "nacked"])
+        && let Some(ao) = r.object(a, &path.key("agents"), &["placed", "acked", "nacked"])
     {
-        for (key, out) in [("acked", &mut acked), ("nacked", &mut nacked)] {
+        for (key, out) in ["placed", "acked", "nacked"].into_iter().zip(counts.iter_mut()) {
             match ao.get(key) {
                 None => {}
-                Some(Value::Array(items)) => {
-                    for (i, it) in items.iter().enumerate() {
-                        if let Some(s) = r.string(it, &path.key("agents").key(key).index(i)) {
-                            out.push(s);
-                        }
-                    }
-                }
+                Some(Value::Array(items)) => *out = items.len() as u64,
+                Some(v) if v.as_u64().is_some() => *out = v.as_u64().unwrap_or(0),
                 Some(other) => r.err(
                     &path.key("agents").key(key),
-                    format!("expected a list of node ids, got {}", describe(other)),
+                    format!("expected a count (or a list of node ids), got {}", describe(other)),
                 ),
             }
         }
@@ -1010,9 +1010,11 @@ fn parse_status(r: &mut Reader, v: &Value, path: &FieldPath) -> Option<Status> {
             }
         },
     };
+    let [placed, acked, nacked] = counts;
     Some(Status {
         state: state?,
         reason,
+        placed,
         acked,
         nacked,
         observed_revision,
@@ -1317,12 +1319,16 @@ pub fn to_value(r: &Resource) -> Value {
             json!(match s.state {
                 State::Accepted => "Accepted",
                 State::Rejected => "Rejected",
+                State::Pending => "Pending",
             }),
         );
         if let Some(reason) = &s.reason {
             so.insert("reason".into(), json!(reason));
         }
-        so.insert("agents".into(), json!({"acked": s.acked, "nacked": s.nacked}));
+        so.insert(
+            "agents".into(),
+            json!({"placed": s.placed, "acked": s.acked, "nacked": s.nacked}),
+        );
         if let Some(rev) = s.observed_revision {
             so.insert("observedRevision".into(), json!(rev));
         }

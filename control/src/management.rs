@@ -130,6 +130,8 @@ impl Management for ManagementService {
             } else {
                 Precondition::None
             };
+            // Status is derived: what a client sends (say, an object read back with `get -o yaml`) is not stored.
+            let r = resource::Resource { status: None, ..r };
             parsed.push((key, resource::to_value(&r), pre));
         }
         let mut last = 0;
