@@ -330,7 +330,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                             ag.node_id,
                             labels.join(","),
                             if ag.address.is_empty() { "-" } else { &ag.address },
-                            format!("{} types", ag.acked_versions.len()),
+                            if ag.acked_versions.is_empty() && ag.last_nack.is_empty() && !ag.replica.is_empty() {
+                                // Served by another replica: its ACK details are there.
+                                "-".to_owned()
+                            } else {
+                                format!("{} types", ag.acked_versions.len())
+                            },
                             ag.replica,
                             if ag.last_nack.is_empty() {
                                 "-".to_owned()
