@@ -32,7 +32,10 @@ fn kubectl_kustomize_renders_the_crds() {
     let mut names = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&stdout) {
         let v: serde_json::Value = serde::Deserialize::deserialize(doc).expect("kustomize output is YAML");
-        assert_eq!(v["kind"], "CustomResourceDefinition", "{v}");
+        // The rest (namespace, RBAC, workloads) is checked by e2e/k8s/check_manifests.py.
+        if v["kind"] != "CustomResourceDefinition" {
+            continue;
+        }
         names.push(v["metadata"]["name"].as_str().unwrap_or_default().to_owned());
     }
     names.sort();
