@@ -8,7 +8,9 @@ use l7mp_ebpf::{Kernel, OffloadError, UdpFlow};
 #[test]
 fn missing_interface_is_named() {
     if !l7mp_ebpf::built_with_programs() {
-        assert!(matches!(Kernel::load(&[]), Err(OffloadError::NotBuilt)));
+        let err = Kernel::load(&[]).expect_err("built without the programs");
+        assert!(matches!(err, OffloadError::NotBuilt), "{err}");
+        assert!(err.to_string().contains("clang"), "the error does not say why: {err}");
         return;
     }
     let err = Kernel::load(&["l7mp-nope9".to_owned()]).expect_err("no such interface");
