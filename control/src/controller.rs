@@ -420,6 +420,9 @@ impl ControlPlane {
             *c = Some(objects);
         }
         let local: BTreeMap<String, Registration> = self.agents.lock().map(|a| a.clone()).unwrap_or_default();
+        // Tell the other replicas which agents this one serves: once per computation (after the debounce), not per
+        // connect, so that a thousand agents connecting at once cost one publication, not a thousand.
+        self.registry.publish(local.values().cloned().collect());
         let agents: Vec<AgentInfo> = self.all_agents().values().map(Registration::agent).collect();
         let t = resource::translate(&resources, &agents);
         // Agents with the same labels share one configuration: encoded once, into one snapshot, for the agents
@@ -555,19 +558,6 @@ pub fn agent_info(node: &NodeInfo) -> AgentInfo {
 /// The xDS server's view of connections, feeding the control loop.
 pub struct Hooks(pub Arc<ControlPlane>);
 
-impl Hooks {
-    /// Tells the registry which agents this process serves now.
-    fn publish(&self) {
-        let local: Vec<Registration> = self
-            .0
-            .agents
-            .lock()
-            .map(|a| a.values().cloned().collect())
-            .unwrap_or_default();
-        self.0.registry.publish(local);
-    }
-}
-
 impl NodeHooks for Hooks {
     fn connected(&self, node: &NodeInfo) {
         let info = agent_info(node);
@@ -580,7 +570,6 @@ impl NodeHooks for Hooks {
         });
         if changed {
             tracing::info!(node = %node.id, "agent connected");
-            self.publish();
             self.0.kick();
         }
     }
@@ -589,7 +578,6 @@ impl NodeHooks for Hooks {
         if self.0.agents.lock().is_ok_and(|mut a| a.remove(node_id).is_some()) {
             tracing::info!(node = %node_id, "agent disconnected");
             self.0.cache.remove(node_id);
-            self.publish();
             self.0.kick();
         }
     }
