@@ -15,6 +15,7 @@
 //! runs them again.
 //! The pumps only borrow their streams while they run, so stopping them loses at most the batch each had in flight.
 
+use crate::offload::{self, OffloadedFlow};
 use crate::protocol::Stage;
 use crate::protocol::transform::Transform;
 use crate::splice::{Pipe, Sock};
@@ -83,6 +84,9 @@ pub struct Pump {
     arena: BytesMut,
     /// The splice buffer once the pump carries bulk data (what it holds is written out first when the pump resumes).
     pipe: Option<Pipe>,
+    /// The kernel flow that also writes into `to` (a TCP splice): end of stream waits until it has handed over
+    /// everything it carried.
+    kernel: Option<Arc<dyn OffloadedFlow>>,
 }
 
 /// One end of a pump.
@@ -113,10 +117,15 @@ impl Pump {
     /// Runs the pump until its reader ends or a stream fails. Dropping the future midway loses nothing: the batch
     /// being written (or the splice pipe) stays in the pump and goes out first when it runs again.
     async fn run(&mut self) -> PumpEnd {
-        if self.pipe.is_some() {
-            return self.run_spliced().await;
+        let end = if self.pipe.is_some() {
+            self.run_spliced().await
+        } else {
+            self.run_copying().await
+        };
+        if let (PumpEnd::Eof, Some(k), Some(to)) = (&end, &self.kernel, Sock::of_writer(&self.to)) {
+            offload::flushed(k.as_ref(), to.as_fd()).await;
         }
-        self.run_copying().await
+        end
     }
 
     /// Socket to socket with nothing to transform: splice(2), no copy through user space.
@@ -274,6 +283,14 @@ pub fn assemble(stages: Stages, metadata: Arc<Value>, stats: Arc<Stats>, boundar
     a.pumps
 }
 
+/// Tells the pumps that write into a stream socket that `flow` (a kernel splice) writes into it too: their end of
+/// stream then waits for the kernel's bytes ([`offload::flushed`]) before the FIN goes out.
+pub fn attach_offload(pumps: &mut [Pump], flow: &Arc<dyn OffloadedFlow>) {
+    for p in pumps.iter_mut().filter(|p| Sock::of_writer(&p.to).is_some()) {
+        p.kernel = Some(flow.clone());
+    }
+}
+
 /// Puts a reopened stage in place of the one that was lost: its writer into the pump that fed the old one, its
 /// reader into the pump that read it. Returns `false` (and closes the new stage) when the pumps have no such stream
 /// stage or the new stage is not a stream.
@@ -357,6 +374,7 @@ impl<F: FnMut()> Assembler<F> {
             writing: false,
             arena: BytesMut::new(),
             pipe: None,
+            kernel: None,
         });
     }
 

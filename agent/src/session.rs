@@ -441,6 +441,9 @@ async fn drive(
             );
         }
     });
+    if let Some(f) = &_offloaded {
+        pipeline::attach_offload(&mut pumps, f);
+    }
     info.set(|st| st.status = Status::Connected);
     info.event("CONNECT", "all stages connected".into());
     let timeouts = pipeline::Timeouts {

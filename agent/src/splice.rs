@@ -3,7 +3,7 @@
 
 use crate::stream::{Reader, Writer};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
@@ -33,6 +33,14 @@ impl Sock<'_> {
             Writer::Tcp(h) => Some(Sock::Tcp(h.as_ref())),
             Writer::Unix(h) => Some(Sock::Unix(h.as_ref())),
             _ => None,
+        }
+    }
+
+    /// The socket's descriptor, borrowed.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Sock::Tcp(s) => s.as_fd(),
+            Sock::Unix(s) => s.as_fd(),
         }
     }
 

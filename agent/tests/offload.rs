@@ -259,3 +259,221 @@ fn without_privileges_auto_falls_back_and_force_refuses() {
         "{err}"
     );
 }
+
+/// A TCP echo server: echoes what it reads, and closes its side after echoing everything once the client closed its.
+fn tcp_echo_server(ns: &Netns, port: u16) {
+    let listener = ns.enter(move || std::net::TcpListener::bind(("0.0.0.0", port)).unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+fn start_tcp_agent(lan: &Lan, offload: &str) -> Result<Agent, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "
+listeners:
+  - name: tcp-in
+    spec: {{ protocol: TCP, port: 9100 }}
+    rules:
+      - action: {{ route: {{ destination: to-server }} }}
+clusters:
+  - name: to-server
+    spec: {{ protocol: TCP, port: 7100 }}
+    endpoints: [ {{ spec: {{ address: {} }} }} ]
+",
+            lan.addr(SV)
+        ),
+    )
+    .unwrap();
+    let admin = format!("127.0.0.1:{ADMIN}");
+    let mut agent = Agent::spawn_prefixed(
+        &["ip", "netns", "exec", &lan.ns(AG).name],
+        &cfg,
+        dir,
+        &["--offload", offload, "--offload-interfaces", "eth1", "--admin", &admin],
+    );
+    agent.wait_running_or_exit()?;
+    Ok(agent)
+}
+
+const BULK: usize = 8 << 20;
+
+/// 200 request/answer round trips of 32 bytes, then `BULK` bytes echoed back while they are sent, then the client
+/// closes its side: every byte must come back, in order, and then end of stream. Returns the stream for more.
+fn tcp_exchange(lan: &Lan, agent: &Agent) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let to = format!("{}:9100", lan.addr(AG));
+    let mut c = lan.ns(CL).enter(move || std::net::TcpStream::connect(to).unwrap());
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.set_nodelay(true).unwrap();
+    for i in 0..200u32 {
+        let msg = format!("{i:031}\n");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut back = [0u8; 32];
+        c.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("round trip {i}: {e}"));
+        assert_eq!(&back, msg.as_bytes(), "round trip {i}");
+    }
+    let data: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
+    let mut w = c.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || w.write_all(&sent).unwrap());
+    let mut back = vec![0u8; BULK];
+    c.read_exact(&mut back).expect("the bulk data echoed back");
+    writer.join().unwrap();
+    assert!(
+        back == data,
+        "the echoed bulk data differs from what was sent: {:#?}",
+        agent.log_lines()
+    );
+    c
+}
+
+/// Sends `BULK` more bytes and closes its side right after them, while their echo still flows: every byte must come
+/// back and then end of stream. (The agent reads the FIN on one socket while the kernel may still be handing the
+/// last bytes to the other: passing the FIN on too early would cut them off.)
+fn tcp_close(c: std::net::TcpStream, agent: &Agent) {
+    use std::io::{Read, Write};
+    let data: Vec<u8> = (0..BULK).map(|i| (i % 241) as u8).collect();
+    let mut w = c.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::with_capacity(BULK);
+    (&c).read_to_end(&mut back).expect("the echo, then end of stream");
+    writer.join().unwrap();
+    assert_eq!(
+        back.len(),
+        BULK,
+        "bytes echoed before end of stream: {:#?}",
+        agent.log_lines()
+    );
+    assert!(
+        back == data,
+        "the echoed bytes differ from what was sent: {:#?}",
+        agent.log_lines()
+    );
+}
+
+fn bytes(v: &Value) -> (u64, u64) {
+    (
+        v["from_source"]["bytes"].as_u64().unwrap_or(0),
+        v["to_source"]["bytes"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn tcp_sessions_are_spliced_in_the_kernel_and_end_cleanly() {
+    let lan = match Lan::create("l7t", 78, &["cl", "ag", "sv"]) {
+        Ok(l) => l,
+        Err(e) if skip_netns() => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        Err(e) => panic!("cannot create the test network: {e} (run as root, or set L7MP_SKIP_NETNS=1)"),
+    };
+    tcp_echo_server(lan.ns(SV), 7100);
+    let agent = match start_tcp_agent(&lan, "force") {
+        Ok(a) => a,
+        Err(log) if !required() && log.contains("eBPF offload cannot start") => {
+            eprintln!("skipping: the kernel fast path cannot start here:\n{log}");
+            return;
+        }
+        Err(log) => panic!("the agent did not start with --offload force:\n{log}"),
+    };
+    let total = (200 * 32 + BULK) as u64;
+    let c = tcp_exchange(&lan, &agent);
+    // The listing: the session is spliced and the kernel carried every byte, both ways; user space none.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = sessions(&lan);
+        assert_eq!(list.len(), 1, "{list:?}");
+        let s = &list[0];
+        let (traffic, kernel) = (bytes(&s["traffic"]), bytes(&s["offload"]["kernel"]));
+        if s["offload"]["state"] == "kernel" && traffic == (total, total) {
+            assert_eq!(s["offload"]["program"], "tcp_splice", "{s}");
+            assert_eq!(kernel, traffic, "user space carried bytes of a spliced session: {s}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session never showed {total} bytes each way carried by the kernel: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, text) = lan.ns(AG).enter(|| api::http(ADMIN, "GET", "/metrics", None, ""));
+    assert_eq!(code, 200);
+    assert!(
+        text.lines().any(|l| l == "l7mp_offload_flows{state=\"kernel\"} 1"),
+        "no spliced flow in the metrics:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("l7mp_offload_bytes_total{"))
+            .all(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()) >= Some(total)),
+        "the kernel byte counters miss bytes:\n{text}"
+    );
+    // End of stream passes through in both directions after the last byte; the session ends and leaves the kernel,
+    // its counters complete.
+    tcp_close(c, &agent);
+    let metrics = || lan.ns(AG).enter(|| api::http(ADMIN, "GET", "/metrics", None, "").2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = metrics();
+        if text
+            .lines()
+            .any(|l| l == "l7mp_listener_active_sessions{listener=\"tcp-in\"} 0")
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session did not end: {:?}",
+            sessions(&lan)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let total = total + BULK as u64;
+    for dir in ["rx", "tx"] {
+        let line = format!("l7mp_listener_bytes_total{{direction=\"{dir}\",listener=\"tcp-in\"}} {total}");
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l == "l7mp_offload_flows{state=\"kernel\"} 0"),
+        "the ended session's splice is still counted:\n{text}"
+    );
+    // A second session is spliced as well and ends as cleanly.
+    tcp_close(tcp_exchange(&lan, &agent), &agent);
+    drop(agent);
+
+    // Off: the same exchanges through user space.
+    let agent = start_tcp_agent(&lan, "off").unwrap();
+    let c = tcp_exchange(&lan, &agent);
+    let list = sessions(&lan);
+    assert!(list.iter().all(|s| s["offload"].is_null()), "{list:?}");
+    tcp_close(c, &agent);
+    drop(agent);
+}

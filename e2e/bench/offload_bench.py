@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""eBPF UDP offload benchmark: one UDP scenario through several data paths, same run, ratios in a markdown table.
+"""eBPF offload benchmark: UDP (tc) and TCP (sockmap splice) through several data paths, same run, ratios in
+markdown tables.
 
 Topology (created here, deleted at the end, also on error and Ctrl-C): three network namespaces on two veth pairs,
 
@@ -29,6 +30,13 @@ the CPU of the two iperf3 processes (getrusage of our reaped children) and the t
 ksoftirqd threads) per million received packets. The total matters because a kernel fast path moves work out of the
 proxy into softirq context, and on veth that runs in the sending process's context: it is charged to the iperf3
 client (or ksoftirqd when deferred), not to the proxy.
+
+TCP (second table), same rows (the offload row is the sockmap splice), against the same server namespace:
+`bulk` is one iperf3 TCP stream (`-t seconds`), reported in Gbit/s received and proxy CPU seconds per GB; `round
+trips` is one connection doing 64-byte request/answer exchanges back to back for `seconds` (a Python client, against
+a Python echo server on port 7001, TCP_NODELAY), reported in round trips/s and proxy CPU per 100k round trips. For
+the splice row the agent's metrics say how many of the bytes the kernel carried (`l7mp_offload_bytes_total` vs the
+listener's `l7mp_listener_bytes_total`).
 
 Targets (issue 8): offloaded UDP >= 0.8x the direct forwarding rate and >= 3x the user-space path; the agent's CPU
 for an offloaded flow ~ 0.
@@ -64,11 +72,16 @@ IF = {"cl": "c%d" % os.getpid(), "mc": "mc%d" % os.getpid(), "ms": "ms%d" % os.g
 ADDR = {"cl": "10.91.0.1", "mc": "10.91.0.2", "ms": "10.92.0.1", "sv": "10.92.0.2"}
 PROXY_PORT = 9000
 IPERF_PORT = 5201
+# small-message round trips: the agent/nginx listen here and forward to the echo server on ECHO_PORT
+RTT_PORT = 9001
+ECHO_PORT = 7001
+RTT_LEN = 64
 ADMIN_PORT = 18960
 UDP_LEN = 64
 FIXED_RATE = "25.6M"  # 64 B * 8 * 50,000/s
 LOADS = [("50k pps", FIXED_RATE), ("unlimited", "0")]
 ROWS = ["direct", "agent (user space)", "agent (eBPF offload)", "nginx stream"]
+TCP_LOADS = ["bulk", "round trips"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _SPAWNED = []
@@ -378,6 +391,9 @@ def agent_yaml():
         "  - name: udp-in\n"
         "    spec: {protocol: UDP, port: %d}\n"
         "    rules: [{action: {route: {destination: udp-up}}}]\n"
+        "  - name: rtt-in\n"
+        "    spec: {protocol: TCP, port: %d}\n"
+        "    rules: [{action: {route: {destination: echo-up}}}]\n"
         "clusters:\n"
         "  - name: tcp-up\n"
         "    spec: {protocol: TCP, port: %d}\n"
@@ -385,7 +401,10 @@ def agent_yaml():
         "  - name: udp-up\n"
         "    spec: {protocol: UDP, port: %d}\n"
         "    endpoints: [{spec: {address: %s}}]\n"
-    ) % (PROXY_PORT, PROXY_PORT, IPERF_PORT, sv, IPERF_PORT, sv)
+        "  - name: echo-up\n"
+        "    spec: {protocol: TCP, port: %d}\n"
+        "    endpoints: [{spec: {address: %s}}]\n"
+    ) % (PROXY_PORT, PROXY_PORT, RTT_PORT, IPERF_PORT, sv, IPERF_PORT, sv, ECHO_PORT, sv)
 
 
 def find_nginx_stream_module():
@@ -411,15 +430,16 @@ def start_proxy(row, workdir, agent):
             "load_module %s;\nworker_processes 1;\ndaemon off;\npid %s/nginx.pid;\n"
             "error_log %s/error.log warn;\nevents { worker_connections 8192; }\nstream {\n"
             "    server { listen %s:%d; proxy_pass %s:%d; }\n"
-            "    server { listen %s:%d udp; proxy_pass %s:%d; proxy_timeout 60s; }\n}\n"
+            "    server { listen %s:%d udp; proxy_pass %s:%d; proxy_timeout 60s; }\n"
+            "    server { listen %s:%d; proxy_pass %s:%d; }\n}\n"
         ) % (mod, d, d, ADDR["mc"], PROXY_PORT, ADDR["sv"], IPERF_PORT, ADDR["mc"], PROXY_PORT,
-             ADDR["sv"], IPERF_PORT)
+             ADDR["sv"], IPERF_PORT, ADDR["mc"], RTT_PORT, ADDR["sv"], ECHO_PORT)
         cfg = os.path.join(d, "nginx.conf")
         with open(cfg, "w") as f:
             f.write(conf)
         logp = os.path.join(d, "stderr.log")
         p = spawn(nsexec("mid") + ["nginx", "-p", d + "/", "-c", cfg, "-e", os.path.join(d, "error.log")], logp)
-        if not wait_listening(p, [(PROXY_PORT, False), (PROXY_PORT, True)]):
+        if not wait_listening(p, [(PROXY_PORT, False), (PROXY_PORT, True), (RTT_PORT, False)]):
             msg = tail(logp) + tail(os.path.join(d, "error.log"))
             stop(p)
             raise RuntimeError("nginx did not start: " + msg)
@@ -436,7 +456,7 @@ def start_proxy(row, workdir, agent):
     if mode == "force":
         cmd += ["--offload-interfaces", "%s,%s" % (IF["mc"], IF["ms"])]
     p = spawn(cmd, logp)
-    if not wait_listening(p, [(PROXY_PORT, False), (PROXY_PORT, True), (ADMIN_PORT, False)]):
+    if not wait_listening(p, [(PROXY_PORT, False), (PROXY_PORT, True), (RTT_PORT, False), (ADMIN_PORT, False)]):
         stop(p)
         text = tail(logp, 20)
         if mode == "force" and "eBPF offload cannot start" in text and os.environ.get("L7MP_REQUIRE_EBPF") != "1":
@@ -532,6 +552,172 @@ def measure_row(row, load, rate, workdir, agent, seconds):
 
 
 # --------------------------------------------------------------------------
+# TCP: bulk (iperf3) and small-message round trips, with and without the sockmap splice
+# --------------------------------------------------------------------------
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((sys.argv[1], int(sys.argv[2]))); ls.listen(64)
+def serve(c):
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        c.sendall(b)
+    c.close()
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+RTT_CLIENT = r"""
+import socket, sys, time
+host, port, size, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+c = socket.create_connection((host, port), timeout=5)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+msg = b"x" * size
+n = 0
+t0 = time.monotonic()
+end = t0 + seconds
+while time.monotonic() < end:
+    c.sendall(msg)
+    got = 0
+    while got < size:
+        b = c.recv(size - got)
+        if not b:
+            raise SystemExit("connection closed after %d round trips" % n)
+        got += len(b)
+    n += 1
+print(n, time.monotonic() - t0)
+"""
+
+
+def metrics_text():
+    def call():
+        c = http.client.HTTPConnection("127.0.0.1", ADMIN_PORT, timeout=5)
+        try:
+            c.request("GET", "/metrics")
+            return c.getresponse().read().decode("utf-8", "replace")
+        finally:
+            c.close()
+    return in_ns("mid", call)
+
+
+def metric(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            try:
+                return float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+def tcp_bulk(workdir, target, seconds):
+    """One iperf3 TCP stream from the client ns; returns (Gbit/s received, bytes received) or raises RuntimeError."""
+    srv_log = os.path.join(workdir, "iperf3-tcp-server.log")
+    srv = spawn(nsexec("sv") + ["iperf3", "-s", "-1", "-B", ADDR["sv"], "-p", str(IPERF_PORT)], srv_log)
+    try:
+        if not wait_listening(srv, [(IPERF_PORT, False)], timeout=5):
+            raise RuntimeError("iperf3 server did not start: " + tail(srv_log))
+        port = IPERF_PORT if target == ADDR["sv"] else PROXY_PORT
+        cmd = nsexec("cl") + ["iperf3", "-c", target, "-p", str(port), "-t", str(seconds), "-J",
+                              "--connect-timeout", "3000"]
+        out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=seconds + 15)
+        d = json.loads(out.stdout.decode("utf-8", "replace") or "{}")
+        if d.get("error") or "end" not in d:
+            raise RuntimeError("iperf3 TCP: %s %s" % (d.get("error"), out.stderr.decode("utf-8", "replace")[-300:]))
+        recv = d["end"].get("sum_received", {})
+        return float(recv.get("bits_per_second", 0.0)) / 1e9, int(recv.get("bytes", 0))
+    finally:
+        try:
+            srv.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            pass
+        stop(srv, grace=1.0)
+
+
+def tcp_round_trips(target, seconds):
+    """64-byte request/answer round trips on one connection for `seconds`; returns round trips per second."""
+    port = ECHO_PORT if target == ADDR["sv"] else RTT_PORT
+    cmd = nsexec("cl") + [sys.executable, "-c", RTT_CLIENT, target, str(port), str(RTT_LEN), str(seconds)]
+    out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=seconds + 15)
+    if out.returncode != 0:
+        raise RuntimeError("round-trip client: " + out.stderr.decode("utf-8", "replace")[-300:])
+    n, wall = out.stdout.decode().split()
+    return int(n) / float(wall), int(n)
+
+
+def measure_tcp_row(row, load, workdir, agent, seconds):
+    """One (row, TCP load): {"rate", "unit_count", "proxy_cpu_s", "kernel_share"}."""
+    proxy = None
+    try:
+        if row != "direct":
+            proxy, _ = start_proxy(row, workdir, agent)
+        target = ADDR["sv"] if row == "direct" else ADDR["mc"]
+        cpu0 = tree_cpu_ticks(proxy.pid) if proxy else 0
+        if load == "bulk":
+            rate, count = tcp_bulk(workdir, target, seconds)
+        else:
+            rate, count = tcp_round_trips(target, seconds)
+        cpu1 = tree_cpu_ticks(proxy.pid) if proxy else 0
+        res = {"rate": rate, "count": count, "proxy_cpu_s": (cpu1 - cpu0) / CLK_TCK if proxy else None}
+        if row == "agent (eBPF offload)":
+            time.sleep(0.35)  # the poller adds the kernel's counters every 100 ms
+            text = metrics_text()
+            kernel = metric(text, 'l7mp_offload_bytes_total{direction="rx"}') or 0.0
+            listener = "tcp-in" if load == "bulk" else "rtt-in"
+            total = metric(text, 'l7mp_listener_bytes_total{direction="rx",listener="%s"}' % listener) or 0.0
+            res["kernel_share"] = (kernel, total)
+        if proxy is not None and proxy.poll() is not None:
+            raise RuntimeError("the proxy exited during the run (rc=%s)" % proxy.returncode)
+        return res
+    finally:
+        if proxy is not None:
+            stop(proxy)
+
+
+def tcp_table(results, notes, seconds):
+    lines = [
+        "| load | path | rate | vs direct | vs agent (user space) | proxy CPU | kernel carried |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for load in TCP_LOADS:
+        base = results.get(("direct", load))
+        user = results.get(("agent (user space)", load))
+        for row in ROWS:
+            label = "agent (sockmap splice)" if row == "agent (eBPF offload)" else row
+            r = results.get((row, load))
+            if r is None:
+                lines.append("| %s | %s | %s |  |  |  |  |" % (load, label, notes.get((row, load), "n/a")))
+                continue
+
+            def ratio(b):
+                return "%.2f×" % (r["rate"] / b["rate"]) if b and b["rate"] else "–"
+
+            if load == "bulk":
+                rate = "%.2f Gbit/s" % r["rate"]
+                gb = r["count"] / 1e9
+                cpu = "–" if r["proxy_cpu_s"] is None or not gb else "%.2f s/GB" % (r["proxy_cpu_s"] / gb)
+            else:
+                rate = "%.0f /s" % r["rate"]
+                k = r["count"] / 1e5
+                cpu = "–" if r["proxy_cpu_s"] is None or not k else "%.2f s/100k" % (r["proxy_cpu_s"] / k)
+            kern = ""
+            if "kernel_share" in r:
+                kb, tb = r["kernel_share"]
+                kern = "%.1f of %.1f MB up (%.1f %%)" % (kb / 1e6, tb / 1e6, 100.0 * kb / tb if tb else 0.0)
+            lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (load, label, rate, ratio(base), ratio(user), cpu,
+                                                                   kern))
+    head = ("TCP, %g s per row, same topology: `bulk` is one iperf3 TCP stream (received rate, proxy CPU per GB); "
+            "`round trips` is one connection doing 64-byte request/answer exchanges back to back (Python client, "
+            "TCP_NODELAY; proxy CPU per 100k round trips).\n\n" % seconds)
+    return head + "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
 # table
 # --------------------------------------------------------------------------
 
@@ -610,7 +796,12 @@ def main():
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             log("offload_bench.py: cannot set up the namespaces: %s" % e)
             return 2
-        n, total = 0, len(ROWS) * len(LOADS)
+        echo = spawn(nsexec("sv") + [sys.executable, "-c", ECHO_SERVER, ADDR["sv"], str(ECHO_PORT)],
+                     os.path.join(workdir, "echo.log"))
+        if not wait_listening(echo, [(ECHO_PORT, False)], timeout=5):
+            log("offload_bench.py: the echo server did not start: " + tail(os.path.join(workdir, "echo.log")))
+            return 2
+        n, total = 0, len(ROWS) * (len(LOADS) + len(TCP_LOADS))
         skipped_rows = {}
         for load, rate in LOADS:
             for row in ROWS:
@@ -645,9 +836,41 @@ def main():
                     "" if res["proxy_cpu_s"] is None else ", proxy CPU %.2f s" % res["proxy_cpu_s"], extra))
                 if res["recv_packets"] == 0:
                     failed.append("%s, %s: nothing delivered" % (row, load))
+        tcp_results, tcp_notes = {}, {}
+        for load in TCP_LOADS:
+            for row in ROWS:
+                n += 1
+                if row in skipped_rows:
+                    tcp_notes[(row, load)] = "skipped: " + skipped_rows[row]
+                    continue
+                try:
+                    res = measure_tcp_row(row, load, workdir, args.agent, seconds)
+                except Skip as e:
+                    skipped_rows[row] = str(e)
+                    tcp_notes[(row, load)] = "skipped: %s" % e
+                    log("[%d/%d] TCP %s, %s: SKIP %s" % (n, total, load, row, e))
+                    continue
+                except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as e:
+                    tcp_notes[(row, load)] = "failed"
+                    failed.append("TCP %s, %s: %s" % (row, load, e))
+                    log("[%d/%d] TCP %s, %s: FAILED %s" % (n, total, load, row, e))
+                    continue
+                tcp_results[(row, load)] = res
+                extra = ""
+                if "kernel_share" in res:
+                    kb, tb = res["kernel_share"]
+                    extra = ", kernel carried %.1f of %.1f MB" % (kb / 1e6, tb / 1e6)
+                    if kb == 0:
+                        failed.append("TCP %s, %s: the kernel carried nothing" % (row, load))
+                log("[%d/%d] TCP %s, %s: %s%s%s" % (
+                    n, total, load, row,
+                    ("%.2f Gbit/s" % res["rate"]) if load == "bulk" else ("%.0f round trips/s" % res["rate"]),
+                    "" if res["proxy_cpu_s"] is None else ", proxy CPU %.2f s" % res["proxy_cpu_s"], extra))
+                if res["count"] == 0:
+                    failed.append("TCP %s, %s: nothing delivered" % (row, load))
     finally:
         cleanup()
-    md = table(results, notes, seconds)
+    md = table(results, notes, seconds) + "\n" + tcp_table(tcp_results, tcp_notes, seconds)
     print(md)
     if args.out:
         with open(args.out, "w") as f:

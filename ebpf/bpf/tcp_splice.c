@@ -35,6 +35,13 @@ struct {
 SEC("sk_skb/stream_verdict")
 int tcp_splice(struct __sk_buff *skb)
 {
+	// A segment without data (a FIN alone) has nothing to carry: TCP has already taken the FIN in (the owner reads
+	// EOF). It must not go into a psock work queue: one that meets a zero-length sk_buff takes it for a hard error,
+	// sets EPIPE on its socket and stops sending what is queued behind it. That happens if it is redirected (the
+	// peer's queue) and also if it is passed while the socket's own queue holds data on its way out (SK_PASS queues
+	// behind it then), so it is dropped.
+	if (skb->len == 0)
+		return SK_DROP;
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct peer *p = bpf_map_lookup_elem(&splice_peers, &cookie);
 	if (!p)

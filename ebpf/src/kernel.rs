@@ -225,6 +225,9 @@ impl Kernel {
             tcp::socket_cookie(fd).map_err(|e| OffloadError::NotSpliceable(format!("reading the socket cookie: {e}")))
         };
         let (ca, cb) = (cookie(a)?, cookie(b)?);
+        let queued =
+            |fd| tcp::queued_total(fd).map_err(|e| OffloadError::NotSpliceable(format!("reading the send queue: {e}")));
+        let (base_a, base_b) = (queued(a)?, queued(b)?);
         if ca == cb {
             return Err(OffloadError::NotSpliceable(
                 "a socket cannot be spliced with itself".into(),
@@ -275,7 +278,27 @@ impl Kernel {
             undo(&mut maps);
             return Err(what(e));
         }
-        Ok(SpliceHandle { a: ca, b: cb })
+        drop(maps);
+        // What arrived before the sockets entered the map goes first, in order, before anything newer.
+        for fd in [a, b] {
+            if let Err(e) = tcp::run_receive_queue(fd) {
+                self.unsplice_tcp(&SpliceHandle {
+                    a: ca,
+                    b: cb,
+                    base_a,
+                    base_b,
+                });
+                return Err(OffloadError::NotSpliceable(format!(
+                    "cannot run the receive queue through the splice (SO_RCVLOWAT): {e}"
+                )));
+            }
+        }
+        Ok(SpliceHandle {
+            a: ca,
+            b: cb,
+            base_a,
+            base_b,
+        })
     }
 
     /// Ends a splice: both sockets leave the map and their data goes to the caller again. Harmless to repeat.
@@ -285,6 +308,34 @@ impl Kernel {
             let _ = maps.socks.remove(&cookie);
             let _ = maps.peers.remove(&cookie);
         }
+    }
+
+    /// Bytes the splice redirected towards `to` (one of its two sockets) that are not yet in `to`'s send queue: the
+    /// kernel moves them there from a work queue, after the verdict. Shutting `to` down (or closing it) before this is
+    /// 0 would cut them off, so the owner waits for 0 after reading EOF on the other socket. It assumes the owner
+    /// writes nothing to a spliced socket itself (there is nothing to write: the middle sockets read no data).
+    pub fn tcp_unsent(&self, s: &SpliceHandle, to: BorrowedFd<'_>) -> Result<u64, OffloadError> {
+        let cookie = tcp::socket_cookie(to).map_err(|e| OffloadError::NotFound(format!("the socket's cookie: {e}")))?;
+        let (from, base) = if cookie == s.a {
+            (s.b, s.base_a)
+        } else if cookie == s.b {
+            (s.a, s.base_b)
+        } else {
+            return Err(OffloadError::NotFound(format!(
+                "TCP socket with cookie {cookie} in this splice"
+            )));
+        };
+        let redirected = self
+            .maps()
+            .peers
+            .get(&from, 0)
+            .map_err(|e| match e {
+                aya::maps::MapError::KeyNotFound => OffloadError::NotFound(format!("TCP socket with cookie {from}")),
+                e => error::from_map("reading splice_peers".into(), e),
+            })?
+            .bytes;
+        let queued = tcp::queued_total(to).map_err(|e| OffloadError::NotFound(format!("the send queue: {e}")))?;
+        Ok(redirected.saturating_sub(queued.saturating_sub(base)))
     }
 
     /// Bytes carried by a splice, per direction.

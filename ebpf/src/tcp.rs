@@ -2,7 +2,9 @@
 //!
 //! Splicing two established sockets puts both into the SOCKHASH (keyed by socket cookie) and records each one's
 //! peer; from then on the stream verdict program sends whatever arrives on one socket out of the other. Data that was
-//! already queued on a socket before the splice stays there for its owner to read; EOF still reaches the owner.
+//! already queued on a socket before the splice goes first (the splice runs the receive queues through the program);
+//! EOF still reaches the owner. Redirected data reaches the peer's send queue asynchronously (a kernel work queue):
+//! [`crate::Kernel::tcp_unsent`] tells when it is all there, which is when the owner may shut the peer down.
 
 use std::{io, os::fd::AsRawFd, os::fd::BorrowedFd};
 
@@ -11,6 +13,9 @@ use std::{io, os::fd::AsRawFd, os::fd::BorrowedFd};
 pub struct SpliceHandle {
     pub(crate) a: u64,
     pub(crate) b: u64,
+    /// What `a` and `b` had queued for sending over their lives ([`queued_total`]) when they were spliced.
+    pub(crate) base_a: u64,
+    pub(crate) base_b: u64,
 }
 
 impl SpliceHandle {
@@ -66,6 +71,70 @@ pub(crate) fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// Every byte ever queued for sending on a TCP socket (not counting SYN/FIN): the bytes acknowledged by the peer
+/// (`tcpi_bytes_acked`) plus the send queue (`SIOCOUTQ`: sent but not acknowledged, and not yet sent). The kernel
+/// moves redirected data into the peer socket's send queue from a work queue, later than the verdict counted it;
+/// comparing the two tells when it is all there.
+pub(crate) fn queued_total(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: tcp_info is plain data; zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is valid for the borrow; `info`/`len` are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut outq: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut outq) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_bytes_acked + u64::try_from(outq).unwrap_or(0))
+}
+
+/// Runs what a socket already has in its receive queue through its (new) stream verdict program. Data that arrived
+/// before the socket entered the SOCKHASH waits in the queue until the next arrival runs the whole queue through the
+/// program; setting `SO_RCVLOWAT` (to its current value) makes TCP signal "data ready" now, which does the same.
+pub(crate) fn run_receive_queue(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut lowat: libc::c_int = 1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above; SO_RCVLOWAT is one int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw mut lowat).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const lowat).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether the fd is a TCP stream socket (`SO_PROTOCOL`).

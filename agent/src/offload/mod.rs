@@ -8,14 +8,17 @@
 //! traffic counters, so the idle timeout, the session listing and the metrics see the offloaded traffic.
 //!
 //! - [`NoOffload`] declines everything (`admin.offload: off`, the default).
-//! - [`kernel::KernelOffload`]: UDP ↔ UDP flows through the `l7mp-ebpf` tc program (`admin.offload: auto|force`).
+//! - [`kernel::KernelOffload`]: UDP ↔ UDP flows through the `l7mp-ebpf` tc program, TCP ↔ TCP sessions through its
+//!   sockmap splice (`admin.offload: auto|force`).
 
 pub mod kernel;
 
 use crate::pipeline::{Stages, Stats};
 use l7mp_api::OffloadMode;
 use serde_json::Value;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What a kernel fast path carries, for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,8 +43,9 @@ pub trait Offload: Send + Sync {
     fn counters(&self) -> OffloadCounters {
         OffloadCounters::default()
     }
-    /// Offers a direct flow (source ↔ destination, no chains). `Some`: the kernel carries it (or will, after the
-    /// session's first packets) for as long as the returned flow is kept; its counters are added to `stats`.
+    /// Offers a direct flow (source ↔ destination, no chains), before the session's pumps first run. `Some`: the
+    /// kernel carries it (or will, after the session's first packets) for as long as the returned flow is kept; its
+    /// counters are added to `stats`.
     fn offer(&self, session: &str, stages: &Stages, stats: &Arc<Stats>) -> Option<Arc<dyn OffloadedFlow>>;
 }
 
@@ -49,6 +53,23 @@ pub trait Offload: Send + Sync {
 pub trait OffloadedFlow: Send + Sync {
     /// For the session listing: `{"state": "pending"|"kernel"|"failed", "kernel": {counters}}`.
     fn describe(&self) -> Value;
+    /// Bytes the kernel took from the other side towards the socket `to` that are not in `to`'s send queue yet
+    /// (a TCP splice hands them over from a kernel work queue). A pump that read end of stream waits for 0 before
+    /// it shuts `to` down, so the FIN goes after the last byte. 0 for flows without such a queue.
+    fn unsent(&self, _to: BorrowedFd<'_>) -> u64 {
+        0
+    }
+}
+
+/// Waits until `flow` has nothing left on its way into `to` (see [`OffloadedFlow::unsent`]), polling with a
+/// growing pause (0.5 ms up to 20 ms): the kernel hands the bytes over within microseconds unless `to`'s peer stops
+/// reading, and then the session's half-close timeout decides.
+pub async fn flushed(flow: &dyn OffloadedFlow, to: BorrowedFd<'_>) {
+    let mut pause = Duration::from_micros(500);
+    while flow.unsent(to) > 0 {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }
 
 /// Carries every flow in user space.
