@@ -50,6 +50,11 @@ fn sessions(lan: &Lan) -> Vec<Value> {
 }
 
 fn start_agent(lan: &Lan, offload: &str) -> Result<Agent, String> {
+    start_udp_agent(offload, "0.0.0.0", &lan.addr(SV), lan)
+}
+
+/// The agent with a UDP listener on `listen`:9000 routed to the server at `server`:7000.
+fn start_udp_agent(offload: &str, listen: &str, server: &str, lan: &Lan) -> Result<Agent, String> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.yaml");
     std::fs::write(
@@ -58,15 +63,14 @@ fn start_agent(lan: &Lan, offload: &str) -> Result<Agent, String> {
             "
 listeners:
   - name: udp-in
-    spec: {{ protocol: UDP, port: 9000 }}
+    spec: {{ protocol: UDP, port: 9000, address: '{listen}' }}
     rules:
       - action: {{ route: {{ destination: to-server }} }}
 clusters:
   - name: to-server
     spec: {{ protocol: UDP, port: 7000 }}
-    endpoints: [ {{ spec: {{ address: {} }} }} ]
-",
-            lan.addr(SV)
+    endpoints: [ {{ spec: {{ address: '{server}' }} }} ]
+"
         ),
     )
     .unwrap();
@@ -210,6 +214,77 @@ fn udp_flows_go_through_the_kernel_and_leave_it_with_their_session() {
     assert!(list.iter().all(|s| s["offload"].is_null()), "{list:?}");
     let total = counts(&list[0]["traffic"]);
     assert!(total.0 >= 48, "{total:?}");
+    drop(agent);
+}
+
+#[test]
+fn udp_flows_over_ipv6_go_through_the_kernel() {
+    let lan = match Lan::create("l7s", 77, &["cl", "ag", "sv"]) {
+        Ok(l) => l,
+        Err(e) if skip_netns() => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        Err(e) => panic!("cannot create the test network: {e} (run as root, or set L7MP_SKIP_NETNS=1)"),
+    };
+    lan.add_ipv6().unwrap();
+    ip(&[
+        "netns",
+        "exec",
+        &lan.ns(AG).name,
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+    ])
+    .unwrap();
+    let sock = lan.ns(SV).enter(|| UdpSocket::bind("[::]:7000").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let answer = [format!("from={}:", peer.ip()).as_bytes(), &buf[..n]].concat();
+            let _ = sock.send_to(&answer, peer);
+        }
+    });
+    let agent = match start_udp_agent("force", "::", &lan.addr6(SV), &lan) {
+        Ok(a) => a,
+        Err(log) if !required() && log.contains("eBPF offload cannot start") => {
+            eprintln!("skipping: the kernel fast path cannot start here:\n{log}");
+            return;
+        }
+        Err(log) => panic!("the agent did not start with --offload force:\n{log}"),
+    };
+    let to = format!("[{}]:9000", lan.addr6(AG));
+    let c = lan.ns(CL).enter(move || {
+        let s = UdpSocket::bind("[::]:0").unwrap();
+        s.connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s
+    });
+    let got = exchange(&c, 200, "v6-");
+    let want = format!("from={}:", lan.addr6(AG));
+    assert!(got.len() >= 195, "only {} of 200 answers", got.len());
+    assert!(
+        got.iter().all(|g| g.starts_with(&want)),
+        "the server saw another source: {got:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = sessions(&lan);
+        let s = &list[0];
+        let kernel = counts(&s["offload"]["kernel"]);
+        if s["offload"]["state"] == "kernel" && counts(&s["traffic"]).0 >= got.len() as u64 {
+            assert!(
+                kernel.0 >= 150 && kernel.1 >= 150,
+                "the kernel carried too little over IPv6: {s}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the IPv6 session never showed offloaded traffic: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(agent);
 }
 

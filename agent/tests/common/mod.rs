@@ -554,6 +554,31 @@ impl Lan {
         })
     }
 
+    /// Gives every member an IPv6 address too, `fd00:<net>::<i+1>/64` (no duplicate address detection, so it is
+    /// usable at once).
+    pub fn add_ipv6(&self) -> Result<(), String> {
+        for (i, ns) in self.members.iter().enumerate() {
+            let addr = format!("{}/64", self.addr6(i));
+            ip(&[
+                "-n",
+                &ns.name,
+                "-6",
+                "addr",
+                "add",
+                &addr,
+                "dev",
+                &format!("eth{i}"),
+                "nodad",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The IPv6 address of member `i` (after [`Lan::add_ipv6`]).
+    pub fn addr6(&self, i: usize) -> String {
+        format!("fd00:{}::{}", self.net, i + 1)
+    }
+
     /// The address of member `i`.
     pub fn addr(&self, i: usize) -> String {
         format!("10.{}.0.{}", self.net, i + 1)
