@@ -20,7 +20,7 @@ use crate::query::Query;
 use crate::resources::{Gvr, ResourceType, api_version};
 use crate::store::{ListPage, Store};
 use crate::table;
-use crate::watch::{self, Controls, WatchRequest};
+use crate::watch::{self, Controls, OpenWatches, WatchRequest};
 use crate::write::Subresource;
 
 /// Requests larger than this are refused (the real server's limit is about 3 MiB per object).
@@ -49,6 +49,7 @@ pub struct Shared {
     pub log: Mutex<Vec<RequestRecord>>,
     pub bookmark_interval: signal::Sender<Duration>,
     pub breaker: signal::Sender<u64>,
+    pub open_watches: OpenWatches,
     /// `host:port`, for `/api`'s serverAddressByClientCIDRs.
     pub address: String,
 }
@@ -355,6 +356,7 @@ impl Req<'_> {
         let controls = Controls {
             bookmark_interval: self.sh.bookmark_interval.subscribe(),
             breaker: self.sh.breaker.subscribe(),
+            open: self.sh.open_watches.clone(),
         };
         let mut rx = watch::start(&self.sh.store, req, controls);
         let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));

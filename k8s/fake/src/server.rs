@@ -86,6 +86,7 @@ impl FakeApiServer {
             log: Mutex::new(Vec::new()),
             bookmark_interval,
             breaker,
+            open_watches: Default::default(),
             address: addr.to_string(),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -153,9 +154,23 @@ impl FakeApiServer {
         lock(&self.shared.store).set_history_limit(limit);
     }
 
-    /// Ends every open watch stream abruptly (the connection drops mid-stream, as when an API server restarts).
+    /// Ends every open watch stream abruptly (the connection drops mid-stream, as when an API server restarts),
+    /// and returns once they have ended (at most after 2 s), so no write after this call reaches them.
     pub fn break_watches(&self) {
-        self.shared.breaker.send_modify(|g| *g += 1);
+        let mut generation = 0;
+        self.shared.breaker.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.shared.open_watches.before(generation) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// How many watch streams are open now.
+    pub fn open_watches(&self) -> usize {
+        self.shared.open_watches.total()
     }
 
     /// Changes the bookmark interval of open and future watches.

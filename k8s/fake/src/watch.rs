@@ -3,6 +3,7 @@
 //! DELETED (ADDED), as the real server does. A too-old resourceVersion gets one ERROR event carrying a 410
 //! Expired Status, then the stream ends.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,42 @@ pub struct WatchRequest {
 pub struct Controls {
     pub bookmark_interval: watch::Receiver<Duration>,
     pub breaker: watch::Receiver<u64>,
+    pub open: OpenWatches,
+}
+
+/// How many streams are open, by the breaker generation they started in (so `break_watches` can wait for the
+/// ones it broke).
+#[derive(Clone, Default)]
+pub struct OpenWatches(Arc<Mutex<BTreeMap<u64, usize>>>);
+
+impl OpenWatches {
+    fn enter(&self, generation: u64) -> OpenGuard {
+        *crate::http::lock(&self.0).entry(generation).or_default() += 1;
+        OpenGuard(self.clone(), generation)
+    }
+
+    /// Open streams that started before `generation`.
+    pub fn before(&self, generation: u64) -> usize {
+        crate::http::lock(&self.0).range(..generation).map(|(_, n)| n).sum()
+    }
+
+    pub fn total(&self) -> usize {
+        crate::http::lock(&self.0).values().sum()
+    }
+}
+
+struct OpenGuard(OpenWatches, u64);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut m = crate::http::lock(&(self.0).0);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// One chunk of the response body; an `Err` ends the response abruptly (no final chunk).
@@ -97,9 +134,11 @@ impl WatchRequest {
 /// Starts a watch: takes what must be sent first (the current objects, or the events after the requested
 /// resourceVersion) under the store lock, subscribes to later events in the same critical section, and streams
 /// the rest from a task until the timeout, the client leaving, or `break_watches`.
-pub fn start(store: &Mutex<Store>, req: WatchRequest, controls: Controls) -> mpsc::Receiver<Chunk> {
+pub fn start(store: &Mutex<Store>, req: WatchRequest, mut controls: Controls) -> mpsc::Receiver<Chunk> {
     let (tx, rx) = mpsc::channel::<Chunk>(64);
     let mut first: Vec<Bytes> = Vec::new();
+    let generation = *controls.breaker.borrow_and_update();
+    let guard = controls.open.enter(generation);
     let (events, start_rv) = {
         let s = match store.lock() {
             Ok(s) => s,
@@ -140,7 +179,10 @@ pub fn start(store: &Mutex<Store>, req: WatchRequest, controls: Controls) -> mps
         }
         (events, s.resource_version())
     };
-    tokio::spawn(stream(req, first, events, start_rv, controls, tx));
+    tokio::spawn(async move {
+        stream(req, first, events, start_rv, generation, controls, tx).await;
+        drop(guard);
+    });
     rx
 }
 
@@ -149,6 +191,7 @@ async fn stream(
     first: Vec<Bytes>,
     mut events: broadcast::Receiver<Arc<Event>>,
     mut seen: u64,
+    generation: u64,
     mut controls: Controls,
     tx: mpsc::Sender<Chunk>,
 ) {
@@ -161,7 +204,6 @@ async fn stream(
     let deadline = Instant::now() + req.timeout.unwrap_or(far);
     let next_bookmark = |c: &Controls| Instant::now() + *c.bookmark_interval.borrow();
     let mut bookmark_at = next_bookmark(&controls);
-    let generation = *controls.breaker.borrow_and_update();
     loop {
         tokio::select! {
             e = events.recv() => match e {
