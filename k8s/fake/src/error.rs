@@ -33,6 +33,18 @@ fn details(group: &str, plural: &str, name: &str) -> Value {
     d
 }
 
+/// The `causes[].reason` of a field error, from the wording of its message.
+fn cause_reason(message: &str) -> &'static str {
+    match message.split(':').next().unwrap_or_default() {
+        "Required value" => "FieldValueRequired",
+        "Unsupported value" => "FieldValueNotSupported",
+        "Too long" => "FieldValueTooLong",
+        "Too many" => "FieldValueTooMany",
+        "Forbidden" => "FieldValueForbidden",
+        _ => "FieldValueInvalid",
+    }
+}
+
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
@@ -103,7 +115,7 @@ impl ApiError {
         };
         let causes: Vec<Value> = causes
             .iter()
-            .map(|(f, m)| json!({ "reason": "FieldValueInvalid", "message": m, "field": f }))
+            .map(|(f, m)| json!({ "reason": cause_reason(m), "message": m, "field": f }))
             .collect();
         let mut d = json!({ "name": name, "kind": kind, "causes": causes });
         if !group.is_empty() {

@@ -21,7 +21,7 @@ use crate::resources::{Gvr, ResourceType, api_version};
 use crate::store::{ListPage, Store};
 use crate::table;
 use crate::watch::{self, Controls, OpenWatches, WatchRequest};
-use crate::write::Subresource;
+use crate::write::{FieldValidation, Subresource, WriteOptions};
 
 /// Requests larger than this are refused (the real server's limit is about 3 MiB per object).
 const MAX_BODY: usize = 16 << 20;
@@ -370,16 +370,51 @@ impl Req<'_> {
         Ok(r)
     }
 
+    fn write_options(&self) -> Result<WriteOptions, ApiError> {
+        let validation = match self.q.get("fieldValidation") {
+            None | Some("") | Some("Warn") => FieldValidation::Warn,
+            Some("Ignore") => FieldValidation::Ignore,
+            Some("Strict") => FieldValidation::Strict,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}"
+                )));
+            }
+        };
+        Ok(WriteOptions {
+            dry_run: self.q.dry_run(),
+            validation,
+        })
+    }
+
+    /// A write's response, with a `Warning` header per pruned field.
+    fn written(&self, store: &mut Store, code: StatusCode, out: Value) -> Response {
+        let mut r = json_response(code, &self.render(out));
+        for w in std::mem::take(&mut store.warnings) {
+            let text = format!("299 - {}", json!(w));
+            if let Ok(v) = http::HeaderValue::from_str(&text) {
+                r.headers_mut().append(header::WARNING, v);
+            }
+        }
+        r
+    }
+
     fn create(&self, body: &[u8]) -> Result<Response, ApiError> {
         let o = parse_object(self.headers, body)?;
-        let out = self.store().create(self.t, self.ns, o, self.q.dry_run())?;
-        Ok(json_response(StatusCode::CREATED, &self.render(out)))
+        let opts = self.write_options()?;
+        let mut store = self.store();
+        store.warnings.clear();
+        let out = store.create(self.t, self.ns, o, &opts)?;
+        Ok(self.written(&mut store, StatusCode::CREATED, out))
     }
 
     fn update(&self, name: &str, sub: Subresource, body: &[u8]) -> Result<Response, ApiError> {
         let o = parse_object(self.headers, body)?;
-        let out = self.store().update(self.t, self.ns, name, o, sub, self.q.dry_run())?;
-        Ok(json_response(StatusCode::OK, &self.render(out)))
+        let opts = self.write_options()?;
+        let mut store = self.store();
+        store.warnings.clear();
+        let out = store.update(self.t, self.ns, name, o, sub, &opts)?;
+        Ok(self.written(&mut store, StatusCode::OK, out))
     }
 
     fn patch(&self, name: &str, sub: Subresource, body: &[u8]) -> Result<Response, ApiError> {
@@ -393,7 +428,9 @@ impl Req<'_> {
             return Err(ApiError::unsupported_media_type(ct));
         }
         let p = patch::parse_body(pt, body)?;
-        let (t, ns, dry_run) = (self.t, self.ns, self.q.dry_run());
+        let (t, ns, opts) = (self.t, self.ns, self.write_options()?);
+        let mut store = self.store();
+        store.warnings.clear();
         let (out, created) = if pt == PatchType::Apply {
             let manager = self.q.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
                 ApiError::invalid(
@@ -413,23 +450,22 @@ impl Req<'_> {
                 )));
             }
             let key = (t.key(), (ns.to_owned(), name.to_owned()), manager.to_owned());
-            let mut store = self.store();
-            let result = store.modify(t, ns, name, sub, dry_run, |s, old| match old {
+            let result = store.modify(t, ns, name, sub, &opts, |s, old| match old {
                 None => Ok(p.clone()),
                 Some(old) => Ok(patch::server_side_apply(old, &p, s.applied.get(&key))),
             })?;
-            if !dry_run {
+            if !opts.dry_run {
                 store.applied.insert(key, p);
             }
             result
         } else {
-            self.store().modify(t, ns, name, sub, dry_run, |_, old| match old {
+            store.modify(t, ns, name, sub, &opts, |_, old| match old {
                 None => Err(ApiError::not_found(&t.group, &t.plural, name)),
                 Some(old) => patch::apply_patch(pt, old, &p),
             })?
         };
         let code = if created { StatusCode::CREATED } else { StatusCode::OK };
-        Ok(json_response(code, &self.render(out)))
+        Ok(self.written(&mut store, code, out))
     }
 
     fn delete_options(&self, body: &[u8]) -> Result<Value, ApiError> {

@@ -23,6 +23,7 @@ mod openapi;
 mod patch;
 mod query;
 mod resources;
+mod schema;
 mod selectors;
 mod server;
 mod store;

@@ -81,6 +81,8 @@ pub struct ResourceType {
     pub columns: BTreeMap<String, Vec<PrinterColumn>>,
     /// The fields a field selector may use besides `metadata.name` and `metadata.namespace`.
     pub selectable_fields: Vec<&'static str>,
+    /// The storage version's `openAPIV3Schema` (custom resources): unknown fields are pruned, the rest validated.
+    pub schema: Option<Value>,
     /// DELETE answers with the object (else with a `Success` Status), as `ReturnDeletedObject` in the server.
     pub returns_deleted: bool,
 }
@@ -123,6 +125,7 @@ impl ResourceType {
             builtin: true,
             columns: BTreeMap::new(),
             selectable_fields: Vec::new(),
+            schema: None,
             returns_deleted: false,
         }
     }
@@ -294,6 +297,7 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, Vec<(String, String)>> {
     let mut versions = Vec::new();
     let mut storage = Vec::new();
     let mut status_subresource = false;
+    let mut schema = None;
     let mut columns = BTreeMap::new();
     match spec["versions"].as_array() {
         Some(vs) if !vs.is_empty() => {
@@ -301,6 +305,9 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, Vec<(String, String)>> {
                 let name = text(&v["name"], &format!("spec.versions[{i}].name"), &mut errs);
                 if v["storage"].as_bool() == Some(true) {
                     storage.push(name.clone());
+                    schema = v["schema"]["openAPIV3Schema"]
+                        .as_object()
+                        .map(|s| Value::Object(s.clone()));
                 }
                 if v["served"].as_bool() == Some(true) {
                     versions.push(name.clone());
@@ -340,6 +347,7 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, Vec<(String, String)>> {
         builtin: false,
         columns,
         selectable_fields: Vec::new(),
+        schema,
         returns_deleted: true,
     })
 }

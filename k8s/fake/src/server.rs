@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::http::{self, RequestRecord, Shared, lock};
 use crate::resources::Gvr;
 use crate::store::{ListOptions, Store};
-use crate::write::Subresource;
+use crate::write::{Subresource, WriteOptions};
 
 /// How to start the fake.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ impl FakeApiServer {
             if let Some(t) = &ns_type {
                 let body = serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } });
                 store
-                    .create(t, "", body, false)
+                    .create(t, "", body, &WriteOptions::default())
                     .map_err(|e| StartError::Namespace(ns.clone(), Box::new(e)))?;
             }
         }
@@ -206,7 +206,7 @@ impl FakeApiServer {
             .find(gvr)
             .cloned()
             .ok_or_else(|| ApiError::no_route(&gvr.to_string()))?;
-        store.create(&t, namespace, object, false)
+        store.create(&t, namespace, object, &WriteOptions::default())
     }
 
     /// Replaces an object (or its status) as a PUT would; for driving what a controller would do, e.g. marking
@@ -220,7 +220,7 @@ impl FakeApiServer {
             .ok_or_else(|| ApiError::no_route(&gvr.to_string()))?;
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         let sub = if status { Subresource::Status } else { Subresource::Main };
-        store.update(&t, namespace, &name, object, sub, false)
+        store.update(&t, namespace, &name, object, sub, &WriteOptions::default())
     }
 
     /// Deletes an object as a DELETE would.

@@ -51,6 +51,8 @@ pub struct Store {
     tx: broadcast::Sender<Arc<Event>>,
     /// Server-side apply: the last configuration each field manager applied to an object.
     pub(crate) applied: HashMap<(TypeKey, ObjKey, String), Value>,
+    /// Warnings of the current request (unknown fields pruned), taken by the HTTP layer after each write.
+    pub(crate) warnings: Vec<String>,
     /// Next service ClusterIP (offset into 10.96.0.0/12).
     pub(crate) next_cluster_ip: u32,
 }
@@ -87,6 +89,7 @@ impl Store {
             floor: 0,
             tx,
             applied: HashMap::new(),
+            warnings: Vec::new(),
             next_cluster_ip: 1,
         }
     }

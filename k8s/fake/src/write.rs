@@ -8,6 +8,7 @@ use crate::error::ApiError;
 use crate::kinds;
 use crate::meta;
 use crate::resources::{ResourceType, api_version};
+use crate::schema;
 use crate::selectors;
 use crate::store::{EventKind, ObjKey, Store};
 
@@ -18,6 +19,25 @@ pub enum Subresource {
     Main,
     /// `/status`: only `.status` changes.
     Status,
+}
+
+/// `fieldValidation`: what to do with fields a custom resource's schema does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them and say so in a `Warning` header (the server's default).
+    #[default]
+    Warn,
+    /// Refuse the request (400).
+    Strict,
+}
+
+/// The options of a create, update, patch or apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub validation: FieldValidation,
 }
 
 const MODIFIED: &str = "the object has been modified; please apply your changes to the latest version and try again";
@@ -152,8 +172,45 @@ impl Store {
         Ok(())
     }
 
+    /// Prunes and validates a custom resource against its CRD's schema (built-in kinds have none here).
+    fn check_schema(
+        &mut self,
+        t: &ResourceType,
+        name: &str,
+        o: &mut Value,
+        opts: &WriteOptions,
+    ) -> Result<(), ApiError> {
+        let Some(schema) = &t.schema else { return Ok(()) };
+        let pruned = schema::prune_object(schema, o);
+        if !pruned.is_empty() {
+            let fields: Vec<String> = pruned.iter().map(|p| format!("unknown field \"{p}\"")).collect();
+            match opts.validation {
+                FieldValidation::Strict => {
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {}",
+                        fields.join(", ")
+                    )));
+                }
+                FieldValidation::Warn => self.warnings.extend(fields),
+                FieldValidation::Ignore => {}
+            }
+        }
+        let errs = schema::validate_object(schema, o);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(&t.kind, &t.group, name, &errs))
+        }
+    }
+
     /// POST: a new object (201); `generateName` picks the name; 409 when it exists.
-    pub fn create(&mut self, t: &ResourceType, ns: &str, mut body: Value, dry_run: bool) -> Result<Value, ApiError> {
+    pub fn create(
+        &mut self,
+        t: &ResourceType,
+        ns: &str,
+        mut body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         self.check_body(t, ns, &mut body)?;
         if !meta_str(&body, "resourceVersion").is_empty() {
             return Err(ApiError::internal(
@@ -207,9 +264,10 @@ impl Store {
         {
             o.remove("status");
         }
+        self.check_schema(t, &name, &mut body, opts)?;
         let defined = kinds::admit(self, t, &mut body, None)
             .map_err(|causes| ApiError::invalid(&t.kind, &t.group, &name, &causes))?;
-        if dry_run {
+        if opts.dry_run {
             return Ok(body);
         }
         let out = self.commit(&key, obj, EventKind::Added, body, None);
@@ -227,10 +285,10 @@ impl Store {
         name: &str,
         body: Value,
         sub: Subresource,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let old = self.get_object(t, ns, name)?;
-        self.finish_update(t, ns, name, old, body, sub, dry_run)
+        self.finish_update(t, ns, name, old, body, sub, opts)
     }
 
     /// PATCH and apply: `f` computes the new object from the stored one (`None`: it does not exist, and `f` may
@@ -241,16 +299,14 @@ impl Store {
         ns: &str,
         name: &str,
         sub: Subresource,
-        dry_run: bool,
+        opts: &WriteOptions,
         f: impl FnOnce(&Store, Option<&Value>) -> Result<Value, ApiError>,
     ) -> Result<(Value, bool), ApiError> {
         let old = self.get(&t.key(), &(ns.to_owned(), name.to_owned())).cloned();
         let new = f(self, old.as_ref())?;
         match old {
-            None => self.create(t, ns, new, dry_run).map(|o| (o, true)),
-            Some(old) => self
-                .finish_update(t, ns, name, old, new, sub, dry_run)
-                .map(|o| (o, false)),
+            None => self.create(t, ns, new, opts).map(|o| (o, true)),
+            Some(old) => self.finish_update(t, ns, name, old, new, sub, opts).map(|o| (o, false)),
         }
     }
 
@@ -263,7 +319,7 @@ impl Store {
         old: Value,
         mut new: Value,
         sub: Subresource,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         self.check_body(t, ns, &mut new)?;
         let body_name = meta_str(&new, "name");
@@ -307,13 +363,14 @@ impl Store {
             };
         }
         m.insert("resourceVersion".to_owned(), old["metadata"]["resourceVersion"].clone());
+        self.check_schema(t, name, &mut new, opts)?;
         let defined = kinds::admit(self, t, &mut new, Some(&old))
             .map_err(|causes| ApiError::invalid(&t.kind, &t.group, name, &causes))?;
         if generation_part(t, &new) != generation_part(t, &old) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             new["metadata"]["generation"] = json!(g);
         }
-        if without_rv(&new) == without_rv(&old) || dry_run {
+        if without_rv(&new) == without_rv(&old) || opts.dry_run {
             return Ok(new);
         }
         let key = t.key();

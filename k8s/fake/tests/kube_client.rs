@@ -362,6 +362,91 @@ async fn custom_resources_with_status_subresource_and_patches() {
 }
 
 #[tokio::test]
+async fn custom_resources_follow_their_schema() {
+    let fake = server();
+    let client = fake.client();
+    install_crds(&client).await;
+    let api: Api<DynamicObject> = Api::default_namespaced_with(client.clone(), &l7mp("Target"));
+    let target = |extra: Value| -> DynamicObject {
+        let mut o = json!({"apiVersion": "l7mp.io/v1", "kind": "Target", "metadata": {"name": "t"},
+            "spec": {"cluster": {"spec": {"UDP": {"port": 9000}}}}});
+        json_patch::merge(&mut o, &extra);
+        serde_json::from_value(o).expect("a target")
+    };
+    // Unknown fields are pruned (the default, fieldValidation=Warn), known ones kept.
+    let created = api
+        .create(
+            &PostParams::default(),
+            &target(json!({"spec": {"bogus": 1}, "extra": true})),
+        )
+        .await
+        .expect("created");
+    assert!(
+        created.data["spec"].get("bogus").is_none() && created.data.get("extra").is_none(),
+        "{:?}",
+        created.data
+    );
+    assert_eq!(
+        created.data["spec"]["cluster"]["spec"]["UDP"]["port"], 9000,
+        "free-form fields are preserved"
+    );
+    // Strict: the same unknown field is a 400.
+    let strict = PatchParams {
+        field_validation: Some(kube::api::ValidationDirective::Strict),
+        ..Default::default()
+    };
+    let e = api
+        .patch("t", &strict, &Patch::Merge(json!({"spec": {"bogus": 1}})))
+        .await
+        .expect_err("strict");
+    assert_eq!(common::code(&e), Some(400));
+    assert!(e.to_string().contains("unknown field \"spec.bogus\""), "{e}");
+    // A wrong type or a missing required field is a 422 naming the field.
+    let e = api
+        .patch_status(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"state": "Bogus"}})),
+        )
+        .await
+        .expect_err("enum");
+    assert_eq!(common::code(&e), Some(422));
+    assert!(
+        e.to_string().contains("status.state: Unsupported value: \"Bogus\""),
+        "{e}"
+    );
+    let e = api
+        .patch_status(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"reason": "x"}})),
+        )
+        .await
+        .expect_err("required");
+    assert!(e.to_string().contains("status.state: Required value"), "{e}");
+    let ok = api
+        .patch_status(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"state": "Accepted", "observedRevision": 3}})),
+        )
+        .await
+        .expect("valid status");
+    assert_eq!(ok.data["status"]["observedRevision"], 3);
+    let e = api
+        .create(
+            &PostParams::default(),
+            &target(json!({"metadata": {"name": "t2"}, "spec": {"cluster": "not an object"}})),
+        )
+        .await
+        .expect_err("type");
+    assert!(
+        e.to_string().contains("spec.cluster in body must be of type object"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn selectors_and_paging() {
     let fake = server();
     let cms: Api<ConfigMap> = Api::default_namespaced(fake.client());

@@ -113,7 +113,7 @@ fn kubectl_apply_get_label_delete() {
         "{table}"
     );
     fake.update(&Gvr::new("l7mp.io", "v1", "virtualservices"), "default",
-        serde_json::json!({"apiVersion": "l7mp.io/v1", "kind": "VirtualService", "metadata": {"name": "udp-gateway"}, "status": {"state": "Accepted", "agents": {"placed": 2}}}), true)
+        serde_json::json!({"apiVersion": "l7mp.io/v1", "kind": "VirtualService", "metadata": {"name": "udp-gateway"}, "status": {"state": "Accepted", "agents": {"placed": 2, "acked": 2, "nacked": 0}}}), true)
         .expect("status set");
     let row = k.run(&["get", "vsvc", "udp-gateway", "--no-headers"]);
     assert_eq!(
