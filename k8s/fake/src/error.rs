@@ -138,6 +138,10 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    pub fn forbidden(message: &str) -> Self {
+        Self::new(403, "Forbidden", message)
+    }
+
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
     }

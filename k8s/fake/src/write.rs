@@ -397,6 +397,11 @@ impl Store {
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let old = self.get_object(t, ns, name)?;
+        if t.group.is_empty() && t.plural == "namespaces" && matches!(name, "default" | "kube-system" | "kube-public") {
+            return Err(ApiError::forbidden(&format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
         let pre = &options["preconditions"];
         for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
             if let Some(want) = pre[field].as_str() {

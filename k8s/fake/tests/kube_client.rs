@@ -107,6 +107,12 @@ async fn pods_crud_with_real_server_errors() {
             .as_deref()
             .is_some_and(|n| n.starts_with("gen-") && n.len() == 9)
     );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(fake.client());
+    let e = namespaces
+        .delete("default", &DeleteParams::default())
+        .await
+        .expect_err("protected");
+    assert_eq!(common::code(&e), Some(403));
     let elsewhere: Api<Pod> = Api::namespaced(fake.client(), "nope");
     let e = elsewhere
         .create(&PostParams::default(), &pod("p", json!({})))
@@ -802,4 +808,36 @@ async fn discovery_lists_builtins_and_crds() {
     }
     let version = client.apiserver_version().await.expect("/version");
     assert_eq!(version.major, "1");
+}
+
+#[tokio::test]
+async fn streaming_list_watcher_gets_initial_events_then_changes() {
+    let fake = server();
+    let cms: Api<ConfigMap> = Api::default_namespaced(fake.client());
+    for n in ["s1", "s2"] {
+        cms.create(&PostParams::default(), &config_map(n, json!({})))
+            .await
+            .expect("created");
+    }
+    let mut stream = watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut view = View::default();
+    settle(&mut stream, &mut view, &server_view(&fake), 1).await;
+    cms.delete("s1", &DeleteParams::default()).await.expect("deleted");
+    settle(&mut stream, &mut view, &server_view(&fake), 1).await;
+    let first = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.param("watch").is_some())
+        .expect("a watch");
+    assert_eq!(
+        first.param("sendInitialEvents").as_deref(),
+        Some("true"),
+        "no LIST: the initial state came as events"
+    );
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.param("watch").is_none() && r.path.ends_with("/configmaps"))
+    );
 }

@@ -7,13 +7,14 @@ use std::time::Duration;
 use clap::Parser;
 use l7mp_kube_fake::{FakeApiServer, Options};
 
-/// An in-memory fake Kubernetes API server (plain HTTP, no authentication) that kubectl and kube-rs clients can
-/// use. It serves discovery, CRUD, patches, watches and CRDs; nothing is persisted.
+/// An in-memory fake Kubernetes API server for tests: plain HTTP on loopback, no authentication.
+/// kubectl and kube-rs clients can use it: discovery, CRUD, patches, watches and CRDs.
+/// Nothing is persisted; the server runs until killed.
 ///
 /// Example:
 ///   l7mp-fake-apiserver --listen 127.0.0.1:0 --kubeconfig /tmp/fake.kubeconfig &
 ///   export KUBECONFIG=/tmp/fake.kubeconfig
-///   kubectl apply -f manifests/crds/ && kubectl apply -f examples/mesh/udp-to-tcp.yaml
+///   kubectl apply -k manifests/crds && kubectl apply -f examples/mesh/udp-to-tcp.yaml
 ///   kubectl get vsvc
 #[derive(Debug, Parser)]
 #[command(name = "l7mp-fake-apiserver", version, verbatim_doc_comment)]
