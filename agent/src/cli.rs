@@ -63,7 +63,8 @@ pub struct Args {
     #[arg(short = 's', long, env = "L7MP_STRICT", help_heading = "Configuration")]
     pub strict: bool,
 
-    /// Hand flows that need no transformation (UDP to UDP, no chains, no reconnects) to the kernel (eBPF): `off`
+    /// Hand flows that need no transformation (UDP to UDP, no chains, no reconnects; TCP to TCP with
+    /// `--offload-tcp`) to the kernel (eBPF): `off`
     /// (every flow in user space), `auto` (use the kernel when it can be loaded; say why once and go on in user space
     /// when not: no root, no BPF, built without clang), `force` (refuse to start without it). Overrides
     /// `admin.offload`; the default is off. Needs IP forwarding on the interfaces where packets arrive.
@@ -86,6 +87,13 @@ pub struct Args {
         help_heading = "Data plane"
     )]
     pub offload_interfaces: Vec<String>,
+
+    /// With offload on, also splice TCP sessions in the kernel (sockmap: what arrives on one of a session's sockets
+    /// leaves through the other without reaching the agent). Off by default: on the kernels measured it cost more
+    /// CPU in kernel workers than the agent's own path saves and carried bulk data slower; see docs/ebpf.md.
+    /// Overrides `admin.offload_tcp`.
+    #[arg(long = "offload-tcp", env = "L7MP_OFFLOAD_TCP", help_heading = "Data plane")]
+    pub offload_tcp: bool,
 
     /// Log level: silly, verbose, info, notice, warn, error, silent (the original's names), trace, debug, or a list
     /// of `target=level` directives after a default level, such as `info,l7mp_agent::session=debug` (per-module

@@ -128,7 +128,10 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
         } else {
             args.offload_interfaces.clone()
         };
-        engine.set_offload(l7mp_agent::offload::start(offload_mode, &offload_ifs).map_err(|e| anyhow::anyhow!(e))?);
+        let offload_tcp = args.offload_tcp || config.admin.offload_tcp;
+        engine.set_offload(
+            l7mp_agent::offload::start(offload_mode, &offload_ifs, offload_tcp).map_err(|e| anyhow::anyhow!(e))?,
+        );
         let base = if args.config.is_some() {
             l7mp_api::dump::config(&config)
         } else {

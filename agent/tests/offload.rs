@@ -360,7 +360,8 @@ fn tcp_echo_server(ns: &Netns, port: u16) {
     });
 }
 
-fn start_tcp_agent(lan: &Lan, offload: &str) -> Result<Agent, String> {
+/// The agent with a TCP listener on 9100 routed to the echo server; `extra` e.g. `--offload-tcp`.
+fn start_tcp_agent(lan: &Lan, offload: &str, extra: &[&str]) -> Result<Agent, String> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.yaml");
     std::fs::write(
@@ -386,7 +387,11 @@ clusters:
         &["ip", "netns", "exec", &lan.ns(AG).name],
         &cfg,
         dir,
-        &["--offload", offload, "--offload-interfaces", "eth1", "--admin", &admin],
+        &[
+            &["--offload", offload, "--offload-interfaces", "eth1", "--admin", &admin],
+            extra,
+        ]
+        .concat(),
     );
     agent.wait_running_or_exit()?;
     Ok(agent)
@@ -471,7 +476,7 @@ fn tcp_sessions_are_spliced_in_the_kernel_and_end_cleanly() {
         Err(e) => panic!("cannot create the test network: {e} (run as root, or set L7MP_SKIP_NETNS=1)"),
     };
     tcp_echo_server(lan.ns(SV), 7100);
-    let agent = match start_tcp_agent(&lan, "force") {
+    let agent = match start_tcp_agent(&lan, "force", &["--offload-tcp"]) {
         Ok(a) => a,
         Err(log) if !required() && log.contains("eBPF offload cannot start") => {
             eprintln!("skipping: the kernel fast path cannot start here:\n{log}");
@@ -544,11 +549,13 @@ fn tcp_sessions_are_spliced_in_the_kernel_and_end_cleanly() {
     tcp_close(tcp_exchange(&lan, &agent), &agent);
     drop(agent);
 
-    // Off: the same exchanges through user space.
-    let agent = start_tcp_agent(&lan, "off").unwrap();
-    let c = tcp_exchange(&lan, &agent);
-    let list = sessions(&lan);
-    assert!(list.iter().all(|s| s["offload"].is_null()), "{list:?}");
-    tcp_close(c, &agent);
-    drop(agent);
+    // Without --offload-tcp (the default), and with offload off: the same exchanges through user space.
+    for (mode, label) in [("force", "offload on without --offload-tcp"), ("off", "offload off")] {
+        let agent = start_tcp_agent(&lan, mode, &[]).unwrap();
+        let c = tcp_exchange(&lan, &agent);
+        let list = sessions(&lan);
+        assert!(list.iter().all(|s| s["offload"].is_null()), "{label}: {list:?}");
+        tcp_close(c, &agent);
+        drop(agent);
+    }
 }

@@ -50,6 +50,9 @@ fn admin_fields(a: &Admin, effective_level: bool) -> Value {
     if !a.offload_ifs.is_empty() {
         o.insert("offload_ifs".into(), json!(a.offload_ifs));
     }
+    if a.offload_tcp {
+        o.insert("offload_tcp".into(), json!(true));
+    }
     Value::Object(o)
 }
 

@@ -190,6 +190,7 @@ impl Builder {
             "strict",
             "offload",
             "offload_ifs",
+            "offload_tcp",
         ];
         let Some(o) = self.d.object(v, path, &fields) else {
             return;
@@ -229,6 +230,9 @@ impl Builder {
                     format!("unknown offload mode {s:?} (expected auto, off or force; the original's init, no_init and disable work too)"),
                 ),
             }
+        }
+        if let Some(v) = o.get("offload_tcp") {
+            admin.offload_tcp = self.d.bool(v, &o.at("offload_tcp")).unwrap_or(false);
         }
         if let Some(v) = o.get("offload_ifs") {
             let path = o.at("offload_ifs");
@@ -1623,6 +1627,23 @@ mod tests {
                 other => vec![other.to_string()],
             },
         }
+    }
+
+    #[test]
+    fn admin_offload_settings_load_dump_and_name_bad_fields() {
+        let cfg = load("admin: { offload: init, offload_ifs: [eth1], offload_tcp: true }\n").expect("valid");
+        assert_eq!(cfg.admin.offload, crate::model::OffloadMode::Auto);
+        assert_eq!(cfg.admin.offload_ifs, ["eth1"]);
+        assert!(cfg.admin.offload_tcp);
+        let dumped = crate::dump::config(&cfg);
+        assert_eq!(dumped["admin"]["offload_tcp"], serde_json::json!(true));
+        let again = parse_config(&dumped.to_string(), Format::Json).expect("the dump loads");
+        assert_eq!(again.admin, cfg.admin);
+        assert!(!load("admin: { offload: force }\n").expect("valid").admin.offload_tcp);
+        let e = errors("admin: { offload_tcp: yes please }\n");
+        assert!(e.iter().any(|e| e.contains("admin.offload_tcp")), "{e:?}");
+        let e = errors("admin: { offload: sometimes }\n");
+        assert!(e.iter().any(|e| e.contains("admin.offload") && e.contains("sometimes")), "{e:?}");
     }
 
     #[test]

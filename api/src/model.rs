@@ -100,6 +100,9 @@ pub struct Admin {
     pub offload: OffloadMode,
     /// The interfaces the UDP fast path is attached to (empty: every interface that is up).
     pub offload_ifs: Vec<String>,
+    /// Whether TCP sessions are spliced in the kernel too (sockmap), when offload is on. Off by default: on the
+    /// kernels measured it cost more CPU than the user-space path and carried bulk data slower (docs/ebpf.md).
+    pub offload_tcp: bool,
 }
 
 /// `admin.offload`: whether the agent hands flows that need no transformation to the kernel (eBPF).

@@ -3,7 +3,7 @@
 //! arrives on one of the session's sockets leaves through the other).
 //!
 //! A UDP flow is offered when the session starts and installed once its first datagram went through user space (so
-//! the first packets keep their order and the session exists in the listing). A TCP session is spliced at once,
+//! the first packets keep their order and the session exists in the listing). A TCP session (`admin.offload_tcp`) is spliced at once,
 //! before its pumps first run: nothing is in flight in user space then, and what already waits in the sockets'
 //! receive queues goes first. A poller thread adds the kernel's per-flow counters to the session's traffic counters
 //! every [`POLL`]: the idle timeout, the session listing and the metrics see the offloaded traffic. The session's
@@ -35,6 +35,8 @@ pub struct KernelOffload {
     flows: Mutex<Vec<Weak<Flow>>>,
     /// What the kernel carried, every flow together, over the agent's life.
     totals: Arc<Totals>,
+    /// Whether TCP sessions are spliced (`admin.offload_tcp`).
+    tcp: bool,
 }
 
 /// Messages and bytes each way, summed over flows.
@@ -48,14 +50,16 @@ struct Totals {
 
 impl KernelOffload {
     /// Loads and attaches the programs on `interfaces` (empty: every interface that is up) and starts the poller.
-    pub fn start(interfaces: &[String]) -> Result<Arc<KernelOffload>, String> {
+    pub fn start(interfaces: &[String], tcp: bool) -> Result<Arc<KernelOffload>, String> {
         let kernel = Kernel::load(interfaces).map_err(|e| e.to_string())?;
-        tracing::info!(interfaces = ?kernel.interfaces(), "eBPF offload on: UDP flows and TCP sessions without transformation go through the kernel");
+        let what = if tcp { "UDP flows and TCP sessions" } else { "UDP flows" };
+        tracing::info!(interfaces = ?kernel.interfaces(), "eBPF offload on: {what} without transformation go through the kernel");
         warn_without_forwarding(kernel.interfaces());
         let k = Arc::new(KernelOffload {
             kernel: Arc::new(kernel),
             flows: Mutex::new(Vec::new()),
             totals: Arc::new(Totals::default()),
+            tcp,
         });
         let weak = Arc::downgrade(&k);
         std::thread::Builder::new()
@@ -139,6 +143,9 @@ impl Offload for KernelOffload {
 
     fn offer(&self, session: &str, stages: &Stages, stats: &Arc<Stats>) -> Option<Arc<dyn OffloadedFlow>> {
         let state = if let Some((a, b)) = tcp_sockets(stages) {
+            if !self.tcp {
+                return None;
+            }
             match self.kernel.splice_tcp(a, b) {
                 Ok(handle) => State::Tcp {
                     handle,

@@ -84,20 +84,21 @@ impl Offload for NoOffload {
     }
 }
 
-/// The offload `mode` asks for, on `interfaces` (empty: every interface that is up). `off` gives [`NoOffload`];
+/// The offload `mode` asks for, on `interfaces` (empty: every interface that is up), splicing TCP sessions too when
+/// `tcp`. `off` gives [`NoOffload`];
 /// `auto` the kernel fast path if it can be loaded, else [`NoOffload`] after one warning that says why; `force` the
 /// kernel fast path or the error (the agent does not start).
-pub fn start(mode: OffloadMode, interfaces: &[String]) -> Result<Arc<dyn Offload>, String> {
+pub fn start(mode: OffloadMode, interfaces: &[String], tcp: bool) -> Result<Arc<dyn Offload>, String> {
     match mode {
         OffloadMode::Off => Ok(Arc::new(NoOffload)),
-        OffloadMode::Auto => match kernel::KernelOffload::start(interfaces) {
+        OffloadMode::Auto => match kernel::KernelOffload::start(interfaces, tcp) {
             Ok(k) => Ok(k),
             Err(e) => {
                 tracing::warn!("eBPF offload is off: {e}; every flow is carried in user space");
                 Ok(Arc::new(NoOffload))
             }
         },
-        OffloadMode::Force => kernel::KernelOffload::start(interfaces)
+        OffloadMode::Force => kernel::KernelOffload::start(interfaces, tcp)
             .map(|k| k as Arc<dyn Offload>)
             .map_err(|e| format!("admin.offload is force, but the eBPF offload cannot start: {e}")),
     }
