@@ -53,24 +53,28 @@ pub(crate) struct Peer {
 // SAFETY: repr(C) struct of u64s; every bit pattern is valid.
 unsafe impl aya::Pod for Peer {}
 
-/// The socket cookie (`SO_COOKIE`), the key the programs use for a socket.
-pub(crate) fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: the fd is valid for the borrow; `cookie`/`len` are valid out-pointers of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
+/// Plain-data socket option values that any bit pattern (zero included) makes valid.
+trait SockOpt: Copy {}
+impl SockOpt for u64 {}
+impl SockOpt for libc::c_int {}
+impl SockOpt for libc::tcp_info {}
+
+/// `getsockopt(fd, level, name)` into a `T`.
+fn getsockopt<T: SockOpt>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    // SAFETY: `T` is plain data (SockOpt) for which zero is a valid value.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: the fd is valid for the borrow; `value`/`len` are valid out-pointers of the right size.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&raw mut value).cast(), &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(cookie)
+    Ok(value)
+}
+
+/// The socket cookie (`SO_COOKIE`), the key the programs use for a socket.
+pub(crate) fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    getsockopt(fd, libc::SOL_SOCKET, libc::SO_COOKIE)
 }
 
 /// Every byte ever queued for sending on a TCP socket (not counting SYN/FIN): the bytes acknowledged by the peer
@@ -78,22 +82,7 @@ pub(crate) fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
 /// moves redirected data into the peer socket's send queue from a work queue, later than the verdict counted it;
 /// comparing the two tells when it is all there.
 pub(crate) fn queued_total(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: tcp_info is plain data; zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the fd is valid for the borrow; `info`/`len` are valid out-pointers of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let info: libc::tcp_info = getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
     let mut outq: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut outq) } != 0 {
@@ -106,22 +95,8 @@ pub(crate) fn queued_total(fd: BorrowedFd<'_>) -> io::Result<u64> {
 /// before the socket entered the SOCKHASH waits in the queue until the next arrival runs the whole queue through the
 /// program; setting `SO_RCVLOWAT` (to its current value) makes TCP signal "data ready" now, which does the same.
 pub(crate) fn run_receive_queue(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut lowat: libc::c_int = 1;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: as above; SO_RCVLOWAT is one int.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw mut lowat).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
+    let lowat: libc::c_int = getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT)?;
+    // SAFETY: the fd is valid for the borrow; SO_RCVLOWAT takes one int.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -139,39 +114,14 @@ pub(crate) fn run_receive_queue(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Whether the fd is a TCP stream socket (`SO_PROTOCOL`).
 pub(crate) fn is_tcp(fd: BorrowedFd<'_>) -> bool {
-    let mut proto: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PROTOCOL,
-            (&raw mut proto).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && proto == libc::IPPROTO_TCP
+    getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).is_ok_and(|p| p == libc::IPPROTO_TCP)
 }
 
 /// Whether the fd is a TCP socket in the ESTABLISHED state (`TCP_INFO`). The kernel also accepts listening sockets
 /// into a SOCKHASH, which would make no sense for a splice.
 pub(crate) fn is_established(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: tcp_info is plain data; zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
     const TCP_ESTABLISHED: u8 = 1;
-    rc == 0 && len >= 1 && info.tcpi_state == TCP_ESTABLISHED
+    getsockopt::<libc::tcp_info>(fd, libc::IPPROTO_TCP, libc::TCP_INFO).is_ok_and(|i| i.tcpi_state == TCP_ESTABLISHED)
 }
 
 #[cfg(test)]

@@ -32,6 +32,21 @@ fn read_exact_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     buf
 }
 
+/// Reads the spliced middle socket until EOF: it must read no data. (A blocking read on a spliced socket also
+/// returns EAGAIN when woken by data the program redirected.)
+fn read_eof(m: &mut TcpStream) {
+    let mut buf = [0u8; 16];
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match m.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => panic!("the middle socket read {n} bytes the splice should have carried"),
+            Err(e) if e.kind() == ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {}
+            Err(e) => panic!("no EOF on the middle socket: {e}"),
+        }
+    }
+}
+
 fn assert_nothing(s: &mut TcpStream, what: &str) {
     s.set_nonblocking(true).expect("nonblocking");
     let mut buf = [0u8; 64];
@@ -146,17 +161,7 @@ fn shutting_down_once_nothing_is_unsent_loses_no_byte() {
         }
     });
     // The middle socket sees EOF once the client's FIN arrived, while redirected bytes may still be on their way.
-    // (A blocking read on a spliced socket also returns EAGAIN when woken by data the program redirected.)
-    let mut buf = [0u8; 16];
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        match m1.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => panic!("the middle socket read {n} bytes the splice should have carried"),
-            Err(e) if e.kind() == ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {}
-            Err(e) => panic!("no EOF on the middle socket: {e}"),
-        }
-    }
+    read_eof(&mut m1);
     let _client = writer.join().expect("writer");
     let deadline = std::time::Instant::now() + TIMEOUT;
     while kernel.tcp_unsent(&splice, m2.as_fd()).expect("unsent") > 0 {
@@ -194,16 +199,7 @@ fn a_lone_fin_does_not_break_the_splice_of_the_other_direction() {
     assert_eq!(read_exact_n(&mut server, 7), b"request");
     // The FIN alone, in a segment without data.
     client.shutdown(Shutdown::Write).expect("shutdown");
-    let mut buf = [0u8; 16];
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        match m1.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => panic!("the middle socket read {n} bytes"),
-            Err(e) if e.kind() == ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {}
-            Err(e) => panic!("no EOF on the middle socket: {e}"),
-        }
-    }
+    read_eof(&mut m1);
     std::thread::sleep(Duration::from_millis(50));
     // The half-closed connection still carries the answer, and the other middle socket has no error.
     let answer = b"answer after the client's FIN".repeat(1000);
