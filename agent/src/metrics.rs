@@ -91,6 +91,7 @@ pub fn dropped(reason: DropReason, n: u64) {
 /// Why a session failed (`l7mp_session_errors_total{reason}`).
 pub const ERROR_REASONS: &[&str] = &[
     "no_route",
+    "denied",
     "bad_header",
     "unknown_cluster",
     "connect_failed",

@@ -241,7 +241,13 @@ pub(crate) async fn run(engine: Arc<Engine>, mut s: NewSession) {
         }
         Err(e) => {
             info.event("ERROR", e.to_string());
-            tracing::warn!(session = %info.name, listener = %info.listener, "session failed: {e}");
+            match e {
+                // An access-control rule did its job: not a failure of the agent.
+                SessionError::Route(d @ RouteError::Denied { .. }) => {
+                    tracing::info!(session = %info.name, listener = %info.listener, "session {d}");
+                }
+                _ => tracing::warn!(session = %info.name, listener = %info.listener, "session failed: {e}"),
+            }
             if let Some(a) = &acct {
                 a.error(e.metric_reason());
             }
@@ -552,7 +558,12 @@ async fn drive(
 /// header, an HTTP error response.
 async fn refuse(writer: &mut Writer, jsonsocket: bool, e: &SessionError) {
     if jsonsocket {
-        let _ = jsonsocket::answer(writer, 404, &format!("Not Found: {e}")).await;
+        // The original answers every failure with 404; a denied session is told 403.
+        let (code, what) = match e {
+            SessionError::Route(RouteError::Denied { .. }) => (403, "Forbidden"),
+            _ => (404, "Not Found"),
+        };
+        let _ = jsonsocket::answer(writer, code, &format!("{what}: {e}")).await;
     } else if let Some(x) = writer.http_exchange() {
         x.refuse(e.http_status(), &e.to_string());
     }
@@ -562,6 +573,7 @@ impl SessionError {
     /// The `reason` label of `l7mp_session_errors_total` (see [`crate::metrics::ERROR_REASONS`]).
     pub fn metric_reason(&self) -> &'static str {
         match self {
+            SessionError::Route(RouteError::Denied { .. }) => "denied",
             SessionError::Route(_) => "no_route",
             SessionError::JsonSocket(_) => "bad_header",
             SessionError::UnknownCluster(_) => "unknown_cluster",
@@ -578,6 +590,7 @@ impl SessionError {
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode;
         match self {
+            SessionError::Route(RouteError::Denied { .. }) => StatusCode::FORBIDDEN,
             SessionError::Route(_) => StatusCode::NOT_FOUND,
             SessionError::JsonSocket(_) => StatusCode::BAD_REQUEST,
             SessionError::UnknownCluster(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -135,7 +135,7 @@ fn rule_objects(cfg: &Config, rl: &RuleList) -> Vec<Value> {
         .collect()
 }
 
-/// A rule: `{name, match, action: {rewrite?, apply?, route?}}`; the route by name or (recursive) as a route object.
+/// A rule: `{name, match, action: {rewrite?, apply?, route? | deny}}`; the route by name or (recursive) as a route object.
 pub fn rule(cfg: &Config, r: &Rule, recursive: bool) -> Value {
     let mut action = Map::new();
     if !r.action.rewrite.is_empty() {
@@ -149,6 +149,9 @@ pub fn rule(cfg: &Config, r: &Rule, recursive: bool) -> Value {
     }
     if let Some(a) = &r.action.apply {
         action.insert("apply".into(), json!(a));
+    }
+    if let Some(reason) = &r.action.deny {
+        action.insert("deny".into(), json!(reason));
     }
     if let Some(name) = &r.action.route {
         let v = match (recursive, cfg.route(name)) {

@@ -1114,8 +1114,37 @@ impl Builder {
     }
 
     fn action(&mut self, v: &Value, path: &FieldPath, rule: &str) -> Option<Action> {
-        let o = self.d.object(v, path, &["route", "rewrite", "apply"])?;
+        let o = self.d.object(v, path, &["route", "rewrite", "apply", "deny"])?;
         let mut action = Action::default();
+        if let Some(d) = o.get("deny") {
+            let p = o.at("deny");
+            let reason = match d {
+                Value::Bool(true) => format!("rule {rule}"),
+                Value::String(s) if !s.trim().is_empty() => s.clone(),
+                Value::Object(m) if m.len() == 1 && m.get("reason").is_some_and(Value::is_string) => {
+                    m.get("reason").and_then(Value::as_str).unwrap_or_default().to_owned()
+                }
+                other => {
+                    self.d.error(
+                        &p,
+                        format!(
+                            "expected a reason (a non-empty string), {{reason: STRING}} or true, got {}",
+                            describe(other)
+                        ),
+                    );
+                    return None;
+                }
+            };
+            for other in ["route", "apply", "rewrite"] {
+                if o.get(other).is_some() {
+                    self.d
+                        .error(&o.at(other), "a rule that denies has no route, apply or rewrite");
+                    return None;
+                }
+            }
+            action.deny = Some(reason);
+            return Some(action);
+        }
         if let Some(rw) = o.get("rewrite") {
             action.rewrite = self.d.array(rw, &o.at("rewrite"), |d, item, p| {
                 let ro = d.object(item, p, &["path", "value"])?;
@@ -1164,7 +1193,7 @@ impl Builder {
             None if action.apply.is_none() => {
                 self.d.error(
                     &o.at("route"),
-                    "missing required field (an action needs a route or apply)",
+                    "missing required field (an action needs a route, apply or deny)",
                 );
                 return None;
             }
@@ -1630,6 +1659,76 @@ mod tests {
     }
 
     #[test]
+    fn deny_rules_load_dump_look_up_and_name_bad_fields() {
+        let cfg = load(
+            r#"
+clusters: [{name: echo, spec: {protocol: Echo}}]
+listeners:
+  - name: l
+    spec: {protocol: UDP, port: 9999}
+    rules:
+      - name: no-bob
+        match: {op: test, path: /labels/user, value: bob}
+        action: {deny: "bob is banned"}
+      - name: no-eve
+        match: {op: test, path: /labels/user, value: eve}
+        action: {deny: {reason: "eve is banned"}}
+      - name: no-mallory
+        match: {op: test, path: /labels/user, value: mallory}
+        action: {deny: true}
+      - action: {route: {destination: echo}}
+"#,
+        )
+        .expect("valid");
+        let mut bob = serde_json::json!({"labels": {"user": "bob"}});
+        let denied = crate::lookup::lookup(&cfg, "l-RuleList-0", &mut bob);
+        assert_eq!(
+            denied,
+            Err(crate::lookup::RouteError::Denied {
+                rule: "no-bob".into(),
+                reason: "bob is banned".into()
+            })
+        );
+        assert_eq!(
+            denied.map_err(|e| e.to_string()),
+            Err("denied by rule \"no-bob\": bob is banned".into())
+        );
+        let table = crate::lookup::RuleTable::new(&cfg).expect("table");
+        let mut eve = serde_json::json!({"labels": {"user": "eve"}});
+        assert!(matches!(table.lookup("l-RuleList-0", &mut eve),
+            Err(crate::lookup::RouteError::Denied { reason, .. }) if reason == "eve is banned"));
+        let mut mallory = serde_json::json!({"labels": {"user": "mallory"}});
+        assert!(matches!(table.lookup("l-RuleList-0", &mut mallory),
+            Err(crate::lookup::RouteError::Denied { reason, .. }) if reason == "rule no-mallory"));
+        let mut alice = serde_json::json!({"labels": {"user": "alice"}});
+        assert!(table.lookup("l-RuleList-0", &mut alice).is_ok());
+        // The dump loads back equal.
+        let again = parse_config(&crate::dump::config(&cfg).to_string(), Format::Json).expect("the dump loads");
+        assert_eq!(
+            again.rule("no-eve").map(|r| r.action.deny.clone()),
+            Some(Some("eve is banned".into()))
+        );
+        // Bad denies name the field.
+        let bad = |action: &str| {
+            errors(&format!(
+                "clusters: [{{name: echo, spec: {{protocol: Echo}}}}]\nlisteners: [{{name: l, spec: {{protocol: UDP, port: 9999}}, rules: [{{action: {action}}}]}}]\n"
+            ))
+        };
+        let e = bad("{deny: ''}");
+        assert!(
+            e.iter().any(|e| e.contains(".action.deny") && e.contains("non-empty")),
+            "{e:?}"
+        );
+        let e = bad("{deny: why, route: {destination: echo}}");
+        assert!(
+            e.iter().any(|e| e.contains(".action.route") && e.contains("denies")),
+            "{e:?}"
+        );
+        let e = bad("{deny: false}");
+        assert!(e.iter().any(|e| e.contains(".action.deny")), "{e:?}");
+    }
+
+    #[test]
     fn admin_offload_settings_load_dump_and_name_bad_fields() {
         let cfg = load("admin: { offload: init, offload_ifs: [eth1], offload_tcp: true }\n").expect("valid");
         assert_eq!(cfg.admin.offload, crate::model::OffloadMode::Auto);
@@ -1643,7 +1742,10 @@ mod tests {
         let e = errors("admin: { offload_tcp: yes please }\n");
         assert!(e.iter().any(|e| e.contains("admin.offload_tcp")), "{e:?}");
         let e = errors("admin: { offload: sometimes }\n");
-        assert!(e.iter().any(|e| e.contains("admin.offload") && e.contains("sometimes")), "{e:?}");
+        assert!(
+            e.iter().any(|e| e.contains("admin.offload") && e.contains("sometimes")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum RouteError {
     NoAction(String),
     #[error("apply jumps nest deeper than {MAX_APPLY_DEPTH} starting at rulelist {0:?} (a loop?)")]
     TooDeep(String),
+    /// A rule with `deny` matched: the session is refused on purpose.
+    #[error("denied by rule {rule:?}: {reason}")]
+    Denied { rule: String, reason: String },
 }
 
 /// Rulelists and rules by name.
@@ -77,6 +80,12 @@ pub fn lookup<'a, R: Rules + ?Sized>(
             }
         }
         let rule = matched.ok_or_else(|| RouteError::NoMatch(list_name.to_owned()))?;
+        if let Some(reason) = &rule.action.deny {
+            return Err(RouteError::Denied {
+                rule: rule.name.clone(),
+                reason: reason.clone(),
+            });
+        }
         if let Some(next) = &rule.action.apply {
             list_name = next;
             continue;
@@ -211,6 +220,12 @@ impl RuleTable {
                 .iter()
                 .find(|r| r.rule.matcher.as_ref().is_none_or(|p| p.eval(metadata)))
                 .ok_or_else(|| RouteError::NoMatch(list.name.clone()))?;
+            if let Some(reason) = &r.rule.action.deny {
+                return Err(RouteError::Denied {
+                    rule: r.rule.name.clone(),
+                    reason: reason.clone(),
+                });
+            }
             if let Some(next) = r.apply {
                 at = next;
                 continue;

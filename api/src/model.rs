@@ -592,6 +592,8 @@ pub struct Action {
     pub route: Option<String>,
     /// Continue the lookup in this RuleList (the rule's rewrite and route are then ignored, as in the original).
     pub apply: Option<String>,
+    /// Refuse the session, with this reason (an access-control rule). Excludes `route` and `apply`.
+    pub deny: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
