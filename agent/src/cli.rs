@@ -167,9 +167,22 @@ pub struct Args {
 
     /// Serve the admin API on this address: the REST API (`/api/v1`, the original l7mp's, with an OpenAPI document
     /// at `/api/v1/openapi.json`), `/live`, `/ready`, `/metrics` (Prometheus) and `/config` (the configuration in
-    /// force). Off by default; anyone who can reach it can reconfigure the agent, so keep it on loopback.
+    /// force). Off by default. Without `--api-tokens` anyone who can reach it can reconfigure the agent: the agent
+    /// then refuses a non-loopback address unless `--api-insecure` is given.
     #[arg(long, env = "L7MP_ADMIN", value_name = "ADDR:PORT", help_heading = "Admin API")]
     pub admin: Option<std::net::SocketAddr>,
+
+    /// Require a bearer token on the admin API (`--admin`, and an HTTP listener routed to an `L7mpController`
+    /// cluster): a file of `TOKEN,NAME,ROLE` lines (roles: `reader` = GETs, `operator` = also changes to listeners,
+    /// clusters, rules, routes, endpoints and ending sessions, `admin` = also `POST /api/v1/config` and `/api/v1/admin`).
+    /// `/live`, `/ready` and `/metrics` stay open. No token: 401; too low a role: 403. Re-read when it changes.
+    #[arg(long, env = "L7MP_API_TOKENS", value_name = "FILE", help_heading = "Admin API")]
+    pub api_tokens: Option<std::path::PathBuf>,
+
+    /// Serve the admin API on a non-loopback `--admin` address without `--api-tokens` (anyone who can reach it can
+    /// reconfigure the agent).
+    #[arg(long, env = "L7MP_API_INSECURE", help_heading = "Admin API")]
+    pub api_insecure: bool,
 
     /// Keep no Prometheus metrics (to measure their cost): Prometheus clusters answer 404, Metric clusters pass
     /// messages on without counting.

@@ -158,7 +158,24 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
             };
             tokio::spawn(l7mp_agent::xds::run(engine.clone(), opts, xds_stop.clone()));
         }
-        let admin = AdminState::new(engine.clone());
+        let auth = match &args.api_tokens {
+            Some(path) => Some(admin::auth::Auth::load(path)?),
+            None => None,
+        };
+        if let Some(addr) = args.admin
+            && auth.is_none()
+            && !addr.ip().is_loopback()
+        {
+            if !args.api_insecure {
+                anyhow::bail!(
+                    "the admin API would listen on {addr} without authentication: anyone who can reach it could \
+                     reconfigure this agent. Give --api-tokens FILE (lines TOKEN,NAME,ROLE), listen on loopback, or \
+                     pass --api-insecure"
+                );
+            }
+            tracing::warn!(address = %addr, "the admin API listens beyond loopback without authentication (--api-insecure)");
+        }
+        let admin = AdminState::with_auth(engine.clone(), auth);
         engine.set_controller(l7mp_agent::admin::router(admin.clone()));
         let admin_stop = CancellationToken::new();
         if let Some(addr) = args.admin {

@@ -449,6 +449,7 @@ pub fn operations() -> Vec<Operation> {
 
 /// The router of every operation, with JSON errors for unknown paths (404) and methods (405).
 pub fn router(state: Arc<AdminState>) -> axum::Router {
+    let auth = state.auth.clone();
     let mut r = axum::Router::new();
     for o in operations() {
         r = r.route(o.path, o.handler);
@@ -462,7 +463,16 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         })
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+        .pipe(|r| super::auth::layer(r, auth))
 }
+
+/// `x.pipe(f)` = `f(x)`, to keep the builder chain above readable.
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<S> Pipe for axum::Router<S> {}
 
 /// Logs every API request with its answer's status (debug level; failed changes also at info by [`change`]).
 async fn log_request(req: Request, next: axum::middleware::Next) -> Response {

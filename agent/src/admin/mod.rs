@@ -10,6 +10,7 @@
 //! way, an HTTP listener routed to an `L7mpController` cluster (see `protocol::controller`).
 
 pub mod api;
+pub mod auth;
 pub mod openapi;
 pub mod reply;
 pub mod server;
@@ -24,16 +25,23 @@ pub struct AdminState {
     pub engine: Arc<Engine>,
     /// The logger's filter (from the engine's options), changed by `POST /api/v1/admin`.
     pub log: Option<Arc<LogHandle>>,
+    /// The bearer tokens the API requires (`--api-tokens`); `None`: open (loopback only, unless `--api-insecure`).
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 impl AdminState {
     pub fn new(engine: Arc<Engine>) -> Arc<AdminState> {
+        AdminState::with_auth(engine, None)
+    }
+
+    pub fn with_auth(engine: Arc<Engine>, auth: Option<Arc<auth::Auth>>) -> Arc<AdminState> {
         let log = engine.options().log.clone();
-        Arc::new(AdminState { engine, log })
+        Arc::new(AdminState { engine, log, auth })
     }
 }
 
-/// The REST API router (`/api/v1/...`), with JSON errors for unknown routes and methods.
+/// The REST API router (`/api/v1/...`), with JSON errors for unknown routes and methods, behind the bearer-token
+/// check when tokens are configured ([`auth`]).
 pub fn router(state: Arc<AdminState>) -> axum::Router {
     api::router(state)
 }

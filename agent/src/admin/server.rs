@@ -30,7 +30,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/config", get(config))
         .with_state(state.clone());
-    admin.merge(super::router(state))
+    super::auth::layer(admin, state.auth.clone()).merge(super::router(state))
 }
 
 /// Binds `addr` and serves the admin router until `cancel`. Returns the bound address (useful with port 0).
