@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
+/// What a rejected gRPC service's reason ends with while its clients keep its last accepted resources.
+const KEPT: &str = "; gRPC clients keep its last accepted version";
+
 /// How long the loop waits for more changes before recomputing, and at most.
 const QUIET: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(2);
@@ -83,6 +86,9 @@ pub struct ControlPlane {
     store_url: OnceLock<String>,
     /// This process: `host/pid`.
     replica: String,
+    /// The Envoy resources of each gRPC service (by VirtualService) as last accepted: while a later version is
+    /// rejected, gRPC clients keep being sent these (as a NACK would have kept them), until it is fixed or deleted.
+    grpc_last_good: Mutex<BTreeMap<resource::ResourceRef, Vec<XdsResource>>>,
 }
 
 impl ControlPlane {
@@ -106,6 +112,7 @@ impl ControlPlane {
             computed: watch::channel(0).0,
             ready: std::sync::atomic::AtomicBool::new(false),
             store_url: OnceLock::new(),
+            grpc_last_good: Mutex::new(BTreeMap::new()),
             replica: format!(
                 "{}/{}",
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -449,10 +456,41 @@ impl ControlPlane {
             .map(Registration::agent)
             .collect();
         let t = resource::translate(&resources, &agents);
-        let grpc = crate::grpc::resources(&t.grpc);
+        let mut grpc = crate::grpc::resources(&t.grpc);
         let mut envoy = Snapshot::new();
-        for r in grpc.resources {
-            envoy.insert(r);
+        {
+            let mut last_good = self.grpc_last_good.lock().unwrap_or_else(|e| e.into_inner());
+            for (vs, bundle) in &grpc.services {
+                for r in bundle {
+                    envoy.insert(r.clone());
+                }
+                last_good.insert(vs.clone(), bundle.clone());
+            }
+            // A gRPC service rejected now keeps its last accepted resources (where nothing accepted now took their
+            // names); one deleted, or no longer marked grpc, loses them.
+            let marked: HashSet<resource::ResourceRef> = resources
+                .iter()
+                .filter(|r| matches!(&r.spec, resource::ResourceSpec::VirtualService(v) if v.grpc.is_some()))
+                .map(|r| r.reference())
+                .collect();
+            last_good.retain(|vs, _| marked.contains(vs));
+            for (vs, bundle) in last_good.iter() {
+                if grpc.services.contains_key(vs) {
+                    continue;
+                }
+                for r in bundle {
+                    if envoy.get(&r.type_url, &r.name).is_none() {
+                        envoy.insert(r.clone());
+                    }
+                }
+                let why = t
+                    .errors
+                    .get(vs)
+                    .or_else(|| grpc.errors.get(vs))
+                    .cloned()
+                    .unwrap_or_default();
+                grpc.errors.insert(vs.clone(), format!("{why}{KEPT}"));
+            }
         }
         // Every node may ask for them ("any node that asks"); agents' snapshots carry them beside l7mp's resources,
         // which costs a map clone per group, not an encoding.
@@ -492,7 +530,9 @@ impl ControlPlane {
         let placements: Vec<Placement<'_>> = groups.iter().map(|g| Placement::of(&g.cfg)).collect();
         for ((key, rev), r) in accepted.into_iter().zip(&resources) {
             let rref = r.reference();
-            let reason = t.errors.get(&rref).or_else(|| grpc.errors.get(&rref)).cloned();
+            // A gRPC error that says clients keep the last accepted version already includes the translation's.
+            let kept = grpc.errors.get(&rref).filter(|g| g.ends_with(KEPT));
+            let reason = kept.or(t.errors.get(&rref)).or(grpc.errors.get(&rref)).cloned();
             let grpc_service = match &r.spec {
                 resource::ResourceSpec::VirtualService(v) if reason.is_none() => {
                     v.grpc.as_ref().map(|g| g.service_name(&rref).to_owned())

@@ -36,12 +36,14 @@ pub fn type_urls() -> [String; 4] {
 /// The Envoy resources of the gRPC services, and why some services were left out.
 #[derive(Debug, Default)]
 pub struct GrpcResources {
-    pub resources: Vec<XdsResource>,
+    /// By VirtualService, everything its clients need: its Listener and RouteConfiguration, and the Clusters and
+    /// ClusterLoadAssignments of the Targets it routes to (a Target several services use is in each bundle).
+    pub services: BTreeMap<ResourceRef, Vec<XdsResource>>,
     /// By VirtualService: `spec.grpc: the Envoy ... would be refused by gRPC clients: <field>: <why>`.
     pub errors: BTreeMap<ResourceRef, String>,
 }
 
-/// Builds and checks the resources of every service. A cluster is sent only when an accepted service uses it.
+/// Builds and checks the resources of every service.
 pub fn resources(t: &GrpcTranslation) -> GrpcResources {
     let mut out = GrpcResources::default();
     let mut clusters: BTreeMap<&str, Result<(Cluster, ClusterLoadAssignment), String>> = BTreeMap::new();
@@ -57,7 +59,6 @@ pub fn resources(t: &GrpcTranslation) -> GrpcResources {
             });
         clusters.insert(name.as_str(), checked.map(|()| (cl, cla)));
     }
-    let mut used: BTreeSet<&str> = BTreeSet::new();
     for (name, svc) in &t.services {
         let rc_name = svc.source.fqn();
         let l = envoy::listener(name, &rc_name);
@@ -79,20 +80,22 @@ pub fn resources(t: &GrpcTranslation) -> GrpcResources {
             });
         match checked {
             Ok(()) => {
-                out.resources.push(XdsResource::from_message(name.clone(), &l));
-                out.resources.push(XdsResource::from_message(rc_name, &rc));
-                used.extend(wanted);
+                let mut bundle = vec![
+                    XdsResource::from_message(name.clone(), &l),
+                    XdsResource::from_message(rc_name, &rc),
+                ];
+                for c in wanted {
+                    if let Some(Ok((cl, cla))) = clusters.get(c) {
+                        bundle.push(XdsResource::from_message(c, cl));
+                        bundle.push(XdsResource::from_message(c, cla));
+                    }
+                }
+                out.services.insert(svc.source.clone(), bundle);
             }
             Err(e) => {
                 tracing::warn!(service = %name, "gRPC service left out: {e}");
                 out.errors.insert(svc.source.clone(), format!("spec.grpc: {e}"));
             }
-        }
-    }
-    for (name, c) in clusters {
-        if let (true, Ok((cl, cla))) = (used.contains(name), c) {
-            out.resources.push(XdsResource::from_message(name, &cl));
-            out.resources.push(XdsResource::from_message(name, &cla));
         }
     }
     out

@@ -335,3 +335,156 @@ fn grpcio_follows_weights_and_endpoints() {
     assert_no_nack_in_trace(&trace, 4);
     eprintln!("grpcio_follows_weights_and_endpoints: {:?}", started.elapsed());
 }
+
+/// The resources of a gRPC service exactly as l7mp-control would write them, without the checks.
+fn unchecked_resources(yaml: &str) -> l7mp_control::xds::Snapshot {
+    use l7mp_control::grpc::envoy;
+    use l7mp_control::xds::{Snapshot, XdsResource};
+    let resources = l7mp_api::resource::parse_documents(yaml).unwrap();
+    let t = l7mp_api::resource::translate(&resources, &[]);
+    assert!(t.errors.is_empty(), "{:?}", t.errors);
+    let mut snap = Snapshot::new();
+    for (name, svc) in &t.grpc.services {
+        let rc = svc.source.fqn();
+        snap.insert(XdsResource::from_message(name.clone(), &envoy::listener(name, &rc)));
+        snap.insert(XdsResource::from_message(
+            rc.clone(),
+            &envoy::route_configuration(&rc, svc),
+        ));
+    }
+    for (name, c) in &t.grpc.clusters {
+        snap.insert(XdsResource::from_message(name.clone(), &envoy::cluster(c)));
+        snap.insert(XdsResource::from_message(name.clone(), &envoy::load_assignment(c)));
+    }
+    snap
+}
+
+#[test]
+fn a_route_grpc_would_refuse_is_rejected_before_it_is_sent() {
+    let Some(py) = python_with(&["grpc"]) else { return };
+    let started = Instant::now();
+    let plane = Plane::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::plane::free_port();
+    let (a, b) = (format!("A@127.0.0.2:{port}"), format!("B@127.0.0.3:{port}"));
+    let backends = Py::spawn("backends", &py, &["serve", &a, &b], &[], Stdio::inherit());
+    assert_eq!(backends.line(), "ready");
+    plane.apply(&mesh(port, &[("127.0.0.2", 1)], &["127.0.0.3"], "echo-v1"));
+    let boot = plane.bootstrap(dir.path(), "grpc-client-2");
+    let trace = dir.path().join("client-trace.log");
+    let mut client = Py::spawn(
+        "client",
+        &py,
+        &[
+            "client",
+            "--bootstrap",
+            &boot.display().to_string(),
+            "--target",
+            "xds:///echo",
+        ],
+        &[("GRPC_TRACE", "xds_client"), ("GRPC_VERBOSITY", "debug")],
+        Stdio::from(std::fs::File::create(&trace).unwrap()),
+    );
+    assert_eq!(client.run(20).0.get("A"), Some(&20));
+
+    // Weights that each fit in 32 bits but whose sum does not: the l7mp model takes them, gRPC would NACK the
+    // RouteConfiguration. l7mp-control refuses the update instead, and says why.
+    let overflow = "[{target: echo-v1, weight: 4000000000}, {target: echo-v2, weight: 1000000000}]";
+    let bad = mesh(port, &[("127.0.0.2", 1)], &["127.0.0.3"], overflow);
+    let out = plane.apply(&bad);
+    eprintln!("l7mpctl apply: {out}");
+    assert!(
+        out.contains("VirtualService/default/echo") && out.contains("Rejected"),
+        "{out}"
+    );
+    let vs = plane.get("vsvc", "echo");
+    let reason = vs["status"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        reason.starts_with(
+            "spec.grpc: the Envoy RouteConfiguration \"default/echo\" would be refused by gRPC clients: \
+                            virtual_hosts[0].routes[0].route.weighted_clusters: the sum of the weights (5000000000) \
+                            exceeds 4294967295"
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with("gRPC clients keep its last accepted version"),
+        "{reason}"
+    );
+    // The client was not sent it: it keeps calling v1, and it never NACKed.
+    std::thread::sleep(Duration::from_millis(500));
+    let (counts, errors) = client.run(200);
+    assert_eq!(counts.get("A"), Some(&200), "{counts:?} {errors}");
+    let st = csds_status(&plane, "grpc-client-2");
+    assert!(!st.is_empty());
+    assert!(st.values().all(|s| *s == ClientResourceStatus::Acked as i32), "{st:?}");
+    drop(client);
+    assert_no_nack_in_trace(&std::fs::read_to_string(&trace).unwrap(), 4);
+
+    // Fixed: the split goes out.
+    plane.apply(&mesh(
+        port,
+        &[("127.0.0.2", 1)],
+        &["127.0.0.3"],
+        "[{target: echo-v1, weight: 1}, {target: echo-v2, weight: 1}]",
+    ));
+    assert_eq!(plane.get("vsvc", "echo")["status"]["state"], "Accepted");
+
+    // And grpcio does refuse exactly those resources when they are sent unchecked (an xDS server with no l7mp-control
+    // logic in front of it): the NACK names the weights.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = std::sync::Arc::new(l7mp_control::xds::Cache::new());
+    cache.set_snapshot("naive", unchecked_resources(&bad));
+    let server = l7mp_control::xds::XdsServer::new(
+        cache,
+        std::sync::Arc::new(l7mp_control::xds::NoHooks),
+        l7mp_control::xds::XdsConfig::default(),
+    );
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let naive_port = listener.local_addr().unwrap().port();
+    let s = server.clone();
+    rt.spawn(async move { s.serve(listener, std::future::pending()).await });
+    let boot = dir.path().join("naive.json");
+    std::fs::write(
+        &boot,
+        serde_json::json!({"xds_servers": [{"server_uri": format!("127.0.0.1:{naive_port}"),
+                           "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+                           "node": {"id": "naive"}})
+        .to_string(),
+    )
+    .unwrap();
+    let mut naive = Py::spawn(
+        "naive client",
+        &py,
+        &[
+            "client",
+            "--bootstrap",
+            &boot.display().to_string(),
+            "--target",
+            "xds:///echo",
+        ],
+        &[],
+        Stdio::null(),
+    );
+    let (counts, errors) = naive.run(1);
+    assert!(counts.is_empty(), "the call went through: {counts:?}");
+    eprintln!("grpcio, sent the unchecked route: {errors}");
+    let nack = server.agent("naive").and_then(|a| a.last_nack).expect("grpcio NACKed");
+    eprintln!("its NACK: {}", nack.message);
+    assert!(nack.type_url.ends_with("RouteConfiguration"), "{nack:?}");
+    // The same field our check names.
+    assert!(
+        nack.message.contains("virtual_hosts[0].routes[0].route.weighted_clusters"),
+        "{nack:?}"
+    );
+    assert!(nack.message.contains("weights exceeds uint32 max"), "{nack:?}");
+    drop(naive);
+    eprintln!(
+        "a_route_grpc_would_refuse_is_rejected_before_it_is_sent: {:?}",
+        started.elapsed()
+    );
+}
