@@ -478,7 +478,8 @@ fn a_route_grpc_would_refuse_is_rejected_before_it_is_sent() {
     assert!(nack.type_url.ends_with("RouteConfiguration"), "{nack:?}");
     // The same field our check names.
     assert!(
-        nack.message.contains("virtual_hosts[0].routes[0].route.weighted_clusters"),
+        nack.message
+            .contains("virtual_hosts[0].routes[0].route.weighted_clusters"),
         "{nack:?}"
     );
     assert!(nack.message.contains("weights exceeds uint32 max"), "{nack:?}");
