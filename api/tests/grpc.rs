@@ -317,3 +317,46 @@ fn route_matches_cover_the_table() {
     assert!(h.headers[0].invert);
     assert!(m(json!({"op": "more", "path": "/TCP/src_port", "value": 1})).is_err());
 }
+
+/// The ```yaml blocks of a Markdown page.
+fn yaml_blocks(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        match &mut cur {
+            None if line.trim_start() == "```yaml" => cur = Some(String::new()),
+            Some(_) if line.trim_start() == "```" => out.extend(cur.take()),
+            Some(b) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn the_guide_and_the_example_translate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let example = std::fs::read_to_string(root.join("examples/grpc/echo.yaml")).unwrap();
+    let guide = std::fs::read_to_string(root.join("docs/grpc.md")).unwrap();
+    let blocks = yaml_blocks(&guide);
+    assert_eq!(
+        blocks.first(),
+        Some(&example),
+        "docs/grpc.md shows examples/grpc/echo.yaml as it is"
+    );
+    let t = translate(
+        &docs(&example),
+        &[
+            agent("v2-1", "echo-v2", "10.0.1.1"),
+            agent("v2-2", "echo-v2", "10.0.1.2"),
+        ],
+    );
+    assert!(t.errors.is_empty(), "{:?}", t.errors);
+    let svc = &t.grpc.services["echo"];
+    assert_eq!(svc.routes.len(), 1);
+    assert_eq!(t.grpc.clusters["default/echo-v1"].endpoints.len(), 2);
+    assert_eq!(t.grpc.clusters["default/echo-v2"].endpoints.len(), 2);
+}

@@ -135,15 +135,25 @@ impl Plane {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
-    /// The gRPC bootstrap file for a client with this node id.
+    /// The gRPC bootstrap file for a client with this node id: the one docs/grpc.md shows, with this control
+    /// plane's port and the node id put in (so the guide's file is the one tested).
     pub fn bootstrap(&self, dir: &Path, node_id: &str) -> PathBuf {
+        let guide = std::fs::read_to_string(repo().join("docs/grpc.md")).expect("docs/grpc.md");
+        let block = guide
+            .split("```json\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a ```json block in docs/grpc.md");
+        assert!(
+            block.contains("127.0.0.1:18000") && block.contains("echo-client-1"),
+            "{block}"
+        );
+        let text = block
+            .replace("127.0.0.1:18000", &format!("127.0.0.1:{}", self.port))
+            .replace("echo-client-1", node_id);
+        serde_json::from_str::<serde_json::Value>(&text).expect("the guide's bootstrap is JSON");
         let path = dir.join(format!("bootstrap-{node_id}.json"));
-        let boot = serde_json::json!({
-            "xds_servers": [{"server_uri": format!("127.0.0.1:{}", self.port),
-                             "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-            "node": {"id": node_id, "locality": {"zone": "test"}},
-        });
-        std::fs::write(&path, boot.to_string()).expect("bootstrap");
+        std::fs::write(&path, text).expect("bootstrap");
         path
     }
 }
