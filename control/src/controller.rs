@@ -89,6 +89,9 @@ pub struct ControlPlane {
     /// The Envoy resources of each gRPC service (by VirtualService) as last accepted: while a later version is
     /// rejected, gRPC clients keep being sent these (as a NACK would have kept them), until it is fixed or deleted.
     grpc_last_good: Mutex<BTreeMap<resource::ResourceRef, Vec<XdsResource>>>,
+    /// The snapshot every gRPC client gets (the Envoy resources of the last computation), handed to a gRPC client
+    /// the moment it connects rather than after the next computation.
+    grpc_snapshot: Mutex<Option<Arc<Snapshot>>>,
 }
 
 impl ControlPlane {
@@ -113,6 +116,7 @@ impl ControlPlane {
             ready: std::sync::atomic::AtomicBool::new(false),
             store_url: OnceLock::new(),
             grpc_last_good: Mutex::new(BTreeMap::new()),
+            grpc_snapshot: Mutex::new(None),
             replica: format!(
                 "{}/{}",
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -495,6 +499,9 @@ impl ControlPlane {
         // Every node may ask for them ("any node that asks"); agents' snapshots carry them beside l7mp's resources,
         // which costs a map clone per group, not an encoding.
         let envoy = Arc::new(envoy);
+        if let Ok(mut g) = self.grpc_snapshot.lock() {
+            *g = Some(envoy.clone());
+        }
         for (id, r) in &local {
             if !r.kind.is_agent() {
                 self.cache.set_snapshot(id, envoy.clone());
@@ -670,6 +677,13 @@ impl NodeHooks for Hooks {
         });
         if changed {
             tracing::info!(node = %node.id, kind = kind.as_str(), user_agent = %node.user_agent, "agent connected");
+            // A gRPC client's resources do not depend on who it is: it gets them now; the computation the kick
+            // starts only registers it.
+            if kind == NodeKind::Grpc
+                && let Some(snap) = self.0.grpc_snapshot.lock().ok().and_then(|g| g.clone())
+            {
+                self.0.cache.set_snapshot(&node.id, snap);
+            }
             self.0.kick();
         }
     }
