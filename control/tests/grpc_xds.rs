@@ -316,6 +316,26 @@ fn grpcio_follows_weights_and_endpoints() {
     let a = share(&counts, "A");
     assert!((a - 0.75).abs() <= 0.05, "A got {a:.3}, want 0.75 ± 0.05: {counts:?}");
 
+    // Ring hash on a header: v1 = A + B, hashed on x-user; each user sticks to one backend, and both are used.
+    plane.apply(&mesh(port, &[("127.0.0.2", 1), ("127.0.0.3", 1)], &["127.0.0.4"], "echo-v1").replace(
+        "metadata: {name: echo-v1}\nspec:\n  cluster:\n",
+        "metadata: {name: echo-v1}\nspec:\n  cluster:\n    loadbalancer: {policy: ConsistentHash, key: /HTTP/headers/x-user}\n",
+    ));
+    let mut sticky = false;
+    for _ in 0..20 {
+        let v = client.ask("hash 90 30");
+        let users = v["users"].as_object().unwrap();
+        let one_each = users.values().all(|b| b.as_array().unwrap().len() == 1);
+        let used: std::collections::BTreeSet<&str> = users.values().filter_map(|b| b[0].as_str()).collect();
+        if one_each && used == ["A", "B"].into() {
+            eprintln!("ring hash on x-user: {users:?}");
+            sticky = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(sticky, "users never stuck to one backend each over A and B");
+
     // Every resource the client holds is ACKed; it never NACKed.
     // (It may still be settling the last change: a removal goes out after the ACK of what replaced it.)
     let deadline = Instant::now() + Duration::from_secs(5);

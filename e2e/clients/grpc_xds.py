@@ -9,6 +9,7 @@
           run N      -> {"counts": {"ID": n, ...}, "errors": {"CODE: details": n, ...}}  (N sequential RPCs; it
                         stops after 10 errors)
           until ID N -> runs RPCs until one answers ID (at most N), then {"seen": true|false, "rpcs": k}
+          hash N U   -> N RPCs with the header x-user: u0..u(U-1) in turn -> {"users": {"u0": ["ID", ...], ...}}
         Every RPC has a 5 s deadline and waits for the channel to be ready.
 
 The bootstrap file names l7mp-control as the xDS server (see docs/grpc.md); GRPC_TRACE=xds_client
@@ -54,9 +55,9 @@ def client(bootstrap, target):
     channel = grpc.insecure_channel(target)
     who = channel.unary_unary("/test.Echo/Who")
 
-    def call():
+    def call(metadata=None):
         try:
-            return who(b"", timeout=5, wait_for_ready=True).decode(), None
+            return who(b"", timeout=5, wait_for_ready=True, metadata=metadata).decode(), None
         except grpc.RpcError as e:
             return None, f"{e.code().name}: {e.details()}"
 
@@ -82,6 +83,13 @@ def client(bootstrap, target):
                 ok, _ = call()
                 seen = ok == want
             print(json.dumps({"seen": seen, "rpcs": n}), flush=True)
+        elif words[0] == "hash":
+            users = {}
+            for i in range(int(words[1])):
+                user = f"u{i % int(words[2])}"
+                ok, err = call((("x-user", user),))
+                users.setdefault(user, set()).add(ok if ok is not None else err)
+            print(json.dumps({"users": {u: sorted(b) for u, b in users.items()}}), flush=True)
         else:
             print(json.dumps({"error": f"unknown command {words[0]}"}), flush=True)
     channel.close()
