@@ -194,6 +194,60 @@ fn csds_status(plane: &Plane, node: &str) -> BTreeMap<(String, String), i32> {
         .collect()
 }
 
+/// Node's `@grpc/grpc-js-xds` (installed by `.ci/run` under `$L7MP_CACHE/node-grpc-xds`, or `L7MP_NODE_MODULES`)
+/// makes `n` calls to `xds:///echo`: the answers by backend. `None` (SKIP) without node or the modules, unless
+/// `L7MP_REQUIRE_CLIENTS` is set.
+fn node_client(plane: &Plane, dir: &std::path::Path, n: usize) -> Option<BTreeMap<String, u64>> {
+    let modules = std::env::var("L7MP_NODE_MODULES").unwrap_or_else(|_| {
+        let cache = std::env::var("L7MP_CACHE")
+            .unwrap_or_else(|_| format!("{}/.cache/l7mp", std::env::var("HOME").unwrap_or_default()));
+        format!("{cache}/node-grpc-xds/node_modules")
+    });
+    let have = std::path::Path::new(&modules).join("@grpc/grpc-js-xds").exists()
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("L7MP_REQUIRE_CLIENTS").is_none(),
+            "node or {modules}/@grpc/grpc-js-xds missing (bash .ci/run installs them)"
+        );
+        eprintln!("SKIP the Node client: node or {modules}/@grpc/grpc-js-xds missing");
+        return None;
+    }
+    let boot = plane.bootstrap(dir, "node-client-1");
+    let mut child = Command::new("node")
+        .arg(repo().join("e2e/clients/node/grpc_xds_client.js"))
+        .args(["xds:///echo", &n.to_string()])
+        .env("GRPC_XDS_BOOTSTRAP", &boot)
+        .env("NODE_PATH", &modules)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + ANSWER;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the Node client ran past {ANSWER:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+    Some(
+        v["counts"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.as_u64().unwrap()))
+            .collect(),
+    )
+}
+
 /// The client's `GRPC_TRACE=xds_client` log: it received each of the four types, every response parsed without
 /// errors, and every request it sent was an ACK (`error=OK`), none a NACK.
 fn assert_no_nack_in_trace(trace: &str, types: usize) {
@@ -290,6 +344,17 @@ fn grpcio_follows_weights_and_endpoints() {
         (a - 0.8).abs() <= 0.05,
         "A got {a:.3} of the calls, want 0.80 ± 0.05: {counts:?}"
     );
+
+    // The same split seen by a second independent xDS client, Node's @grpc/grpc-js-xds.
+    if let Some(counts) = node_client(&plane, dir.path(), 1000) {
+        eprintln!("80/20 split, @grpc/grpc-js-xds, 1000 RPCs: {counts:?}");
+        assert_eq!(counts.values().sum::<u64>(), 1000, "{counts:?}");
+        let a = share(&counts, "A");
+        assert!(
+            (a - 0.8).abs() <= 0.05,
+            "Node: A got {a:.3}, want 0.80 ± 0.05: {counts:?}"
+        );
+    }
 
     // Move v2's endpoint from B to C: the 20% follow.
     plane.apply(&mesh(port, &[("127.0.0.2", 1)], &["127.0.0.4"], split));
