@@ -87,7 +87,9 @@ pub enum Predicate {
     },
     Matches {
         path: Pointer,
+        /// Built case-insensitive when `ignore_case` (kept for translations to other regex engines).
         regex: Regex,
+        ignore_case: bool,
     },
     Type {
         path: Pointer,
@@ -249,7 +251,11 @@ impl Predicate {
                         ignore_case,
                     },
                     "matches" => match regex::RegexBuilder::new(&text).case_insensitive(ignore_case).build() {
-                        Ok(regex) => Predicate::Matches { path, regex },
+                        Ok(regex) => Predicate::Matches {
+                            path,
+                            regex,
+                            ignore_case,
+                        },
                         Err(e) => {
                             d.error(&vpath, format!("invalid regular expression {text:?}: {e}"));
                             return None;
@@ -364,7 +370,7 @@ impl Predicate {
                 Some(Value::Array(a)) => a.iter().any(|v| values.iter().any(|x| eq(v, x, *ignore_case))),
                 _ => false,
             },
-            Predicate::Matches { path, regex } => str_at(doc, path).is_some_and(|s| regex.is_match(s)),
+            Predicate::Matches { path, regex, .. } => str_at(doc, path).is_some_and(|s| regex.is_match(s)),
             Predicate::Type { path, ty } => type_matches(path.get(doc), *ty),
             Predicate::And(subs) => subs.iter().all(|p| p.eval(doc)),
             // Empty `and`/`or`/`not` are rejected at load, so no empty-list convention is needed here.

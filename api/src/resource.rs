@@ -20,6 +20,8 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
+pub mod grpc;
+
 /// The API group and version of every resource.
 pub const API_VERSION: &str = "l7mp.io/v1";
 
@@ -248,14 +250,35 @@ pub struct VirtualServiceSpec {
     /// The agents that get the listener.
     pub selector: Selector,
     pub listener: VirtualListener,
+    /// `spec.grpc`: the VirtualService is also a proxyless gRPC service, served to `xds:///NAME` clients as
+    /// standard Envoy resources (see [`grpc`] and docs/grpc.md).
+    pub grpc: Option<GrpcSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VirtualListener {
     /// Kept for compatibility; the agent's listener is named after the VirtualService.
     pub name: Option<String>,
-    pub spec: ListenerSpec,
+    /// The agents' listener; `None` only for a gRPC service that no agent listens for (`spec.grpc` without
+    /// `listener.spec`).
+    pub spec: Option<ListenerSpec>,
     pub rules: RulesSource,
+}
+
+/// `spec.grpc` of a VirtualService (`grpc: true` is `grpc: {}`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrpcSpec {
+    /// The name gRPC clients dial (`xds:///NAME`), i.e. the Envoy Listener's name; `None`: `metadata.name`.
+    pub name: Option<String>,
+    /// The longest a call may take (the routes' `max_stream_duration`); `None`: no limit beyond the client's.
+    pub timeout: Option<std::time::Duration>,
+}
+
+impl GrpcSpec {
+    /// The name clients dial: `name`, or the VirtualService's `metadata.name`.
+    pub fn service_name<'a>(&'a self, vs: &'a ResourceRef) -> &'a str {
+        self.name.as_deref().unwrap_or(&vs.name)
+    }
 }
 
 /// Where a VirtualService's rules come from.
@@ -859,10 +882,19 @@ fn parse_vsvc(r: &mut Reader, o: &Obj, sp: &FieldPath, ns: &str) -> Option<Virtu
         Some(v) => Some(r.name(v, &lp.key("name"))?),
         None => None,
     };
+    let grpc = match o.get("grpc") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Some(None),
+        Some(v) => grpc_spec(r, v, &sp.key("grpc")).map(Some),
+    };
     let spec = match lo.get("spec") {
-        Some(v) => check_listener_spec(r, v, &lp.key("spec")),
+        Some(v) => check_listener_spec(r, v, &lp.key("spec")).map(Some),
+        // A gRPC service needs no agent listener.
+        None if o.get("grpc").is_some_and(|g| g != &Value::Bool(false) && !g.is_null()) => Some(None),
         None => {
-            r.err(&lp.key("spec"), "missing required field");
+            r.err(
+                &lp.key("spec"),
+                "missing required field (only a gRPC service, `spec.grpc`, may leave it out)",
+            );
             None
         }
     };
@@ -908,7 +940,58 @@ fn parse_vsvc(r: &mut Reader, o: &Obj, sp: &FieldPath, ns: &str) -> Option<Virtu
             spec: spec?,
             rules: rules?,
         },
+        grpc: grpc?,
     })
+}
+
+/// Whether `s` can be the name in `xds:///NAME`: letters, digits and `.-_:`, not empty.
+fn grpc_name_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("must not be empty")
+    } else if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
+        Some("may only contain letters, digits and . - _ : (it is the NAME of xds:///NAME)")
+    } else {
+        None
+    }
+}
+
+/// `spec.grpc`: `true`, or `{name?, timeout?}` (timeout in milliseconds, above 0).
+fn grpc_spec(r: &mut Reader, v: &Value, path: &FieldPath) -> Option<GrpcSpec> {
+    if v == &Value::Bool(true) {
+        return Some(GrpcSpec::default());
+    }
+    if !v.is_object() {
+        r.err(
+            path,
+            format!("expected true or an object {{name, timeout}}, got {}", describe(v)),
+        );
+        return None;
+    }
+    let o = r.object(v, path, &["name", "timeout"])?;
+    let mut out = GrpcSpec::default();
+    let before = r.errors.len();
+    if let Some(n) = o.get("name")
+        && let Some(s) = r.string(n, &path.key("name"))
+    {
+        match grpc_name_problem(&s) {
+            Some(p) => r.err(&path.key("name"), format!("{s:?} {p}")),
+            None => out.name = Some(s),
+        }
+    }
+    match o.get("timeout") {
+        None | Some(Value::Null) => {}
+        Some(t) => match t.as_u64().filter(|ms| *ms > 0) {
+            Some(ms) => out.timeout = Some(std::time::Duration::from_millis(ms)),
+            None => r.err(
+                &path.key("timeout"),
+                format!("expected a number of milliseconds above 0, got {}", describe(t)),
+            ),
+        },
+    }
+    (r.errors.len() == before).then_some(out)
 }
 
 fn parse_target(r: &mut Reader, o: &Obj, sp: &FieldPath, ns: &str) -> Option<TargetSpec> {
@@ -1106,7 +1189,7 @@ fn read_resource(r: &mut Reader, v: &Value) -> Option<Resource> {
         (None, Some(_)) => None,
         (Some(k), Some(s)) => match k {
             ResourceKind::VirtualService => r
-                .object(s, &sp, &["selector", "listener", "updateOwners"])
+                .object(s, &sp, &["selector", "listener", "grpc", "updateOwners"])
                 .and_then(|so| parse_vsvc(r, so, &sp, &ns))
                 .map(ResourceSpec::VirtualService),
             ResourceKind::Target => r
@@ -1243,7 +1326,9 @@ pub fn to_value(r: &Resource) -> Value {
             if let Some(n) = &v.listener.name {
                 l.insert("name".into(), json!(n));
             }
-            l.insert("spec".into(), dump::listener_spec(&v.listener.spec));
+            if let Some(spec) = &v.listener.spec {
+                l.insert("spec".into(), dump::listener_spec(spec));
+            }
             match &v.listener.rules {
                 RulesSource::Inline(rules) => {
                     let rules: Vec<Value> = rules
@@ -1260,7 +1345,21 @@ pub fn to_value(r: &Resource) -> Value {
                     l.insert("rulesRef".into(), ref_value(x));
                 }
             }
-            json!({"selector": selector_value(&v.selector), "listener": l})
+            let mut o = json!({"selector": selector_value(&v.selector), "listener": l});
+            if let Some(g) = &v.grpc {
+                let mut gm = Map::new();
+                if let Some(n) = &g.name {
+                    gm.insert("name".into(), json!(n));
+                }
+                if let Some(t) = g.timeout {
+                    gm.insert(
+                        "timeout".into(),
+                        json!(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                    );
+                }
+                o["grpc"] = Value::Object(gm);
+            }
+            o
         }
         ResourceSpec::Target(t) => {
             let mut o = Map::new();
@@ -1346,8 +1445,12 @@ pub struct Translation {
     /// By node id; every connected agent has an entry (possibly empty).
     /// Agents with the same labels share one configuration.
     pub per_agent: BTreeMap<String, Arc<Config>>,
-    /// `<field path>: <why>` for each resource left out.
+    /// `<field path>: <why>` for each resource left out (for a VirtualService with `spec.grpc`, also when only
+    /// its gRPC service was left out).
     pub errors: BTreeMap<ResourceRef, String>,
+    /// The proxyless gRPC services (VirtualServices with `spec.grpc`) and the clusters they use; the same for every
+    /// client.
+    pub grpc: grpc::GrpcTranslation,
 }
 
 /// The reference a (possibly invalid) resource object names, if its kind and name can be read.
@@ -1405,7 +1508,10 @@ fn vs_spec<'a>(ix: &Index<'a>, r: &ResourceRef) -> Option<&'a VirtualServiceSpec
 }
 
 /// The cluster spec a `linkedVirtualService` Target gets from the VirtualService's listener.
-fn linked_cluster(l: &ListenerSpec) -> Result<Value, String> {
+fn linked_cluster(l: Option<&ListenerSpec>) -> Result<Value, String> {
+    let Some(l) = l else {
+        return Err("the VirtualService has no listener (a gRPC-only service) to link to".into());
+    };
     let port = match l {
         ListenerSpec::Udp(s) => s.port,
         ListenerSpec::Tcp(s) | ListenerSpec::WebSocket(s) | ListenerSpec::Http(s) | ListenerSpec::Sctp(s) => s.port,
@@ -1538,7 +1644,7 @@ fn build_index<R: Borrow<Resource>>(resources: &[R]) -> Index<'_> {
             }
             TargetBackend::LinkedVirtualService(v) => {
                 let p = FieldPath::root().key("spec").key("linkedVirtualService");
-                match vs_spec(&ix, v).map(|vs| linked_cluster(&vs.listener.spec)) {
+                match vs_spec(&ix, v).map(|vs| linked_cluster(vs.listener.spec.as_ref())) {
                     Some(Ok(spec)) => {
                         ix.targets.insert(k.clone(), json!({"spec": spec}));
                     }
@@ -1627,6 +1733,37 @@ fn build_index<R: Borrow<Resource>>(resources: &[R]) -> Index<'_> {
         }
     }
     ix
+}
+
+/// A VirtualService's rules in lookup order: its inline rules with its Rule objects inserted, each with its flat
+/// name. A Rule object at position p goes before the p-th inline rule (at the end if p is past them, or if it has no
+/// position); those in one slot are ordered by position (none last), then by namespace/name.
+fn ordered_rules<'a>(ix: &Index<'a>, vs: &ResourceRef) -> Vec<(String, &'a RuleBody)> {
+    let inline: Vec<(String, &RuleBody)> = match vs_spec(ix, vs).map(|v| &v.listener.rules) {
+        Some(RulesSource::Inline(rules)) => rules
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (inline_rule_name(vs, i), b))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut slots: Vec<Vec<(usize, ResourceRef, &RuleBody)>> = vec![Vec::new(); inline.len() + 1];
+    for r in ix.rules.get(vs).map(Vec::as_slice).unwrap_or_default() {
+        let ResourceSpec::Rule(ru) = &r.spec else { continue };
+        let pos = ru.position.unwrap_or(usize::MAX);
+        let slot = pos.min(inline.len());
+        if let Some(s) = slots.get_mut(slot) {
+            s.push((pos, r.reference(), &ru.body));
+        }
+    }
+    let mut entries: Vec<(String, &RuleBody)> = Vec::new();
+    let mut inline = inline.into_iter();
+    for mut slot in slots {
+        slot.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        entries.extend(slot.into_iter().map(|(_, r, b)| (r.fqn(), b)));
+        entries.extend(inline.next());
+    }
+    entries
 }
 
 /// The flat objects of one agent, by name.
@@ -1782,32 +1919,7 @@ impl Flat {
         }
         // Guard against re-entry while the list is being built.
         self.rulelists.insert(list.clone(), json!({"name": list, "rules": []}));
-        let inline: Vec<(String, &RuleBody)> = match vs_spec(ix, vs).map(|v| &v.listener.rules) {
-            Some(RulesSource::Inline(rules)) => rules
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (inline_rule_name(vs, i), b))
-                .collect(),
-            _ => Vec::new(),
-        };
-        // A Rule object at position p goes before the p-th inline rule (at the end if p is past them, or if it has
-        // no position); those in one slot are ordered by position (none last), then by namespace/name.
-        let mut slots: Vec<Vec<(usize, ResourceRef, &RuleBody)>> = vec![Vec::new(); inline.len() + 1];
-        for r in ix.rules.get(vs).map(Vec::as_slice).unwrap_or_default() {
-            let ResourceSpec::Rule(ru) = &r.spec else { continue };
-            let pos = ru.position.unwrap_or(usize::MAX);
-            let slot = pos.min(inline.len());
-            if let Some(s) = slots.get_mut(slot) {
-                s.push((pos, r.reference(), &ru.body));
-            }
-        }
-        let mut entries: Vec<(String, &RuleBody)> = Vec::new();
-        let mut inline = inline.into_iter();
-        for mut slot in slots {
-            slot.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-            entries.extend(slot.into_iter().map(|(_, r, b)| (r.fqn(), b)));
-            entries.extend(inline.next());
-        }
+        let entries = ordered_rules(ix, vs);
         let names: Vec<String> = entries.iter().map(|(n, _)| n.clone()).collect();
         for (n, b) in entries {
             self.rule(ix, n, b, agents);
@@ -1835,6 +1947,7 @@ fn agent_document(ix: &Index<'_>, install: &[ResourceRef], agents: &[AgentInfo])
         match k.kind {
             ResourceKind::VirtualService => {
                 let Some(v) = vs_spec(ix, k) else { continue };
+                let Some(spec) = &v.listener.spec else { continue };
                 let owner = match &v.listener.rules {
                     RulesSource::Inline(_) => k.clone(),
                     RulesSource::Ref(x) => x.clone(),
@@ -1842,7 +1955,7 @@ fn agent_document(ix: &Index<'_>, install: &[ResourceRef], agents: &[AgentInfo])
                 flat.rulelist(ix, &owner, agents);
                 flat.listeners.insert(
                     k.fqn(),
-                    json!({"name": k.fqn(), "spec": dump::listener_spec(&v.listener.spec), "rules": owner.fqn()}),
+                    json!({"name": k.fqn(), "spec": dump::listener_spec(spec), "rules": owner.fqn()}),
                 );
             }
             ResourceKind::Target => flat.target(ix, k, agents),
@@ -1868,7 +1981,9 @@ pub fn translate<R: Borrow<Resource>>(resources: &[R], agents: &[AgentInfo]) -> 
     let mut out = Translation {
         per_agent: BTreeMap::new(),
         errors: ix.errors.clone(),
+        grpc: grpc::GrpcTranslation::default(),
     };
+    out.grpc = grpc::translate(&ix, agents, &mut out.errors);
     let mut groups: BTreeMap<&BTreeMap<String, String>, Vec<&AgentInfo>> = BTreeMap::new();
     for agent in agents {
         groups.entry(&agent.labels).or_default().push(agent);
@@ -1894,7 +2009,7 @@ fn translate_group(
     let mut candidates: Vec<ResourceRef> = ix
         .vsvcs
         .iter()
-        .filter(|k| vs_spec(ix, k).is_some_and(|v| selector_matches(&v.selector, labels)))
+        .filter(|k| vs_spec(ix, k).is_some_and(|v| v.listener.spec.is_some() && selector_matches(&v.selector, labels)))
         .cloned()
         .collect();
     candidates.extend(

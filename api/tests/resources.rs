@@ -128,7 +128,7 @@ fn keyed_and_flat_specs_are_the_same() {
     let ResourceSpec::VirtualService(v) = &keyed.spec else {
         panic!("kind")
     };
-    assert!(matches!(&v.listener.spec, ListenerSpec::Udp(u) if u.port == 9001));
+    assert!(matches!(&v.listener.spec, Some(ListenerSpec::Udp(u)) if u.port == 9001));
     assert_eq!(keyed.meta.namespace, "default");
 }
 

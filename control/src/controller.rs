@@ -8,7 +8,7 @@
 //! resources keep their content-hash versions, so an agent receives only what changed. Status is kept in memory and
 //! added to objects by the Management API (it is derived state; writing it to the store would wake the loop again).
 
-use crate::registry::{LocalRegistry, Registration, Registry};
+use crate::registry::{LocalRegistry, NodeKind, Registration, Registry};
 use crate::store::{Key, Store};
 use crate::xds::{Cache, NodeHooks, NodeInfo, Snapshot, XdsResource, XdsServer};
 use l7mp_api::resource::{self, AgentInfo, Resource};
@@ -18,6 +18,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
+
+/// What a rejected gRPC service's reason ends with while its clients keep its last accepted resources.
+const KEPT: &str = "; gRPC clients keep its last accepted version";
 
 /// How long the loop waits for more changes before recomputing, and at most.
 const QUIET: Duration = Duration::from_millis(100);
@@ -40,6 +43,9 @@ pub struct ObjectStatus {
     pub observed_revision: u64,
     /// The agents the object was placed on.
     pub agents: Vec<String>,
+    /// For an accepted VirtualService with `spec.grpc`: the name gRPC clients dial (the Envoy Listener); the gRPC
+    /// clients that hold that Listener count as placed too (looked up when the status is read).
+    pub grpc_service: Option<String>,
 }
 
 /// An object as parsed at one revision.
@@ -80,6 +86,12 @@ pub struct ControlPlane {
     store_url: OnceLock<String>,
     /// This process: `host/pid`.
     replica: String,
+    /// The Envoy resources of each gRPC service (by VirtualService) as last accepted: while a later version is
+    /// rejected, gRPC clients keep being sent these (as a NACK would have kept them), until it is fixed or deleted.
+    grpc_last_good: Mutex<BTreeMap<resource::ResourceRef, Vec<XdsResource>>>,
+    /// The snapshot every gRPC client gets (the Envoy resources of the last computation), handed to a gRPC client
+    /// the moment it connects rather than after the next computation.
+    grpc_snapshot: Mutex<Option<Arc<Snapshot>>>,
 }
 
 impl ControlPlane {
@@ -103,6 +115,8 @@ impl ControlPlane {
             computed: watch::channel(0).0,
             ready: std::sync::atomic::AtomicBool::new(false),
             store_url: OnceLock::new(),
+            grpc_last_good: Mutex::new(BTreeMap::new()),
+            grpc_snapshot: Mutex::new(None),
             replica: format!(
                 "{}/{}",
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -167,28 +181,42 @@ impl ControlPlane {
         let Some(st) = self.status_of(key).filter(|s| s.observed_revision >= revision) else {
             return json!({"state": "Pending", "observedRevision": 0});
         };
-        let (mut acked, mut nacked) = (0, 0);
+        let (mut placed, mut acked, mut nacked) = (st.agents.len(), 0, 0);
+        let mut count = |a: &crate::xds::AgentStatus| {
+            if a.last_nack.as_ref().is_some_and(|n| {
+                a.types
+                    .get(&n.type_url)
+                    .is_some_and(|t| t.sent_version == n.rejected_version)
+            }) {
+                nacked += 1
+            } else if a.types.values().all(|t| t.acked_version == t.sent_version) {
+                acked += 1
+            }
+        };
         if let Some(x) = self.xds() {
             for node in &st.agents {
-                match x.agent(node) {
-                    Some(a)
-                        if a.last_nack.as_ref().is_some_and(|n| {
-                            a.types
-                                .get(&n.type_url)
-                                .is_some_and(|t| t.sent_version == n.rejected_version)
-                        }) =>
+                if let Some(a) = x.agent(node) {
+                    count(&a);
+                }
+            }
+            if let Some(name) = &st.grpc_service {
+                // The gRPC clients that asked for this service's Listener and were sent it.
+                let listener = <envoy_types::pb::envoy::config::listener::v3::Listener as prost::Name>::type_url();
+                for a in x.agents() {
+                    if a.types
+                        .get(&listener)
+                        .is_some_and(|t| t.acked_resources.contains_key(name) || t.pending_resources.contains_key(name))
                     {
-                        nacked += 1
+                        placed += 1;
+                        count(&a);
                     }
-                    Some(a) if a.types.values().all(|t| t.acked_version == t.sent_version) => acked += 1,
-                    _ => {}
                 }
             }
         }
         let mut v = json!({
             "state": if st.accepted { "Accepted" } else { "Rejected" },
             "observedRevision": st.observed_revision,
-            "agents": {"placed": st.agents.len(), "acked": acked, "nacked": nacked},
+            "agents": {"placed": placed, "acked": acked, "nacked": nacked},
         });
         if let Some(r) = &st.reason {
             v["reason"] = json!(r);
@@ -411,6 +439,7 @@ impl ControlPlane {
                             reason: Some(e.clone()),
                             observed_revision: p.revision,
                             agents: vec![],
+                            grpc_service: None,
                         },
                     );
                 }
@@ -423,8 +452,61 @@ impl ControlPlane {
         // Tell the other replicas which agents this one serves: once per computation (after the debounce), not per
         // connect, so that a thousand agents connecting at once cost one publication, not a thousand.
         self.registry.publish(local.values().cloned().collect());
-        let agents: Vec<AgentInfo> = self.all_agents().values().map(Registration::agent).collect();
+        // Only l7mp agents are translated for; gRPC clients get the Envoy resources of the gRPC services.
+        let registered = self.all_agents();
+        let agents: Vec<AgentInfo> = registered
+            .values()
+            .filter(|r| r.kind.is_agent())
+            .map(Registration::agent)
+            .collect();
         let t = resource::translate(&resources, &agents);
+        let mut grpc = crate::grpc::resources(&t.grpc);
+        let mut envoy = Snapshot::new();
+        {
+            let mut last_good = self.grpc_last_good.lock().unwrap_or_else(|e| e.into_inner());
+            for (vs, bundle) in &grpc.services {
+                for r in bundle {
+                    envoy.insert(r.clone());
+                }
+                last_good.insert(vs.clone(), bundle.clone());
+            }
+            // A gRPC service rejected now keeps its last accepted resources (where nothing accepted now took their
+            // names); one deleted, or no longer marked grpc, loses them.
+            let marked: HashSet<resource::ResourceRef> = resources
+                .iter()
+                .filter(|r| matches!(&r.spec, resource::ResourceSpec::VirtualService(v) if v.grpc.is_some()))
+                .map(|r| r.reference())
+                .collect();
+            last_good.retain(|vs, _| marked.contains(vs));
+            for (vs, bundle) in last_good.iter() {
+                if grpc.services.contains_key(vs) {
+                    continue;
+                }
+                for r in bundle {
+                    if envoy.get(&r.type_url, &r.name).is_none() {
+                        envoy.insert(r.clone());
+                    }
+                }
+                let why = t
+                    .errors
+                    .get(vs)
+                    .or_else(|| grpc.errors.get(vs))
+                    .cloned()
+                    .unwrap_or_default();
+                grpc.errors.insert(vs.clone(), format!("{why}{KEPT}"));
+            }
+        }
+        // Every node may ask for them ("any node that asks"); agents' snapshots carry them beside l7mp's resources,
+        // which costs a map clone per group, not an encoding.
+        let envoy = Arc::new(envoy);
+        if let Ok(mut g) = self.grpc_snapshot.lock() {
+            *g = Some(envoy.clone());
+        }
+        for (id, r) in &local {
+            if !r.kind.is_agent() {
+                self.cache.set_snapshot(id, envoy.clone());
+            }
+        }
         // Agents with the same labels share one configuration: encoded once, into one snapshot, for the agents
         // connected here (other replicas serve the rest).
         let mut groups: Vec<Group> = Vec::new();
@@ -443,7 +525,7 @@ impl ControlPlane {
             g.nodes.push(a.node_id.clone());
             if local.contains_key(&a.node_id) {
                 let snap = g.snapshot.get_or_insert_with(|| {
-                    let mut snap = Snapshot::new();
+                    let mut snap = (*envoy).clone();
                     for w in wire::encode(&g.cfg) {
                         snap.insert(XdsResource::new(w.name, w.type_url, w.body));
                     }
@@ -455,7 +537,15 @@ impl ControlPlane {
         let placements: Vec<Placement<'_>> = groups.iter().map(|g| Placement::of(&g.cfg)).collect();
         for ((key, rev), r) in accepted.into_iter().zip(&resources) {
             let rref = r.reference();
-            let reason = t.errors.get(&rref).cloned();
+            // A gRPC error that says clients keep the last accepted version already includes the translation's.
+            let kept = grpc.errors.get(&rref).filter(|g| g.ends_with(KEPT));
+            let reason = kept.or(t.errors.get(&rref)).or(grpc.errors.get(&rref)).cloned();
+            let grpc_service = match &r.spec {
+                resource::ResourceSpec::VirtualService(v) if reason.is_none() => {
+                    v.grpc.as_ref().map(|g| g.service_name(&rref).to_owned())
+                }
+                _ => None,
+            };
             let fqn = rref.fqn();
             let placed: Vec<String> = groups
                 .iter()
@@ -470,6 +560,7 @@ impl ControlPlane {
                     reason,
                     observed_revision: rev,
                     agents: placed,
+                    grpc_service,
                 },
             );
         }
@@ -479,6 +570,8 @@ impl ControlPlane {
             objects = status.len(),
             rejected,
             agents = agents.len(),
+            grpc_clients = registered.len() - agents.len(),
+            grpc_services = t.grpc.services.len(),
             "control loop: snapshots published"
         );
         if let Ok(mut s) = self.status.lock() {
@@ -531,6 +624,17 @@ impl<'a> Placement<'a> {
     }
 }
 
+/// What kind of client a node is. An l7mp agent says `l7mp-agent` as its user agent, or carries `labels` or
+/// `address` in its metadata; any other node (a gRPC library, a script) is a gRPC client.
+pub fn node_kind(node: &NodeInfo) -> NodeKind {
+    let meta = node.metadata.as_object();
+    if node.user_agent == "l7mp-agent" || meta.is_some_and(|m| m.contains_key("labels") || m.contains_key("address")) {
+        NodeKind::Agent
+    } else {
+        NodeKind::Grpc
+    }
+}
+
 /// An agent as the translator sees it, from what its xDS node says (`metadata.labels`, `metadata.address`).
 pub fn agent_info(node: &NodeInfo) -> AgentInfo {
     let labels = node
@@ -561,15 +665,25 @@ pub struct Hooks(pub Arc<ControlPlane>);
 impl NodeHooks for Hooks {
     fn connected(&self, node: &NodeInfo) {
         let info = agent_info(node);
+        let kind = node_kind(node);
         let changed = self.0.agents.lock().is_ok_and(|mut a| {
-            if a.get(&info.node_id).is_some_and(|r| r.agent() == info) {
+            if a.get(&info.node_id)
+                .is_some_and(|r| r.agent() == info && r.kind == kind)
+            {
                 return false;
             }
-            a.insert(info.node_id.clone(), Registration::new(&info, &self.0.replica));
+            a.insert(info.node_id.clone(), Registration::new(&info, kind, &self.0.replica));
             true
         });
         if changed {
-            tracing::info!(node = %node.id, "agent connected");
+            tracing::info!(node = %node.id, kind = kind.as_str(), user_agent = %node.user_agent, "agent connected");
+            // A gRPC client's resources do not depend on who it is: it gets them now; the computation the kick
+            // starts only registers it.
+            if kind == NodeKind::Grpc
+                && let Some(snap) = self.0.grpc_snapshot.lock().ok().and_then(|g| g.clone())
+            {
+                self.0.cache.set_snapshot(&node.id, snap);
+            }
             self.0.kick();
         }
     }

@@ -264,6 +264,7 @@ impl Management for ManagementService {
                     address: r.address.map(|i| i.to_string()).unwrap_or_default(),
                     connected_since: rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(r.since)),
                     replica: r.replica.clone(),
+                    kind: r.kind.as_str().to_owned(),
                     ..Default::default()
                 };
                 // The exchange details of the agents served here.

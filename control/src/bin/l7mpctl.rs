@@ -20,7 +20,7 @@ EXAMPLES
   l7mpctl get target echo-backend -n default -o yaml
   l7mpctl delete vsvc udp-echo
   l7mpctl watch targets                             # print changes as they happen (Ctrl-C to stop)
-  l7mpctl agents                                    # connected agents, acknowledged versions, last NACK
+  l7mpctl agents                                    # connected agents and gRPC clients, acked versions, last NACK
   l7mpctl status                                    # is the control plane ready? its store, revision, agents
 
 Kinds: VirtualService (vsvc), Target (tr), Route, Rule; plural and lower-case forms are accepted.";
@@ -319,16 +319,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             match output {
                 Output::Table => {
                     println!(
-                        "{:<20} {:<28} {:<16} {:<10} {:<16} LAST NACK",
-                        "NODE", "LABELS", "ADDRESS", "ACKED", "REPLICA"
+                        "{:<20} {:<6} {:<28} {:<16} {:<10} {:<16} LAST NACK",
+                        "NODE", "KIND", "LABELS", "ADDRESS", "ACKED", "REPLICA"
                     );
                     for ag in &a.agents {
                         let mut labels: Vec<String> = ag.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         labels.sort();
                         println!(
-                            "{:<20} {:<28} {:<16} {:<10} {:<16} {}",
+                            "{:<20} {:<6} {:<28} {:<16} {:<10} {:<16} {}",
                             ag.node_id,
-                            labels.join(","),
+                            if ag.kind.is_empty() { "agent" } else { &ag.kind },
+                            if labels.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                labels.join(",")
+                            },
                             if ag.address.is_empty() { "-" } else { &ag.address },
                             if ag.acked_versions.is_empty() && ag.last_nack.is_empty() && !ag.replica.is_empty() {
                                 // Served by another replica: its ACK details are there.
@@ -353,7 +358,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                             json!({"node_id": ag.node_id, "labels": ag.labels, "address": ag.address,
                                    "acked_versions": ag.acked_versions, "last_nack": ag.last_nack,
                                    "last_nack_at": ag.last_nack_at, "connected_since": ag.connected_since,
-                                   "replica": ag.replica})
+                                   "replica": ag.replica, "kind": ag.kind})
                         })
                         .collect();
                     print(v, other, false)?;

@@ -24,7 +24,35 @@ use tokio::sync::watch;
 
 use crate::store::{EtcdStore, Store, StoreError, StoreUrl, parse_store_url};
 
-/// One agent as registered: what the translator needs, which replica serves it, and since when.
+/// What kind of xDS client a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// An l7mp agent: translated for (its labels pick VirtualServices and Targets, its address may be an endpoint),
+    /// sent l7mp's own resources.
+    #[default]
+    Agent,
+    /// Any other xDS client, such as a proxyless gRPC library dialing `xds:///NAME`: sent the standard Envoy
+    /// resources of the gRPC services, not translated for.
+    Grpc,
+}
+
+impl NodeKind {
+    pub fn is_agent(&self) -> bool {
+        *self == NodeKind::Agent
+    }
+
+    /// `agent` or `grpc`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeKind::Agent => "agent",
+            NodeKind::Grpc => "grpc",
+        }
+    }
+}
+
+/// One agent (or other xDS client) as registered: what the translator needs, which replica serves it, and since
+/// when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
     #[serde(rename = "nodeId")]
@@ -37,12 +65,16 @@ pub struct Registration {
     pub replica: String,
     /// When it connected (seconds since the Unix epoch).
     pub since: u64,
+    /// An l7mp agent, or a gRPC client (absent in records of older versions: an agent).
+    #[serde(default, skip_serializing_if = "NodeKind::is_agent")]
+    pub kind: NodeKind,
 }
 
 impl Registration {
     /// A registration of `agent`, served by `replica` since now.
-    pub fn new(agent: &AgentInfo, replica: &str) -> Self {
+    pub fn new(agent: &AgentInfo, kind: NodeKind, replica: &str) -> Self {
         Registration {
+            kind,
             node_id: agent.node_id.clone(),
             labels: agent.labels.clone(),
             address: agent.address,
@@ -146,6 +178,7 @@ mod tests {
             address: None,
             replica: replica.into(),
             since,
+            kind: NodeKind::Agent,
         }
     }
 

@@ -32,12 +32,14 @@ pub use status::{AgentStatus, Counters, NackInfo, TypeStatus};
 /// The type URL prefix of l7mp's own resources.
 pub const L7MP_TYPE_PREFIX: &str = "type.googleapis.com/l7mp.config.v1.";
 
-/// The default make-before-break order of l7mp's resource types (additions in this order, removals in
-/// reverse); see [`XdsConfig::type_order`].
+/// The default make-before-break order of resource types (additions in this order, removals in reverse): l7mp's,
+/// then Envoy's for gRPC clients (Cluster, ClusterLoadAssignment, Listener, RouteConfiguration); see
+/// [`XdsConfig::type_order`].
 pub fn default_type_order() -> Vec<String> {
     ["Cluster", "ClusterLoad", "Route", "Rule", "RuleList", "Listener"]
         .iter()
         .map(|n| format!("{L7MP_TYPE_PREFIX}{n}"))
+        .chain(crate::grpc::type_urls())
         .collect()
 }
 

@@ -106,7 +106,11 @@ struct TypeState {
     wildcard: bool,
     names: BTreeSet<String>,
     view: BTreeMap<String, Sent>,
+    /// The nonce in flight (sent, not yet ACKed or NACKed).
     nonce: Option<String>,
+    /// The nonce of the latest response of this type ("" before the first): a request that carries another one is
+    /// stale.
+    last_nonce: String,
     version: String,
     must_respond: bool,
     /// Delta: explicitly subscribed names to report as absent (in `removed_resources`).
@@ -186,16 +190,20 @@ impl StreamState {
         let new_type = !self.types.contains_key(&req.type_url);
         if new_type {
             self.request_order.push(req.type_url.clone());
+            self.status.requested(&self.node_id, &req.type_url);
         }
         let t = self.types.entry(req.type_url.clone()).or_default();
+        // "response_nonce ... is the nonce of the most recent response the client received; a request with another
+        // one is stale" (xDS protocol). A request that repeats the nonce of a response the client has already ACKed
+        // is not stale: it changes the subscription (gRPC asks for a new cluster this way).
         if !req.nonce.is_empty() {
-            if t.nonce.as_deref() != Some(req.nonce.as_str()) {
+            if t.last_nonce != req.nonce {
                 self.status.stale(&self.node_id);
                 debug!(node = %self.node_id, type_url = %req.type_url, nonce = %req.nonce, "stale nonce, request ignored");
                 if self.mode == Mode::Sotw {
                     return;
                 }
-            } else {
+            } else if t.nonce.as_deref() == Some(req.nonce.as_str()) {
                 t.nonce = None;
                 match &req.error {
                     Some((code, message)) => {
@@ -354,6 +362,7 @@ impl StreamState {
         }
         t.version = set_version(t.view.iter().map(|(n, s)| (n.as_str(), s.version.as_str())));
         t.nonce = Some(nonce.clone());
+        t.last_nonce = nonce.clone();
         t.must_respond = false;
         t.absent.clear();
         let view: BTreeMap<String, String> = t.view.iter().map(|(n, s)| (n.clone(), s.version.clone())).collect();
@@ -629,6 +638,25 @@ mod tests {
         st.handle(req("Listener", &["a", "b"], "1-999"));
         assert!(st.schedule(&s).is_empty());
         assert_eq!(st.status.agent("n").unwrap().counters.stale_nonces, 1);
+    }
+
+    #[test]
+    fn sotw_subscription_change_after_ack_is_answered() {
+        // gRPC ACKs a Cluster response, then (on a new route) asks for one more cluster with the same nonce.
+        let mut st = state(Mode::Sotw);
+        let s = Snapshot::new()
+            .with(res("Cluster", "a", 1))
+            .with(res("Cluster", "b", 1));
+        st.handle(req("Cluster", &["a"], ""));
+        let n1 = sotw(&st.schedule(&s)[0]).nonce.clone();
+        st.handle(req("Cluster", &["a"], &n1));
+        assert!(st.schedule(&s).is_empty());
+        st.handle(req("Cluster", &["a", "b"], &n1));
+        let out = st.schedule(&s);
+        assert_eq!(out.len(), 1, "the new name is answered");
+        assert_eq!(sotw(&out[0]).resources.len(), 2);
+        let agent = st.status.agent("n").unwrap();
+        assert_eq!((agent.counters.acks, agent.counters.stale_nonces), (1, 0));
     }
 
     #[test]

@@ -164,6 +164,13 @@ impl StatusRegistry {
         });
     }
 
+    /// The node's stream asked for this type for the first time (CSDS lists the types a node asked for).
+    pub(crate) fn requested(&self, node_id: &str, type_url: &str) {
+        self.with(node_id, |a| {
+            a.types.entry(type_url.to_string()).or_default();
+        });
+    }
+
     pub(crate) fn acked(&self, node_id: &str, type_url: &str, nonce: &str) {
         self.with(node_id, |a| {
             a.counters.acks += 1;
@@ -213,13 +220,11 @@ fn timestamp(t: SystemTime) -> Timestamp {
 }
 
 /// The CSDS view of one node: one `GenericXdsConfig` per (type URL, resource name) over the union of
-/// what the snapshot holds, what was sent and what was ACKed.
+/// what the snapshot holds, what was sent and what was ACKed, for the types the node asked for (an agent's
+/// snapshot also holds the gRPC services' Envoy resources, which it never asks for).
 pub fn client_config(agent: &AgentStatus, cache: &Cache, include_contents: bool) -> ClientConfig {
     let snapshot = cache.get(&agent.node.id);
-    let mut type_urls: BTreeSet<String> = agent.types.keys().cloned().collect();
-    if let Some(s) = &snapshot {
-        type_urls.extend(s.type_urls().map(str::to_string));
-    }
+    let type_urls: BTreeSet<String> = agent.types.keys().cloned().collect();
     let mut out = Vec::new();
     for type_url in type_urls {
         let empty = TypeStatus::default();
