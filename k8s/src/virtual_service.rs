@@ -28,7 +28,13 @@ use crate::schema;
 pub struct VirtualServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<Selector>,
-    pub listener: Listener,
+    /// Required unless `grpc` is given (a gRPC-only service has no agent listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<Listener>,
+    /// Also serve this service to proxyless gRPC clients (`true`, or `{name, timeout}`; docs/grpc.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::any_value")]
+    pub grpc: Option<Value>,
     /// The original operator's field; accepted and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_owners: Option<bool>,
@@ -40,9 +46,11 @@ pub struct Listener {
     /// Kept for compatibility; the agent's listener is named after the VirtualService.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The protocol spec, keyed (`{UDP: {port: 9001}}`) or flat (`{protocol: UDP, port: 9001}`).
+    /// The protocol spec, keyed (`{UDP: {port: 9001}}`) or flat (`{protocol: UDP, port: 9001}`). Required unless
+    /// the VirtualService is only a gRPC service (`spec.grpc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::free_object")]
-    pub spec: serde_json::Map<String, Value>,
+    pub spec: Option<serde_json::Map<String, Value>>,
     /// A list of rules, or (the original's form) a VirtualService reference as a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::any_value")]

@@ -47,9 +47,9 @@ fn is_l7mp(v: &Value) -> bool {
 
 /// Every l7mp.io/v1 object in `examples/mesh/*.yaml`, with where it came from.
 pub fn mesh_examples() -> Vec<(String, Value)> {
-    let dir = root().join("examples/mesh");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .expect("examples/mesh")
+    let mut paths: Vec<_> = ["examples/mesh", "examples/grpc"]
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(root().join(d)).unwrap_or_else(|e| panic!("{d}: {e}")))
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
@@ -58,7 +58,8 @@ pub fn mesh_examples() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for p in paths {
         let text = std::fs::read_to_string(&p).expect("read example");
-        let name = format!("examples/mesh/{}", p.file_name().unwrap_or_default().to_string_lossy());
+        let rel = p.strip_prefix(root()).unwrap_or(&p);
+        let name = rel.display().to_string();
         for (i, v) in documents(&text, &name).into_iter().enumerate() {
             if is_l7mp(&v) {
                 out.push((format!("{name}[{i}]"), v));
