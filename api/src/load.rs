@@ -1118,20 +1118,10 @@ impl Builder {
         let mut action = Action::default();
         if let Some(d) = o.get("deny") {
             let p = o.at("deny");
-            let reason = match d {
-                Value::Bool(true) => format!("rule {rule}"),
-                Value::String(s) if !s.trim().is_empty() => s.clone(),
-                Value::Object(m) if m.len() == 1 && m.get("reason").is_some_and(Value::is_string) => {
-                    m.get("reason").and_then(Value::as_str).unwrap_or_default().to_owned()
-                }
-                other => {
-                    self.d.error(
-                        &p,
-                        format!(
-                            "expected a reason (a non-empty string), {{reason: STRING}} or true, got {}",
-                            describe(other)
-                        ),
-                    );
+            let reason = match crate::model::deny_reason(d, rule) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.d.error(&p, e);
                     return None;
                 }
             };

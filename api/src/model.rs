@@ -596,6 +596,26 @@ pub struct Action {
     pub deny: Option<String>,
 }
 
+/// The reason of a rule's `deny` as written: a non-empty string, `{reason: STRING}`, or `true` (then "rule NAME").
+pub fn deny_reason(v: &Value, rule: &str) -> Result<String, String> {
+    match v {
+        Value::Bool(true) => Ok(format!("rule {rule}")),
+        Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+        Value::Object(m)
+            if m.len() == 1
+                && m.get("reason")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.trim().is_empty()) =>
+        {
+            Ok(m.get("reason").and_then(Value::as_str).unwrap_or_default().to_owned())
+        }
+        other => Err(format!(
+            "expected a reason (a non-empty string), {{reason: STRING}} or true, got {}",
+            crate::decode::describe(other)
+        )),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rewrite {
     pub path: Pointer,

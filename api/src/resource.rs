@@ -304,6 +304,8 @@ pub struct RuleAction {
     pub rewrite: Vec<Rewrite>,
     /// Continue the lookup in this VirtualService's rules.
     pub apply: Option<ResourceRef>,
+    /// Refuse the session with this reason (excludes the others).
+    pub deny: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -826,7 +828,29 @@ fn rule_body(r: &mut Reader, o: &Obj, path: &FieldPath, ns: &str) -> Option<Rule
         return None;
     };
     let ap = path.key("action");
-    let a = r.object(action_v, &ap, &["route", "routeRef", "rewrite", "apply"])?;
+    let a = r.object(action_v, &ap, &["route", "routeRef", "rewrite", "apply", "deny"])?;
+    if let Some(d) = a.get("deny") {
+        let rule = path.to_string();
+        let reason = crate::model::deny_reason(d, &rule)
+            .map_err(|e| r.err(&ap.key("deny"), e))
+            .ok();
+        for other in ["route", "routeRef", "rewrite", "apply"] {
+            if a.get(other).is_some() {
+                r.err(
+                    &ap.key(other),
+                    "a rule that denies has no route, routeRef, rewrite or apply",
+                );
+                return None;
+            }
+        }
+        return Some(RuleBody {
+            matcher,
+            action: RuleAction {
+                deny: Some(reason?),
+                ..RuleAction::default()
+            },
+        });
+    }
     let rewrite = check_match_rewrite(r, matcher.as_ref(), a.get("rewrite"), path);
     let route = match (a.get("route"), a.get("routeRef")) {
         (Some(_), Some(_)) => {
@@ -850,7 +874,7 @@ fn rule_body(r: &mut Reader, o: &Obj, path: &FieldPath, ns: &str) -> Option<Rule
         .get("apply")
         .map(|v| r.reference(ResourceKind::VirtualService, v, &ap.key("apply"), ns));
     if route.is_none() && apply.is_none() {
-        r.err(&ap, "an action needs a `route`, `routeRef` or `apply`");
+        r.err(&ap, "an action needs a `route`, `routeRef`, `apply` or `deny`");
     }
     let route = match route {
         Some(x) => Some(x?),
@@ -866,6 +890,7 @@ fn rule_body(r: &mut Reader, o: &Obj, path: &FieldPath, ns: &str) -> Option<Rule
             route,
             rewrite: rewrite?,
             apply,
+            deny: None,
         },
     })
 }
@@ -1312,6 +1337,9 @@ fn body_into(b: &RuleBody, o: &mut Map<String, Value>) {
     }
     if let Some(ap) = &b.action.apply {
         a.insert("apply".into(), ref_value(ap));
+    }
+    if let Some(reason) = &b.action.deny {
+        a.insert("deny".into(), json!(reason));
     }
     o.insert("action".into(), Value::Object(a));
 }
@@ -1901,6 +1929,9 @@ impl Flat {
         if let Some(a) = &b.action.apply {
             self.rulelist(ix, a, agents);
             action.insert("apply".into(), json!(a.fqn()));
+        }
+        if let Some(reason) = &b.action.deny {
+            action.insert("deny".into(), json!(reason));
         }
         let mut o = Map::new();
         o.insert("name".into(), json!(name));

@@ -851,3 +851,50 @@ spec:
     assert!(matches!(c.clusters[0].spec, ClusterSpec::Echo), "{:?}", c.clusters);
     assert_eq!(listener_names(c), ["default/gw"]);
 }
+
+#[test]
+fn deny_rules_reach_the_agents_and_bad_ones_name_the_field() {
+    let mut v = vsvc("edge", "gateway", 9001, "backend");
+    v["spec"]["listener"]["rules"] = json!([
+        {"match": {"op": "test", "path": "/IP/src_addr", "value": "10.0.0.9"}, "action": {"deny": "10.0.0.9 is banned"}},
+        {"action": {"deny": {"reason": "second"}}},
+    ]);
+    let rs = vec![
+        parse_resource(&v).expect("a deny rule parses"),
+        parse_resource(&target("backend", json!(7000))).expect("target"),
+    ];
+    let canonical = to_value(&rs[0]);
+    assert_eq!(
+        canonical["spec"]["listener"]["rules"][0]["action"]["deny"],
+        "10.0.0.9 is banned"
+    );
+    assert_eq!(parse_resource(&canonical).expect("canonical parses").spec, rs[0].spec);
+    let t = translate(&rs, &[agent("gw", &[("app", "gateway")], None)]);
+    assert_loadable(&t);
+    let gw = cfg(&t, "gw");
+    assert_eq!(
+        gw.rule("default/edge/rules/0")
+            .and_then(|r| r.action.deny.clone())
+            .as_deref(),
+        Some("10.0.0.9 is banned")
+    );
+    let mut m = json!({"IP": {"src_addr": "10.0.0.9"}});
+    let denied = l7mp_api::lookup::lookup(gw, &gw.listeners[0].rules, &mut m);
+    assert!(
+        matches!(&denied, Err(l7mp_api::lookup::RouteError::Denied { reason, .. }) if reason == "10.0.0.9 is banned"),
+        "{denied:?}"
+    );
+
+    v["spec"]["listener"]["rules"] = json!([{"action": {"deny": "x", "routeRef": "r"}}]);
+    let e = parse_err(&v);
+    assert!(
+        e.contains("spec.listener.rules[0].action.routeRef") && e.contains("denies"),
+        "{e}"
+    );
+    v["spec"]["listener"]["rules"] = json!([{"action": {"deny": ""}}]);
+    let e = parse_err(&v);
+    assert!(
+        e.contains("spec.listener.rules[0].action.deny") && e.contains("non-empty"),
+        "{e}"
+    );
+}

@@ -562,6 +562,11 @@ fn route(
     if b.action.apply.is_some() {
         return Err("action.apply: not supported by a gRPC service (write the rules in it)".into());
     }
+    if b.action.deny.is_some() {
+        return Err(
+            "action.deny: not supported by a gRPC service (gRPC clients have no way to be refused by a route)".into(),
+        );
+    }
     let rt: &RouteSpec = match &b.action.route {
         Some(RouteChoice::Inline(rt)) => rt,
         Some(RouteChoice::Ref(r)) => match ix.by_ref.get(r).map(|x| &x.spec) {
