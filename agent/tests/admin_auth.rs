@@ -122,7 +122,13 @@ clusters:
     );
     assert_eq!(code, 403, "{body}");
     // admin: may.
-    let (code, body) = req(admin, "POST", "/api/v1/admin", Some(ADMIN), r#"{"admin": {"log_level": "info"}}"#);
+    let (code, body) = req(
+        admin,
+        "POST",
+        "/api/v1/admin",
+        Some(ADMIN),
+        r#"{"admin": {"log_level": "info"}}"#,
+    );
     assert_eq!(code, 200, "{body}");
 
     // The same rules through the original's way in, an HTTP listener routed to the controller.

@@ -110,7 +110,8 @@ pub struct RuleBody {
     pub action: Action,
 }
 
-/// What a rule does: a route (inline or a Route reference), rewrites, or `apply` another VirtualService's rules.
+/// What a rule does: a route (inline or a Route reference), rewrites, `apply` another VirtualService's rules, or
+/// `deny`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Action {
@@ -126,6 +127,10 @@ pub struct Action {
     /// A VirtualService reference: continue the lookup in its rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply: Option<String>,
+    /// Refuse the matching sessions: a reason, `{reason: STRING}` or `true` (excludes the fields above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::any_value")]
+    pub deny: Option<Value>,
 }
 
 /// `action.route`: a reference or an inline route.
