@@ -12,6 +12,7 @@ use crate::registry::{LocalRegistry, Registration, Registry};
 use crate::store::{Key, Store};
 use crate::xds::{Cache, NodeHooks, NodeInfo, Snapshot, XdsResource, XdsServer};
 use l7mp_api::resource::{self, AgentInfo, Resource};
+use l7mp_api::workload::Workloads;
 use l7mp_api::wire;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -80,6 +81,8 @@ pub struct ControlPlane {
     store_url: OnceLock<String>,
     /// This process: `host/pid`.
     replica: String,
+    /// What workload discovery found (`crate::discovery` sets it); read by every computation.
+    workloads: Mutex<Arc<Workloads>>,
 }
 
 impl ControlPlane {
@@ -103,6 +106,7 @@ impl ControlPlane {
             computed: watch::channel(0).0,
             ready: std::sync::atomic::AtomicBool::new(false),
             store_url: OnceLock::new(),
+            workloads: Mutex::new(Arc::new(Workloads::default())),
             replica: format!(
                 "{}/{}",
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -261,6 +265,23 @@ impl ControlPlane {
             let rejected = s.values().filter(|o| !o.accepted).count();
             (s.len() - rejected, rejected)
         })
+    }
+
+    /// Hands the loop what workload discovery found; a change wakes it (the next computation gives the Targets
+    /// with `pods`/`service` endpoints their new addresses; unchanged resources keep their versions, so only the
+    /// agents holding an affected cluster get a new ClusterLoad). Returns whether it changed.
+    pub fn set_workloads(&self, workloads: Workloads) -> bool {
+        let changed = self.workloads.lock().is_ok_and(|mut w| {
+            if **w == workloads {
+                return false;
+            }
+            *w = Arc::new(workloads);
+            true
+        });
+        if changed {
+            self.kick();
+        }
+        changed
     }
 
     /// Wakes the loop (a change happened).
@@ -424,7 +445,8 @@ impl ControlPlane {
         // connect, so that a thousand agents connecting at once cost one publication, not a thousand.
         self.registry.publish(local.values().cloned().collect());
         let agents: Vec<AgentInfo> = self.all_agents().values().map(Registration::agent).collect();
-        let t = resource::translate(&resources, &agents);
+        let workloads = self.workloads.lock().map(|w| w.clone()).unwrap_or_default();
+        let t = resource::translate_with(&resources, &agents, &workloads);
         // Agents with the same labels share one configuration: encoded once, into one snapshot, for the agents
         // connected here (other replicas serve the rest).
         let mut groups: Vec<Group> = Vec::new();
