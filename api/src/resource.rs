@@ -1700,12 +1700,15 @@ fn build_index<'a, R: Borrow<Resource>>(resources: &'a [R], workloads: &'a Workl
                         Some(EndpointSpec::Pods { .. }) => "pods",
                         _ => "service",
                     };
-                    let p = FieldPath::root().key("spec").key("cluster").key("endpoints").index(i).key(key);
+                    let p = FieldPath::root()
+                        .key("spec")
+                        .key("cluster")
+                        .key("endpoints")
+                        .index(i)
+                        .key(key);
                     ix.errors.insert(
                         k.clone(),
-                        format!(
-                            "{p}: workload discovery is off (start l7mp-control with --discovery kubernetes)"
-                        ),
+                        format!("{p}: workload discovery is off (start l7mp-control with --discovery kubernetes)"),
                     );
                     continue;
                 }

@@ -216,7 +216,12 @@ mod tests {
             enabled: true,
             pods: vec![],
             slices: vec![
-                slice("s1", "echo", vec![7000], vec![ep(&["10.1.0.1"], true), ep(&["10.1.0.2"], false)]),
+                slice(
+                    "s1",
+                    "echo",
+                    vec![7000],
+                    vec![ep(&["10.1.0.1"], true), ep(&["10.1.0.2"], false)],
+                ),
                 slice("s2", "echo", vec![7000], vec![ep(&["fd00::3"], true)]),
                 slice("s3", "echo", vec![8000], vec![ep(&["10.1.0.4"], true)]),
                 slice("s4", "other", vec![7000], vec![ep(&["10.1.0.5"], true)]),

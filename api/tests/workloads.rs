@@ -189,7 +189,11 @@ fn translation_takes_exactly_the_ready_addresses() {
     let t = translate_with(&[&t1], &agents, &w);
     assert!(t.errors.is_empty(), "{:?}", t.errors);
     assert_eq!(addresses(&t, "n1", "media/echo"), ["10.0.0.1", "10.0.0.3"]);
-    let c = t.per_agent["n1"].clusters.iter().find(|c| c.name == "media/echo").expect("cluster");
+    let c = t.per_agent["n1"]
+        .clusters
+        .iter()
+        .find(|c| c.name == "media/echo")
+        .expect("cluster");
     let names: Vec<&str> = c.endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["media/echo/10.0.0.1", "media/echo/10.0.0.3"]);
 
@@ -236,6 +240,10 @@ fn service_endpoints_serve_the_cluster_port() {
     };
     let t = translate_with(&[&t1], &[agent("n1")], &w);
     assert_eq!(addresses(&t, "n1", "media/echo"), ["10.1.0.1", "10.1.0.3"]);
-    let weights: Vec<u32> = t.per_agent["n1"].clusters[0].endpoints.iter().map(|e| e.weight).collect();
+    let weights: Vec<u32> = t.per_agent["n1"].clusters[0]
+        .endpoints
+        .iter()
+        .map(|e| e.weight)
+        .collect();
     assert_eq!(weights, [2, 2]);
 }

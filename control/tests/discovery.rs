@@ -210,7 +210,11 @@ async fn endpoints_are_the_ready_pods_and_follow_them() {
     for t in gw_after.type_urls().filter(|t| *t != CLUSTER_LOAD) {
         assert_eq!(gw_before.type_version(t), gw_after.type_version(t), "{t} changed");
     }
-    assert_eq!(*other_before, *p.snapshot("other-1").expect("other snapshot"), "the other agent is untouched");
+    assert_eq!(
+        *other_before,
+        *p.snapshot("other-1").expect("other snapshot"),
+        "the other agent is untouched"
+    );
 
     set_status(&p.fake, "media", "echo-2", "10.0.0.2", false);
     expect_endpoints(&p, "gw-1", "media/echo", &["10.0.0.1", "10.0.0.3"]).await;
@@ -224,10 +228,7 @@ async fn endpoints_are_the_ready_pods_and_follow_them() {
     p.fake.update(&pods(), "media", p4, false).expect("relabelled");
     expect_endpoints(&p, "gw-1", "media/echo", &["10.0.0.3"]).await;
     // The status is Accepted and placed on the gateway.
-    let st = p
-        .cp
-        .status_of(&Key::new("Target", "media", "echo"))
-        .expect("status");
+    let st = p.cp.status_of(&Key::new("Target", "media", "echo")).expect("status");
     assert!(st.accepted, "{st:?}");
     assert_eq!(st.agents, vec!["gw-1".to_string()]);
 }

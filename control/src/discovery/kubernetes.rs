@@ -63,7 +63,12 @@ pub fn start(client: Client, cp: Arc<ControlPlane>) -> Discovery {
         .modify(|s: &mut EndpointSlice| s.metadata.managed_fields = None)
         .reflect(slice_writer);
     tokio::spawn(follow("pods", pod_events, changed.clone(), handle.state.clone()));
-    tokio::spawn(follow("endpointslices", slice_events, changed.clone(), handle.state.clone()));
+    tokio::spawn(follow(
+        "endpointslices",
+        slice_events,
+        changed.clone(),
+        handle.state.clone(),
+    ));
     let state = handle.state.clone();
     tokio::spawn(async move {
         if pods.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
@@ -96,9 +101,7 @@ async fn follow<K>(
     let mut events = std::pin::pin!(events);
     while let Some(ev) = events.next().await {
         match ev {
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
-                changed.notify_one()
-            }
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => changed.notify_one(),
             Ok(watcher::Event::Init) => tracing::debug!("discovery: listing {what}"),
             Ok(watcher::Event::InitApply(_)) => {}
             Err(e) => {
@@ -192,7 +195,10 @@ mod tests {
         assert!(got.ready);
         assert_eq!(got.ip, Some("10.0.0.1".parse().expect("ip")));
         assert_eq!(got.labels.get("app").map(String::as_str), Some("echo"));
-        assert!(!pod(&p(ready, true)).expect("pod").ready, "a pod being deleted is not ready");
+        assert!(
+            !pod(&p(ready, true)).expect("pod").ready,
+            "a pod being deleted is not ready"
+        );
         let not = json!({"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "False"},
                                                            {"type": "PodScheduled", "status": "True"}]});
         assert!(!pod(&p(not, false)).expect("pod").ready);
