@@ -83,6 +83,8 @@ pub struct ControlPlane {
     replica: String,
     /// What workload discovery found (`crate::discovery` sets it); read by every computation.
     workloads: Mutex<Arc<Workloads>>,
+    /// The workload discovery source, when one runs (its readiness counts in [`Self::ready`]).
+    discovery: OnceLock<crate::discovery::Discovery>,
 }
 
 impl ControlPlane {
@@ -107,6 +109,7 @@ impl ControlPlane {
             ready: std::sync::atomic::AtomicBool::new(false),
             store_url: OnceLock::new(),
             workloads: Mutex::new(Arc::new(Workloads::default())),
+            discovery: OnceLock::new(),
             replica: format!(
                 "{}/{}",
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -200,9 +203,22 @@ impl ControlPlane {
         v
     }
 
-    /// Whether the store was read and snapshots computed at least once, and the store is reachable now.
+    /// Whether the store was read and snapshots computed at least once, the store is reachable now, and workload
+    /// discovery (if it runs) has listed once.
     pub fn ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed) && self.store_problem().is_none()
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+            && self.store_problem().is_none()
+            && self.discovery().is_none_or(|d| d.ready())
+    }
+
+    /// Records the workload discovery source (the first one given stays).
+    pub fn set_discovery(&self, d: crate::discovery::Discovery) {
+        let _ = self.discovery.set(d);
+    }
+
+    /// The workload discovery source, if one runs.
+    pub fn discovery(&self) -> Option<&crate::discovery::Discovery> {
+        self.discovery.get()
     }
 
     /// Why the control plane is not ready (`None` when it is).
@@ -213,6 +229,9 @@ impl ControlPlane {
                 "the store is unreachable (for {secs} s): {}; agents keep the last configuration, writes are refused",
                 p.error
             ));
+        }
+        if self.discovery().is_some_and(|d| !d.ready()) {
+            return Some("workload discovery has not listed the Kubernetes Pods and EndpointSlices yet".into());
         }
         (!self.ready.load(std::sync::atomic::Ordering::Relaxed)).then(|| "the store has not been read yet".to_string())
     }

@@ -367,3 +367,20 @@ async fn a_bad_selector_is_rejected_with_its_field_path() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_keeps_the_control_plane_unready() {
+    // A client for a server that is gone: every list fails (connection refused) and is retried.
+    let fake = FakeApiServer::start(Options::default()).expect("fake starts");
+    let client = fake.client();
+    drop(fake);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = ControlPlane::new(Arc::new(EmbeddedStore::open(dir.path()).expect("store")));
+    let d = kubernetes::start(client, cp.clone());
+    cp.recompute().await.expect("computation");
+    assert!(!d.wait_ready(Duration::from_millis(1500)).await);
+    assert!(d.failures() > 0, "the failed lists are counted");
+    assert!(!cp.ready());
+    let why = cp.not_ready_reason().unwrap_or_default();
+    assert!(why.contains("workload discovery"), "{why}");
+}

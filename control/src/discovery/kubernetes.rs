@@ -46,6 +46,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, DiscoveryError>
 /// are retried with the watcher's default back-off (and counted).
 pub fn start(client: Client, cp: Arc<ControlPlane>) -> Discovery {
     let (handle, ready_tx) = Discovery::new();
+    cp.set_discovery(handle.clone());
     let changed = Arc::new(Notify::new());
     // Only the fields selection reads are kept (no spec, no managed fields): a cluster's pods can be many.
     let (pods, pod_writer) = reflector::store::<Pod>();
