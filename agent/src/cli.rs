@@ -202,9 +202,15 @@ pub struct Args {
     )]
     pub xds: Vec<String>,
 
-    /// This agent's node id at the control plane (default: the host name).
+    /// This agent's node id at the control plane (default: in a pod `POD_NAME.POD_NAMESPACE` from the downward
+    /// API, else the host name).
     #[arg(long, env = "L7MP_NODE_ID", value_name = "ID", help_heading = "Control plane")]
     pub node_id: Option<String>,
+
+    /// A file of labels in the downward API's format (`key="value"` per line), e.g. the pod's labels from a
+    /// `downwardAPI` volume; `--labels` adds to and overrides them. Default: /etc/podinfo/labels if it exists.
+    #[arg(long, env = "L7MP_LABELS_FILE", value_name = "FILE", help_heading = "Control plane")]
+    pub labels_file: Option<std::path::PathBuf>,
 
     /// This agent's labels, which VirtualService and Target selectors match: `key=value,key2=value2`.
     #[arg(
@@ -216,7 +222,8 @@ pub struct Args {
     )]
     pub labels: String,
 
-    /// The address other agents reach this one at (used for Target endpoints that select agents).
+    /// The address other agents reach this one at (used for Target endpoints that select agents). Default: the
+    /// `POD_IP` environment variable (downward API `status.podIP`), if set.
     #[arg(long, env = "L7MP_ADDRESS", value_name = "IP", help_heading = "Control plane")]
     pub address: Option<std::net::IpAddr>,
 }

@@ -144,16 +144,24 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
         let xds_stop = CancellationToken::new();
         if !args.xds.is_empty() {
             l7mp_agent::xds::check_servers(&args.xds).map_err(|e| anyhow::anyhow!("--xds: {e}"))?;
-            let labels = l7mp_agent::xds::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
-            let node_id = match &args.node_id {
-                Some(id) => id.clone(),
+            // Flags, else the downward API (POD_NAME, POD_NAMESPACE, POD_IP, /etc/podinfo/labels).
+            let id = l7mp_agent::xds::identity(
+                args.node_id.as_deref(),
+                &args.labels,
+                args.labels_file.as_deref(),
+                args.address,
+                |k| std::env::var(k).ok(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let node_id = match id.node_id {
+                Some(id) => id,
                 None => sys::hostname().context("cannot tell the host name; give --node-id")?,
             };
             let opts = l7mp_agent::xds::XdsOptions {
                 servers: args.xds.clone(),
                 node_id,
-                labels,
-                address: args.address,
+                labels: id.labels,
+                address: id.address,
                 base,
             };
             tokio::spawn(l7mp_agent::xds::run(engine.clone(), opts, xds_stop.clone()));

@@ -249,6 +249,96 @@ pub fn check_servers(servers: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Where a pod's labels are, by convention, when a `downwardAPI` volume is mounted at /etc/podinfo.
+pub const DEFAULT_LABELS_FILE: &str = "/etc/podinfo/labels";
+
+/// Who the agent says it is to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `None`: nothing said; the caller falls back to the host name.
+    pub node_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub address: Option<IpAddr>,
+}
+
+/// The agent's identity from its flags and, in a pod, the downward API: the node id defaults to
+/// `POD_NAME.POD_NAMESPACE` (or `POD_NAME`), the labels to those of `labels_file` (or [`DEFAULT_LABELS_FILE`] if it
+/// exists) with `--labels` on top, the address to `POD_IP`. `env` reads an environment variable.
+pub fn identity(
+    node_id: Option<&str>,
+    labels: &str,
+    labels_file: Option<&std::path::Path>,
+    address: Option<IpAddr>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Identity, String> {
+    let env = |k: &str| env(k).filter(|v| !v.is_empty());
+    let node_id = node_id.map(str::to_owned).or_else(|| {
+        let name = env("POD_NAME")?;
+        Some(match env("POD_NAMESPACE") {
+            Some(ns) => format!("{name}.{ns}"),
+            None => name,
+        })
+    });
+    let file = match labels_file {
+        Some(f) => Some(f.to_path_buf()),
+        None => Some(std::path::PathBuf::from(DEFAULT_LABELS_FILE)).filter(|f| f.exists()),
+    };
+    let mut all = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(&f).map_err(|e| format!("--labels-file {}: {e}", f.display()))?;
+            parse_labels_file(&text).map_err(|e| format!("--labels-file {}: {e}", f.display()))?
+        }
+        None => BTreeMap::new(),
+    };
+    all.extend(parse_labels(labels).map_err(|e| format!("--labels: {e}"))?);
+    let address = match (address, env("POD_IP")) {
+        (Some(a), _) => Some(a),
+        (None, Some(ip)) => Some(ip.parse().map_err(|e| format!("POD_IP {ip:?}: {e}"))?),
+        (None, None) => None,
+    };
+    Ok(Identity {
+        node_id,
+        labels: all,
+        address,
+    })
+}
+
+/// Parses the downward API's labels file: one `key="value"` per line, the value quoted with Go's escapes (`\"`,
+/// `\\`, `\n`, `\t`, ...). Blank lines are skipped.
+pub fn parse_labels_file(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
+        let (k, v) = line.split_once('=').ok_or_else(|| bad("expected key=\"value\""))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(bad("the key is empty"));
+        }
+        let v = v.trim();
+        let inner = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .ok_or_else(|| bad("the value is not quoted"))?;
+        let mut value = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                value.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('n') => value.push('\n'),
+                Some('t') => value.push('\t'),
+                Some('r') => value.push('\r'),
+                Some(c @ ('"' | '\\')) => value.push(c),
+                _ => return Err(bad("unsupported escape in the value")),
+            }
+        }
+        out.insert(k.to_owned(), value);
+    }
+    Ok(out)
+}
+
 /// Parses `k=v,k2=v2` (the `--labels` flag).
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
@@ -267,6 +357,49 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_from_the_downward_api() {
+        let dir = std::env::temp_dir().join(format!("l7mp-podinfo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("labels");
+        std::fs::write(
+            &file,
+            "app=\"echo\"\npod-template-hash=\"5d9f\"\nnote=\"a \\\"quoted\\\" one\"\n\n",
+        )
+        .expect("write");
+        let env = |k: &str| match k {
+            "POD_NAME" => Some("echo-5d9f-abcde".to_string()),
+            "POD_NAMESPACE" => Some("media".to_string()),
+            "POD_IP" => Some("10.1.2.3".to_string()),
+            _ => None,
+        };
+        let id = identity(None, "zone=a,app=gw", Some(&file), None, env).expect("identity");
+        assert_eq!(id.node_id.as_deref(), Some("echo-5d9f-abcde.media"));
+        assert_eq!(id.address, Some("10.1.2.3".parse().expect("ip")));
+        let want: BTreeMap<String, String> = [
+            ("app", "gw"), // --labels overrides the file
+            ("note", "a \"quoted\" one"),
+            ("pod-template-hash", "5d9f"),
+            ("zone", "a"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(id.labels, want);
+        // Flags win over the environment; outside a pod nothing is made up.
+        let id = identity(Some("n1"), "", None, Some("10.9.9.9".parse().expect("ip")), env).expect("identity");
+        assert_eq!(id.node_id.as_deref(), Some("n1"));
+        assert_eq!(id.address, Some("10.9.9.9".parse().expect("ip")));
+        let id = identity(None, "", Some(&file), None, |_| None).expect("identity");
+        assert_eq!((id.node_id, id.address), (None, None));
+        // Errors name the file and line.
+        std::fs::write(&file, "app=echo\n").expect("write");
+        let e = identity(None, "", Some(&file), None, |_| None).expect_err("unquoted");
+        assert!(e.contains("line 1: the value is not quoted"), "{e}");
+        assert!(identity(None, "", Some(&dir.join("missing")), None, |_| None).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn labels_and_backoff() {

@@ -24,6 +24,7 @@ pub mod predicate;
 pub mod resource;
 pub mod time;
 pub mod wire;
+pub mod workload;
 
 pub use edit::{Edit, EditError, RuleRef};
 pub use error::{ConfigError, FieldError};

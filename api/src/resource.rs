@@ -12,6 +12,7 @@ use crate::error::{ConfigError, FieldError};
 use crate::load::config_from_value;
 use crate::model::{ClusterSpec, Config, ListenerSpec, LoadBalancer, Retry, Rewrite};
 use crate::path::{FieldPath, Segment};
+use crate::workload::{Workloads, dns_label_problem, label_key_problem, label_value_problem};
 use serde_json::{Map, Value, json};
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -359,6 +360,25 @@ pub enum EndpointSpec {
     },
     /// The addresses of the agents the selector matches.
     Selector(Selector),
+    /// The IPs of the ready Pods the selector picks in `namespace` (discovered in Kubernetes), each with `weight`.
+    Pods {
+        selector: Selector,
+        namespace: String,
+        weight: u32,
+    },
+    /// The ready endpoints of Service `namespace/name` (its EndpointSlices) that serve the cluster's port.
+    Service {
+        name: String,
+        namespace: String,
+        weight: u32,
+    },
+}
+
+impl EndpointSpec {
+    /// Whether the endpoint stands for discovered workloads (`pods` or `service`).
+    pub fn is_workload(&self) -> bool {
+        matches!(self, EndpointSpec::Pods { .. } | EndpointSpec::Service { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -586,7 +606,7 @@ fn takes_endpoints(spec: &Value) -> bool {
 
 /// Checks a cluster's spec, load balancer and endpoints with the loader (a selector endpoint stands in as a
 /// placeholder address, so the loader's indices stay the written ones).
-fn check_cluster(r: &mut Reader, co: &Obj, base: &FieldPath) -> Option<TargetCluster> {
+fn check_cluster(r: &mut Reader, co: &Obj, base: &FieldPath, ns: &str) -> Option<TargetCluster> {
     let Some(spec) = co.get("spec") else {
         r.err(&base.key("spec"), "missing required field");
         return None;
@@ -604,21 +624,27 @@ fn check_cluster(r: &mut Reader, co: &Obj, base: &FieldPath) -> Option<TargetClu
             return None;
         }
     };
-    let mut selectors: BTreeMap<usize, Selector> = BTreeMap::new();
+    let mut selectors: BTreeMap<usize, EndpointSpec> = BTreeMap::new();
     let before = r.errors.len();
     let placeholders: Vec<Value> = items
         .iter()
         .enumerate()
-        .map(|(i, it)| match it.get("selector") {
-            Some(sel) => {
-                let p = base.key("endpoints").index(i);
+        .map(|(i, it)| {
+            let p = base.key("endpoints").index(i);
+            if let Some(sel) = it.get("selector") {
                 if it.as_object().is_some_and(|o| o.len() > 1) {
                     r.err(&p, "a selector endpoint has only `selector`");
                 }
-                selectors.insert(i, r.selector(Some(sel), &p.key("selector")));
+                selectors.insert(i, EndpointSpec::Selector(r.selector(Some(sel), &p.key("selector"))));
                 json!({"spec": {"address": "placeholder"}})
+            } else if it.get("pods").is_some() || it.get("service").is_some() {
+                if let Some(e) = workload_endpoint(r, it, &p, ns) {
+                    selectors.insert(i, e);
+                }
+                json!({"spec": {"address": "placeholder"}})
+            } else {
+                it.clone()
             }
-            None => it.clone(),
         })
         .collect();
     if r.errors.len() > before {
@@ -635,13 +661,13 @@ fn check_cluster(r: &mut Reader, co: &Obj, base: &FieldPath) -> Option<TargetClu
     match config_from_value(&json!({"clusters": [c]})) {
         Ok(cfg) => {
             let c = cfg.clusters.into_iter().next()?;
-            let endpoints = c
+            let endpoints: Vec<EndpointSpec> = c
                 .endpoints
                 .into_iter()
                 .zip(&items)
                 .enumerate()
                 .map(|(i, (ep, item))| match selectors.remove(&i) {
-                    Some(sel) => EndpointSpec::Selector(sel),
+                    Some(e) => e,
                     None => EndpointSpec::Static {
                         name: item.get("name").and_then(Value::as_str).map(str::to_owned),
                         address: ep.address,
@@ -649,6 +675,24 @@ fn check_cluster(r: &mut Reader, co: &Obj, base: &FieldPath) -> Option<TargetClu
                     },
                 })
                 .collect();
+            if network_port(&c.spec).is_none()
+                && let Some(i) = endpoints.iter().position(EndpointSpec::is_workload)
+            {
+                let key = if items.get(i).is_some_and(|it| it.get("pods").is_some()) {
+                    "pods"
+                } else {
+                    "service"
+                };
+                r.err(
+                    &base.key("endpoints").index(i).key(key),
+                    format!(
+                        "workload endpoints need a cluster that connects to an IP address and port (UDP, TCP, \
+                         WebSocket, HTTP, SCTP), not {}",
+                        c.spec.protocol()
+                    ),
+                );
+                return None;
+            }
             Some(TargetCluster {
                 spec: c.spec,
                 loadbalancer: c.loadbalancer,
@@ -660,6 +704,110 @@ fn check_cluster(r: &mut Reader, co: &Obj, base: &FieldPath) -> Option<TargetClu
             None
         }
     }
+}
+
+/// The port a cluster connects to at each endpoint address, if it connects to IP addresses at all.
+pub fn network_port(spec: &ClusterSpec) -> Option<u16> {
+    match spec {
+        ClusterSpec::Udp { port, .. }
+        | ClusterSpec::Tcp { port, .. }
+        | ClusterSpec::WebSocket { port }
+        | ClusterSpec::Http { port, .. }
+        | ClusterSpec::Sctp { port, .. } => Some(*port),
+        ClusterSpec::JsonSocket { transport, .. } => network_port(transport),
+        _ => None,
+    }
+}
+
+/// A `pods` or `service` endpoint: `{pods: {selector, namespace?}, weight?}` or `{service: {name, namespace?},
+/// weight?}`; the namespace defaults to the Target's.
+fn workload_endpoint(r: &mut Reader, it: &Value, p: &FieldPath, ns: &str) -> Option<EndpointSpec> {
+    let o = r.object(it, p, &["pods", "service", "weight"])?;
+    if o.contains_key("pods") && o.contains_key("service") {
+        r.err(&p.key("service"), "give `pods` or `service`, not both");
+        return None;
+    }
+    let weight = match o.get("weight") {
+        None => Some(1),
+        Some(w) => match w.as_u64().and_then(|w| u32::try_from(w).ok()) {
+            Some(w) => Some(w),
+            None => {
+                r.err(
+                    &p.key("weight"),
+                    format!("expected a non-negative integer, got {}", describe(w)),
+                );
+                None
+            }
+        },
+    };
+    let namespace = |r: &mut Reader, wo: &Obj, wp: &FieldPath| -> Option<String> {
+        match wo.get("namespace") {
+            None | Some(Value::Null) => Some(ns.to_owned()),
+            Some(v) => {
+                let s = r.string(v, &wp.key("namespace"))?;
+                match dns_label_problem(&s) {
+                    Some(why) => {
+                        r.err(&wp.key("namespace"), format!("{s:?} {why}"));
+                        None
+                    }
+                    None => Some(s),
+                }
+            }
+        }
+    };
+    if let Some(pv) = o.get("pods") {
+        let pp = p.key("pods");
+        let po = r.object(pv, &pp, &["selector", "namespace"])?;
+        let sp = pp.key("selector");
+        let before = r.errors.len();
+        let selector = match po.get("selector") {
+            Some(v) => r.selector(Some(v), &sp),
+            None => {
+                r.err(&sp, "missing required field");
+                return None;
+            }
+        };
+        if r.errors.len() == before && selector.match_labels.is_empty() {
+            r.err(
+                &sp,
+                "an empty selector would pick every pod in the namespace: name at least one label",
+            );
+        }
+        for (k, v) in &selector.match_labels {
+            if let Some(why) = label_key_problem(k) {
+                r.err(&sp.key(k), format!("{k:?} is no valid label key: {why}"));
+            } else if let Some(why) = label_value_problem(v) {
+                r.err(&sp.key(k), format!("{v:?} is no valid label value: {why}"));
+            }
+        }
+        let namespace = namespace(r, po, &pp);
+        return (r.errors.len() == before).then_some(EndpointSpec::Pods {
+            selector,
+            namespace: namespace?,
+            weight: weight?,
+        });
+    }
+    let sp = p.key("service");
+    let so = r.object(o.get("service")?, &sp, &["name", "namespace"])?;
+    let name = match so.get("name") {
+        Some(v) => r.string(v, &sp.key("name")).and_then(|s| match dns_label_problem(&s) {
+            Some(why) => {
+                r.err(&sp.key("name"), format!("{s:?} {why}"));
+                None
+            }
+            None => Some(s),
+        }),
+        None => {
+            r.err(&sp.key("name"), "missing required field");
+            None
+        }
+    };
+    let namespace = namespace(r, so, &sp);
+    Some(EndpointSpec::Service {
+        name: name?,
+        namespace: namespace?,
+        weight: weight?,
+    })
 }
 
 fn check_retry(r: &mut Reader, v: &Value, path: &FieldPath) -> Option<Retry> {
@@ -1032,7 +1180,7 @@ fn parse_target(r: &mut Reader, o: &Obj, sp: &FieldPath, ns: &str) -> Option<Tar
         (Some(c), None) => {
             let cp = sp.key("cluster");
             let co = r.object(c, &cp, &["spec", "loadbalancer", "endpoints"])?;
-            check_cluster(r, co, &cp).map(TargetBackend::Cluster)
+            check_cluster(r, co, &cp, ns).map(TargetBackend::Cluster)
         }
     };
     Some(TargetSpec {
@@ -1408,6 +1556,17 @@ pub fn to_value(r: &Resource) -> Value {
                                 Value::Object(m)
                             }
                             EndpointSpec::Selector(s) => json!({"selector": selector_value(s)}),
+                            EndpointSpec::Pods {
+                                selector,
+                                namespace,
+                                weight,
+                            } => json!({"pods": {"selector": selector_value(selector), "namespace": namespace},
+                                        "weight": weight}),
+                            EndpointSpec::Service {
+                                name,
+                                namespace,
+                                weight,
+                            } => json!({"service": {"name": name, "namespace": namespace}, "weight": weight}),
                         })
                         .collect();
                     o.insert(
@@ -1526,6 +1685,8 @@ struct Index<'a> {
     /// Accepted Rule objects by VirtualService, in insertion order.
     rules: BTreeMap<ResourceRef, Vec<&'a Resource>>,
     vsvcs: BTreeSet<ResourceRef>,
+    /// The discovered Pods and EndpointSlices (`pods` and `service` endpoints).
+    workloads: &'a Workloads,
 }
 
 fn vs_spec<'a>(ix: &Index<'a>, r: &ResourceRef) -> Option<&'a VirtualServiceSpec> {
@@ -1638,8 +1799,9 @@ fn check_body(
     Ok(())
 }
 
-fn build_index<R: Borrow<Resource>>(resources: &[R]) -> Index<'_> {
+fn build_index<'a, R: Borrow<Resource>>(resources: &'a [R], workloads: &'a Workloads) -> Index<'a> {
     let mut ix = Index {
+        workloads,
         by_ref: BTreeMap::new(),
         errors: BTreeMap::new(),
         targets: BTreeMap::new(),
@@ -1665,6 +1827,25 @@ fn build_index<R: Borrow<Resource>>(resources: &[R]) -> Index<'_> {
         let ResourceSpec::Target(t) = &r.spec else { continue };
         match &t.backend {
             TargetBackend::Cluster(c) => {
+                if !ix.workloads.enabled
+                    && let Some(i) = c.endpoints.iter().position(EndpointSpec::is_workload)
+                {
+                    let key = match c.endpoints.get(i) {
+                        Some(EndpointSpec::Pods { .. }) => "pods",
+                        _ => "service",
+                    };
+                    let p = FieldPath::root()
+                        .key("spec")
+                        .key("cluster")
+                        .key("endpoints")
+                        .index(i)
+                        .key(key);
+                    ix.errors.insert(
+                        k.clone(),
+                        format!("{p}: workload discovery is off (start l7mp-control with --discovery kubernetes)"),
+                    );
+                    continue;
+                }
                 ix.targets.insert(
                     k.clone(),
                     json!({"spec": dump::cluster_spec(&c.spec), "loadbalancer": dump::loadbalancer(&c.loadbalancer)}),
@@ -1856,6 +2037,25 @@ impl Flat {
                                 push(format!("{name}/{a}"), a.to_string(), 1);
                             }
                         }
+                        EndpointSpec::Pods {
+                            selector,
+                            namespace,
+                            weight,
+                        } => {
+                            for a in ix.workloads.pod_addresses(selector, namespace) {
+                                push(format!("{name}/{a}"), a.to_string(), *weight);
+                            }
+                        }
+                        EndpointSpec::Service {
+                            name: svc,
+                            namespace,
+                            weight,
+                        } => {
+                            let port = network_port(&c.spec);
+                            for a in ix.workloads.service_addresses(svc, namespace, port) {
+                                push(format!("{name}/{a}"), a.to_string(), *weight);
+                            }
+                        }
                     }
                 }
             }
@@ -2008,7 +2208,18 @@ fn agent_document(ix: &Index<'_>, install: &[ResourceRef], agents: &[AgentInfo])
 /// What an agent gets depends only on its labels (and on the set of agents, for endpoint selectors), so agents
 /// with the same labels are translated once and share one [`Arc<Config>`].
 pub fn translate<R: Borrow<Resource>>(resources: &[R], agents: &[AgentInfo]) -> Translation {
-    let ix = build_index(resources);
+    translate_with(resources, agents, &Workloads::default())
+}
+
+/// [`translate`] with the workloads discovery found: a Target's `pods` and `service` endpoints stand for the
+/// addresses of the ready ones (`<cluster>/<ip>`, like agent selectors). Without discovery
+/// ([`Workloads::enabled`] false) such a Target is rejected.
+pub fn translate_with<R: Borrow<Resource>>(
+    resources: &[R],
+    agents: &[AgentInfo],
+    workloads: &Workloads,
+) -> Translation {
+    let ix = build_index(resources, workloads);
     let mut out = Translation {
         per_agent: BTreeMap::new(),
         errors: ix.errors.clone(),

@@ -1,5 +1,6 @@
 //! The control plane's admin HTTP listener: `/live`, `/ready` (the first computation is done and the store is
-//! reachable; else 503 with the reason) and `/metrics` (Prometheus: connected agents, objects by state, snapshot pushes, ACKs and NACKs).
+//! reachable, and workload discovery, if on, has listed once; else 503 with the reason) and `/metrics` (Prometheus:
+//! connected agents, objects by state, snapshot pushes, ACKs and NACKs, discovery readiness and failures).
 
 use crate::controller::ControlPlane;
 use axum::extract::State;
@@ -92,5 +93,19 @@ async fn metrics(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
             .and_then(|p| p.since.elapsed().ok())
             .map_or(0.0, |d| d.as_secs_f64())
     );
+    if let Some(d) = cp.discovery() {
+        let _ = writeln!(
+            out,
+            "# HELP l7mp_control_discovery_ready Whether workload discovery has listed Kubernetes once (1) or not yet (0)."
+        );
+        let _ = writeln!(out, "# TYPE l7mp_control_discovery_ready gauge");
+        let _ = writeln!(out, "l7mp_control_discovery_ready {}", u8::from(d.ready()));
+        let _ = writeln!(
+            out,
+            "# HELP l7mp_control_discovery_failures_total Failed list or watch calls of workload discovery (each is retried)."
+        );
+        let _ = writeln!(out, "# TYPE l7mp_control_discovery_failures_total counter");
+        let _ = writeln!(out, "l7mp_control_discovery_failures_total {}", d.failures());
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

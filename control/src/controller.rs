@@ -13,6 +13,7 @@ use crate::store::{Key, Store};
 use crate::xds::{Cache, NodeHooks, NodeInfo, Snapshot, XdsResource, XdsServer};
 use l7mp_api::resource::{self, AgentInfo, Resource};
 use l7mp_api::wire;
+use l7mp_api::workload::Workloads;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -92,6 +93,10 @@ pub struct ControlPlane {
     /// The snapshot every gRPC client gets (the Envoy resources of the last computation), handed to a gRPC client
     /// the moment it connects rather than after the next computation.
     grpc_snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// What workload discovery found (`crate::discovery` sets it); read by every computation.
+    workloads: Mutex<Arc<Workloads>>,
+    /// The workload discovery source, when one runs (its readiness counts in [`Self::ready`]).
+    discovery: OnceLock<crate::discovery::Discovery>,
 }
 
 impl ControlPlane {
@@ -117,6 +122,8 @@ impl ControlPlane {
             store_url: OnceLock::new(),
             grpc_last_good: Mutex::new(BTreeMap::new()),
             grpc_snapshot: Mutex::new(None),
+            workloads: Mutex::new(Arc::new(Workloads::default())),
+            discovery: OnceLock::new(),
             replica: format!(
                 "{}/{}",
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -224,9 +231,22 @@ impl ControlPlane {
         v
     }
 
-    /// Whether the store was read and snapshots computed at least once, and the store is reachable now.
+    /// Whether the store was read and snapshots computed at least once, the store is reachable now, and workload
+    /// discovery (if it runs) has listed once.
     pub fn ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed) && self.store_problem().is_none()
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+            && self.store_problem().is_none()
+            && self.discovery().is_none_or(|d| d.ready())
+    }
+
+    /// Records the workload discovery source (the first one given stays).
+    pub fn set_discovery(&self, d: crate::discovery::Discovery) {
+        let _ = self.discovery.set(d);
+    }
+
+    /// The workload discovery source, if one runs.
+    pub fn discovery(&self) -> Option<&crate::discovery::Discovery> {
+        self.discovery.get()
     }
 
     /// Why the control plane is not ready (`None` when it is).
@@ -237,6 +257,9 @@ impl ControlPlane {
                 "the store is unreachable (for {secs} s): {}; agents keep the last configuration, writes are refused",
                 p.error
             ));
+        }
+        if self.discovery().is_some_and(|d| !d.ready()) {
+            return Some("workload discovery has not listed the Kubernetes Pods and EndpointSlices yet".into());
         }
         (!self.ready.load(std::sync::atomic::Ordering::Relaxed)).then(|| "the store has not been read yet".to_string())
     }
@@ -289,6 +312,23 @@ impl ControlPlane {
             let rejected = s.values().filter(|o| !o.accepted).count();
             (s.len() - rejected, rejected)
         })
+    }
+
+    /// Hands the loop what workload discovery found; a change wakes it (the next computation gives the Targets
+    /// with `pods`/`service` endpoints their new addresses; unchanged resources keep their versions, so only the
+    /// agents holding an affected cluster get a new ClusterLoad). Returns whether it changed.
+    pub fn set_workloads(&self, workloads: Workloads) -> bool {
+        let changed = self.workloads.lock().is_ok_and(|mut w| {
+            if **w == workloads {
+                return false;
+            }
+            *w = Arc::new(workloads);
+            true
+        });
+        if changed {
+            self.kick();
+        }
+        changed
     }
 
     /// Wakes the loop (a change happened).
@@ -459,7 +499,8 @@ impl ControlPlane {
             .filter(|r| r.kind.is_agent())
             .map(Registration::agent)
             .collect();
-        let t = resource::translate(&resources, &agents);
+        let workloads = self.workloads.lock().map(|w| w.clone()).unwrap_or_default();
+        let t = resource::translate_with(&resources, &agents, &workloads);
         let mut grpc = crate::grpc::resources(&t.grpc);
         let mut envoy = Snapshot::new();
         {

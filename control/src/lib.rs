@@ -4,12 +4,14 @@
 //! - [`xds`]: the xDS server (ADS, state of the world and delta) that streams per-node resources to agents.
 //! - [`controller`]: the control loop from stored objects and connected agents to per-agent snapshots and status.
 //! - [`grpc`]: standard Envoy resources for proxyless gRPC clients (`xds:///NAME`), checked against what gRPC accepts.
+//! - [`discovery`]: workload discovery (Kubernetes Pods and EndpointSlices) for Targets' `pods`/`service` endpoints.
 //! - [`management`]: the Management API (gRPC) that `l7mpctl` uses.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
 
 pub mod admin;
 pub mod controller;
 pub mod grpc;
+pub mod discovery;
 pub mod management;
 pub mod registry;
 pub mod store;

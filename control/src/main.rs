@@ -33,6 +33,10 @@ struct Args {
     /// shared by every replica that names the same etcd and prefix.
     #[arg(long, env = "L7MP_STORE", default_value = "embedded:./l7mp-data")]
     store: String,
+    /// Discover workloads for Targets' `pods` and `service` endpoints: `kubernetes` (in-cluster, or $KUBECONFIG /
+    /// ~/.kube/config) or `kubernetes:KUBECONFIG`. Needs get/list/watch on pods and endpointslices.
+    #[arg(long, env = "L7MP_DISCOVERY", value_name = "kubernetes[:KUBECONFIG]")]
+    discovery: Option<l7mp_control::discovery::DiscoverySource>,
     /// Serve `/live`, `/ready` and `/metrics` (Prometheus) over HTTP on this address.
     #[arg(long, env = "L7MP_ADMIN", value_name = "ADDR:PORT")]
     admin: Option<SocketAddr>,
@@ -79,6 +83,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cp.set_store_url(&args.store);
     let xds = XdsServer::new(cp.cache().clone(), Arc::new(Hooks(cp.clone())), XdsConfig::default());
     cp.set_xds(xds.clone());
+    // Workload discovery (a seam: it only calls `cp.set_workloads`). The first listing is awaited, bounded, so that
+    // agents do not first get Targets without their pods.
+    if let Some(l7mp_control::discovery::DiscoverySource::Kubernetes { kubeconfig }) = &args.discovery {
+        let client = l7mp_control::discovery::kubernetes::client(kubeconfig.as_deref())
+            .await
+            .context("--discovery")?;
+        let d = l7mp_control::discovery::kubernetes::start(client, cp.clone());
+        if !d.wait_ready(std::time::Duration::from_secs(30)).await {
+            tracing::warn!("discovery: Kubernetes workloads not listed after 30 s; going on without them for now");
+        }
+    }
     cp.recompute().await.context("cannot read the store")?;
     tokio::spawn(cp.clone().run());
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -75,7 +75,8 @@ pub struct LoadBalancer {
     pub outlier_detection: Option<Value>,
 }
 
-/// A static endpoint (`{name?, spec: {address | filename}, weight?}`) or `{selector}` (the matching agents).
+/// A static endpoint (`{name?, spec: {address | filename}, weight?}`), `{selector}` (the matching agents), or
+/// discovered workloads: `{pods: {selector, namespace?}, weight?}` or `{service: {name, namespace?}, weight?}`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +87,31 @@ pub struct Endpoint {
     pub weight: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<Selector>,
+    /// The ready Pods the selector picks (their `status.podIP`), in `namespace` (default: the Target's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodsEndpoint>,
+    /// The ready endpoints of a Service (its EndpointSlices) that serve the cluster's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceEndpoint>,
+}
+
+/// `pods`: a label selector over Pods and their namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+pub struct PodsEndpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+    /// Default: the Target's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `service`: a Service by name and namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+pub struct ServiceEndpoint {
+    pub name: String,
+    /// Default: the Target's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]

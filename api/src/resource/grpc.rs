@@ -495,6 +495,25 @@ fn cluster(ix: &Index<'_>, t: &ResourceRef, agents: &[AgentInfo]) -> Result<Grpc
                             push(format!("{name}/{a}"), a, 1);
                         }
                     }
+                    // Discovered workloads, the same addresses agents get (ready ones only).
+                    EndpointSpec::Pods {
+                        selector,
+                        namespace,
+                        weight,
+                    } => {
+                        for a in ix.workloads.pod_addresses(selector, namespace) {
+                            push(format!("{name}/{a}"), a, *weight);
+                        }
+                    }
+                    EndpointSpec::Service {
+                        name: svc,
+                        namespace,
+                        weight,
+                    } => {
+                        for a in ix.workloads.service_addresses(svc, namespace, Some(port)) {
+                            push(format!("{name}/{a}"), a, *weight);
+                        }
+                    }
                 }
             }
             (port, lb)
