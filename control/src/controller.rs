@@ -320,10 +320,9 @@ impl ControlPlane {
     /// Reads one key every [`PROBE_EVERY`], so that an unreachable store shows (in `/ready`, the metrics and
     /// `l7mpctl status`) even while nothing is written and the watch waits for the store quietly.
     async fn probe_store(self: Arc<Self>) {
-        let probe = Key::new("Health", "", "probe");
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
-            let r = self.store.get(&probe).await;
+            let r = self.store.probe().await;
             // A failure is recorded at once; success clears the problem only through a completed computation
             // (so that "ready" also means the snapshots are current).
             match r {

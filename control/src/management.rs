@@ -53,7 +53,9 @@ impl ManagementService {
 fn store_error(e: StoreError) -> Status {
     match e {
         e @ StoreError::Conflict { .. } => Status::aborted(e.to_string()),
-        e @ StoreError::InvalidKey { .. } => Status::invalid_argument(e.to_string()),
+        e @ (StoreError::InvalidKey { .. } | StoreError::InvalidValue { .. }) => {
+            Status::invalid_argument(e.to_string())
+        }
         other => Status::unavailable(format!("the store is unreachable: {other}")),
     }
 }

@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod kube;
 pub mod proxy;
