@@ -92,5 +92,13 @@ async fn metrics(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
             .and_then(|p| p.since.elapsed().ok())
             .map_or(0.0, |d| d.as_secs_f64())
     );
+    if let Some(l) = cp.leadership() {
+        let _ = writeln!(
+            out,
+            "# HELP l7mp_control_leader Whether this replica holds the leader-election Lease and writes status (1) or not (0)."
+        );
+        let _ = writeln!(out, "# TYPE l7mp_control_leader gauge");
+        let _ = writeln!(out, "l7mp_control_leader {}", u8::from(l.leader));
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -80,6 +80,8 @@ pub struct ControlPlane {
     store_url: OnceLock<String>,
     /// This process: `host/pid`.
     replica: String,
+    /// Leader election (kubernetes store: only the leader writes status); `None` without it.
+    leadership: OnceLock<watch::Receiver<crate::leader::Leadership>>,
 }
 
 impl ControlPlane {
@@ -110,7 +112,24 @@ impl ControlPlane {
                     .unwrap_or_else(|_| "localhost".into()),
                 std::process::id()
             ),
+            leadership: OnceLock::new(),
         })
+    }
+
+    /// Follows a leader election (see [`crate::leader`]); shown by `/metrics` and the Status call.
+    pub fn set_leadership(&self, state: watch::Receiver<crate::leader::Leadership>) {
+        let _ = self.leadership.set(state);
+    }
+
+    /// The leader election's state now (`None` without leader election).
+    pub fn leadership(&self) -> Option<crate::leader::Leadership> {
+        self.leadership.get().map(|s| s.borrow().clone())
+    }
+
+    /// Waits until a computation covers a revision after `seen`; returns the revision covered.
+    pub async fn computed_after(&self, seen: u64) -> u64 {
+        let mut rx = self.computed.subscribe();
+        rx.wait_for(|r| *r > seen).await.map(|r| *r).unwrap_or(seen)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -470,9 +470,19 @@ impl KubernetesStore {
         })
     }
 
-    /// Writes an object's `/status` (a JSON merge patch of `status`), unless the object is gone. Returns whether it
-    /// was written.
-    pub async fn write_status(&self, key: &Key, status: Value) -> Result<bool, StoreError> {
+    /// The objects of `kind` as the API server has them (metadata, spec and status), in the store's namespace(s).
+    pub async fn objects(&self, kind: ResourceKind) -> Result<Vec<Value>, StoreError> {
+        let uri = collection_path(kind, self.namespace.as_deref());
+        let list: Value = self
+            .request("list", Method::GET, uri, None)
+            .await
+            .map_err(|e| self.error(&format!("list {}", kind.plural()), e))?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Writes an object's `/status` (a JSON merge patch of `status`). Returns the object's new revision, `None` if
+    /// the object is gone.
+    pub async fn write_status(&self, key: &Key, status: Value) -> Result<Option<u64>, StoreError> {
         let kind = self.kind_of(key)?;
         let what = format!("write the status of {key}");
         let uri = format!("{}/status", object_path(kind, &key.namespace, &key.name));
@@ -485,20 +495,10 @@ impl KubernetesStore {
             )
             .await
         {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Ok(o) => Ok(Some(resource_version(&o)?)),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(self.error(&what, e)),
         }
-    }
-
-    /// The `status` of the object at `key` as the API server has it (`None`: no object or no status).
-    pub async fn read_status(&self, key: &Key) -> Result<Option<Value>, StoreError> {
-        let kind = self.kind_of(key)?;
-        Ok(self
-            .get_object(kind, key)
-            .await?
-            .and_then(|o| o.get("status").cloned())
-            .filter(|s| !s.is_null()))
     }
 }
 

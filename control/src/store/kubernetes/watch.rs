@@ -16,6 +16,10 @@
 //!   seconds and an event waits at most about that long for the other three. The fake API server sends bookmarks
 //!   every `bookmark_interval` (1 s by default).
 //!
+//! A `MODIFIED` that leaves the store's value as it was (the status subresource or metadata the store does not
+//! hold changed: the status write-back's own writes) is no event, only progress: writing status never wakes the
+//! control loop.
+//!
 //! Latency is the price of order: an event is delivered once the quietest stream has caught up with it (up to a few
 //! seconds on a real cluster; within the bookmark interval on the fake).
 
@@ -119,6 +123,8 @@ async fn follow(
     const RETRY_MIN: Duration = Duration::from_millis(100);
     const RETRY_MAX: Duration = Duration::from_secs(2);
     let mut retry = RETRY_MIN;
+    // The values delivered, to tell a change of the value from a change of the status only.
+    let mut values: std::collections::HashMap<crate::store::Key, Value> = Default::default();
     let send = |report: Report| {
         let reports = reports.clone();
         async move { reports.send((index, report)).await.is_ok() }
@@ -153,10 +159,30 @@ async fn follow(
         let mut broken = false;
         while let Some(event) = events.next().await {
             let report = match event {
-                Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => stored(kind, &o).map(Event::Put),
-                Ok(WatchEvent::Deleted(o)) => stored(kind, &o).map(|s| Event::Delete {
-                    key: s.key,
-                    revision: s.revision,
+                Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => match stored(kind, &o) {
+                    // A change of the status or of metadata the store does not hold (a status write-back) leaves
+                    // the value as it was: no event, only progress.
+                    Ok(s) if values.get(&s.key) == Some(&s.value) => {
+                        if s.revision > position {
+                            position = s.revision;
+                            if !send(Report::Progress(s.revision)).await {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(s) => {
+                        values.insert(s.key.clone(), s.value.clone());
+                        Ok(Event::Put(s))
+                    }
+                    Err(e) => Err(e),
+                },
+                Ok(WatchEvent::Deleted(o)) => stored(kind, &o).map(|s| {
+                    values.remove(&s.key);
+                    Event::Delete {
+                        key: s.key,
+                        revision: s.revision,
+                    }
                 }),
                 Ok(WatchEvent::Bookmark(b)) => match parse_revision(&b.metadata.resource_version) {
                     Ok(r) if r > position => {
