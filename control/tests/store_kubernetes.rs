@@ -181,3 +181,43 @@ async fn gone_is_compacted() {
     assert!(matches!(store.compact(r2).await, Err(StoreError::Unsupported { .. })));
     let _: Arc<dyn Store> = store;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_by_url() {
+    let bare = l7mp_kube_fake::FakeApiServer::start(l7mp_kube_fake::Options::default()).expect("fake");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    bare.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let url = format!("kubernetes:?kubeconfig={}", kubeconfig.display());
+    let e = l7mp_control::store::open(&url).await.err().expect("no CRDs");
+    assert!(e.to_string().contains("are the l7mp CRDs installed?"), "{e}");
+    let e = l7mp_control::store::open("kubernetes:?kubeconfig=/nonexistent/kubeconfig")
+        .await
+        .err()
+        .expect("no file");
+    assert!(e.to_string().contains("/nonexistent/kubeconfig"), "{e}");
+    let fake = fake(Duration::from_millis(50));
+    fake.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let store = l7mp_control::store::open(&format!("{url}&namespace=ns1"))
+        .await
+        .expect("open");
+    store
+        .put(
+            &Key::new("Route", "ns1", "r"),
+            json!({"spec": {"destination": "t"}}),
+            Precondition::None,
+        )
+        .await
+        .expect("in its namespace");
+    let e = store
+        .put(
+            &Key::new("Route", "ns2", "r"),
+            json!({"spec": {"destination": "t"}}),
+            Precondition::None,
+        )
+        .await
+        .expect_err("confined to ns1");
+    assert!(e.to_string().contains("confined to namespace \"ns1\""), "{e}");
+    assert_eq!(store.list(None, None).await.expect("list").items.len(), 1);
+    assert!(store.list(None, Some("ns2")).await.expect("list").items.is_empty());
+}

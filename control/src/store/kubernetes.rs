@@ -124,8 +124,16 @@ impl KubernetesStore {
             source: Box::new(e),
         })?;
         let store = KubernetesStore::new(client, url.namespace.clone(), &server);
-        store.list(Some(KINDS[0]), None).await?;
-        Ok(store)
+        match store.empty_listing().await {
+            Ok(_) => Ok(store),
+            Err(StoreError::Backend(e)) if e.to_string().contains("(404 ") => Err(StoreError::Backend(
+                format!(
+                    "{e}: are the l7mp CRDs installed? (kubectl apply -k manifests/crds, from the l7mp repository)"
+                )
+                .into(),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     /// A store over a client (say, the fake API server's), confined to `namespace` when given.

@@ -146,6 +146,12 @@ async fn follow(
                 send(Report::Failed(compacted(position, &s))).await;
                 return;
             }
+            // Refused (forbidden, the CRD missing, a bad request): waiting would stall the other kinds' events
+            // forever, so the watch fails and its caller starts over (and sees the error).
+            Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
+                send(Report::Failed(api_error(&format!("watch {}", kind.plural()), &s))).await;
+                return;
+            }
             Err(e) => {
                 tracing::debug!(kind = %kind, "kubernetes watch: {e}; watching again in {retry:?}");
                 tokio::time::sleep(retry).await;
