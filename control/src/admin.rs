@@ -107,5 +107,13 @@ async fn metrics(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
         let _ = writeln!(out, "# TYPE l7mp_control_discovery_failures_total counter");
         let _ = writeln!(out, "l7mp_control_discovery_failures_total {}", d.failures());
     }
+    if let Some(l) = cp.leadership() {
+        let _ = writeln!(
+            out,
+            "# HELP l7mp_control_leader Whether this replica holds the leader-election Lease and writes status (1) or not (0)."
+        );
+        let _ = writeln!(out, "# TYPE l7mp_control_leader gauge");
+        let _ = writeln!(out, "l7mp_control_leader {}", u8::from(l.leader));
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -97,6 +97,8 @@ pub struct ControlPlane {
     workloads: Mutex<Arc<Workloads>>,
     /// The workload discovery source, when one runs (its readiness counts in [`Self::ready`]).
     discovery: OnceLock<crate::discovery::Discovery>,
+    /// Leader election (kubernetes store: only the leader writes status); `None` without it.
+    leadership: OnceLock<watch::Receiver<crate::leader::Leadership>>,
 }
 
 impl ControlPlane {
@@ -131,7 +133,24 @@ impl ControlPlane {
                     .unwrap_or_else(|_| "localhost".into()),
                 std::process::id()
             ),
+            leadership: OnceLock::new(),
         })
+    }
+
+    /// Follows a leader election (see [`crate::leader`]); shown by `/metrics` and the Status call.
+    pub fn set_leadership(&self, state: watch::Receiver<crate::leader::Leadership>) {
+        let _ = self.leadership.set(state);
+    }
+
+    /// The leader election's state now (`None` without leader election).
+    pub fn leadership(&self) -> Option<crate::leader::Leadership> {
+        self.leadership.get().map(|s| s.borrow().clone())
+    }
+
+    /// Waits until a computation covers a revision after `seen`; returns the revision covered.
+    pub async fn computed_after(&self, seen: u64) -> u64 {
+        let mut rx = self.computed.subscribe();
+        rx.wait_for(|r| *r > seen).await.map(|r| *r).unwrap_or(seen)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -388,10 +407,9 @@ impl ControlPlane {
     /// Reads one key every [`PROBE_EVERY`], so that an unreachable store shows (in `/ready`, the metrics and
     /// `l7mpctl status`) even while nothing is written and the watch waits for the store quietly.
     async fn probe_store(self: Arc<Self>) {
-        let probe = Key::new("Health", "", "probe");
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
-            let r = self.store.get(&probe).await;
+            let r = self.store.probe().await;
             // A failure is recorded at once; success clears the problem only through a completed computation
             // (so that "ready" also means the snapshots are current).
             match r {

@@ -7,12 +7,16 @@
 //! - [`discovery`]: workload discovery (Kubernetes Pods and EndpointSlices) for Targets' `pods`/`service` endpoints.
 //! - [`management`]: the Management API (gRPC) that `l7mpctl` uses.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
+//! - [`leader`] and [`status_writer`]: with the kubernetes store, one replica (the Lease holder) writes each
+//!   object's status to its `/status` subresource.
 
 pub mod admin;
 pub mod controller;
-pub mod grpc;
 pub mod discovery;
+pub mod grpc;
+pub mod leader;
 pub mod management;
 pub mod registry;
+pub mod status_writer;
 pub mod store;
 pub mod xds;

@@ -4,7 +4,11 @@
 use anyhow::Context;
 use clap::Parser;
 use l7mp_control::controller::{ControlPlane, Hooks};
+use l7mp_control::leader::LeaseConfig;
 use l7mp_control::management::ManagementService;
+use l7mp_control::registry::{LocalRegistry, Registry};
+use l7mp_control::status_writer::StatusWriter;
+use l7mp_control::store::{KubernetesStore, Store, StoreUrl};
 use l7mp_control::xds::{XdsConfig, XdsServer};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -16,6 +20,10 @@ EXAMPLE
   l7mp-agent --xds http://127.0.0.1:18000 --node-id gw-1 --labels app=gateway &
   l7mpctl apply -f examples/mesh/udp-to-tcp.yaml
   l7mpctl agents
+
+In Kubernetes (the objects are custom resources; kubectl apply works too):
+  l7mp-control --store kubernetes: --admin 0.0.0.0:18001
+  l7mp-control --store 'kubernetes:?kubeconfig=/etc/l7mp/kubeconfig&namespace=l7mp-system'
 
 One gRPC port (--listen) serves agents (xDS: ADS, delta and state of the world; CSDS) and clients (the Management
 API that l7mpctl uses). The embedded store is a single file in the store directory; it survives restarts.";
@@ -29,8 +37,11 @@ struct Args {
     #[arg(long, env = "L7MP_LISTEN", default_value = "0.0.0.0:18000")]
     listen: SocketAddr,
     /// Where the desired state lives: `embedded:DIR` (a database file in DIR, created if missing; one control-plane
-    /// process), or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (`etcds://...?ca=FILE&cert=FILE&key=FILE` for TLS),
-    /// shared by every replica that names the same etcd and prefix.
+    /// process), `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (`etcds://...?ca=FILE&cert=FILE&key=FILE` for TLS),
+    /// shared by every replica that names the same etcd and prefix, or `kubernetes:` (VirtualService, Target, Route
+    /// and Rule custom resources; in-cluster config, else $KUBECONFIG or ~/.kube/config; options
+    /// `kubernetes:?kubeconfig=PATH&context=C&namespace=NS`), where the replica holding the Lease `l7mp-control`
+    /// writes each object's status.
     #[arg(long, env = "L7MP_STORE", default_value = "embedded:./l7mp-data")]
     store: String,
     /// Discover workloads for Targets' `pods` and `service` endpoints: `kubernetes` (in-cluster, or $KUBECONFIG /
@@ -76,11 +87,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let (store, registry) = l7mp_control::registry::open(&args.store)
-        .await
-        .with_context(|| format!("--store {}", args.store))?;
+    let kubernetes = match l7mp_control::store::parse_store_url(&args.store) {
+        Ok(StoreUrl::Kubernetes(url)) => Some(
+            KubernetesStore::connect(&url)
+                .await
+                .with_context(|| format!("--store {}", args.store))?,
+        ),
+        _ => None,
+    };
+    let (store, registry): (Arc<dyn Store>, Arc<dyn Registry>) = match &kubernetes {
+        Some(k) => (Arc::new(k.clone()), Arc::new(LocalRegistry::default())),
+        None => l7mp_control::registry::open(&args.store)
+            .await
+            .with_context(|| format!("--store {}", args.store))?,
+    };
     let cp = ControlPlane::with_registry(store, registry);
     cp.set_store_url(&args.store);
+    // Kubernetes: the replica holding the Lease writes each object's status (kept alive until the process ends).
+    let _status = kubernetes.map(|k| {
+        let lease = LeaseConfig::new(k.home_namespace(), cp.replica());
+        StatusWriter::start(cp.clone(), k, lease)
+    });
     let xds = XdsServer::new(cp.cache().clone(), Arc::new(Hooks(cp.clone())), XdsConfig::default());
     cp.set_xds(xds.clone());
     // Workload discovery (a seam: it only calls `cp.set_workloads`). The first listing is awaited, bounded, so that

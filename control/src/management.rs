@@ -53,7 +53,9 @@ impl ManagementService {
 fn store_error(e: StoreError) -> Status {
     match e {
         e @ StoreError::Conflict { .. } => Status::aborted(e.to_string()),
-        e @ StoreError::InvalidKey { .. } => Status::invalid_argument(e.to_string()),
+        e @ (StoreError::InvalidKey { .. } | StoreError::InvalidValue { .. }) => {
+            Status::invalid_argument(e.to_string())
+        }
         other => Status::unavailable(format!("the store is unreachable: {other}")),
     }
 }
@@ -297,6 +299,12 @@ impl Management for ManagementService {
             objects_rejected: rejected as u32,
             replica: self.cp.replica().to_string(),
             store_unreachable_since: problem.map(|p| rfc3339(p.since)).unwrap_or_default(),
+            leadership: match self.cp.leadership() {
+                None => String::new(),
+                Some(l) if l.leader => format!("leader (Lease {})", l.lease),
+                Some(l) if l.holder.is_empty() => format!("follower (Lease {}: no leader)", l.lease),
+                Some(l) => format!("follower (Lease {}: leader {})", l.lease, l.holder),
+            },
         }))
     }
 }

@@ -167,7 +167,7 @@ async fn store_urls() {
     );
     for (url, says) in [
         ("etcd://localhost", "no port"),
-        ("kubernetes:", "later release"),
+        ("kubernetes:?nope=1", "unknown option"),
         ("embedded:", "directory"),
         ("./data", "SCHEME"),
         ("mysql://x", "unknown"),

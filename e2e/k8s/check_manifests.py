@@ -5,8 +5,9 @@ Renders `manifests/` and `manifests/monitoring/` with the real `kubectl kustomiz
 `manifests/examples/sidecar.yaml`, and checks:
   * every expected kind is present (Namespace, the 4 CRDs, ServiceAccounts, RBAC, Deployment, Services, DaemonSet;
     ServiceMonitors and the Grafana dashboard ConfigMap in monitoring/);
-  * the RBAC rules grant nothing beyond the control plane's list (l7mp.io kinds: get/list/watch, their /status:
-    get/update/patch; pods and endpointslices: get/list/watch; leases in l7mp-system: create, get/update/patch);
+  * the RBAC rules grant nothing beyond the control plane's list (l7mp.io kinds: get/list/watch/create/update/
+    patch/delete (the kubernetes store), their /status: update/patch; pods and endpointslices: get/list/watch;
+    leases in l7mp-system: create, get/update);
     the agents have no binding and mount no token;
   * every l7mp container's image is one that docker/Dockerfile.* builds, and its args use only flags its binary
     (the Dockerfile's ENTRYPOINT) accepts, read from `<binary> --help`;
@@ -188,11 +189,12 @@ def check_workload(obj, spec, images):
 L7MP_KINDS = {"virtualservices", "targets", "routes", "rules"}
 READ = {"get", "list", "watch"}
 # (apiGroup, resource) -> allowed verbs, for the ClusterRole.
-CLUSTER_ALLOWED = {("l7mp.io", k): READ for k in L7MP_KINDS}
-CLUSTER_ALLOWED |= {("l7mp.io", k + "/status"): {"get", "update", "patch"} for k in L7MP_KINDS}
+WRITE = {"create", "update", "patch", "delete"}
+CLUSTER_ALLOWED = {("l7mp.io", k): READ | WRITE for k in L7MP_KINDS}
+CLUSTER_ALLOWED |= {("l7mp.io", k + "/status"): {"update", "patch"} for k in L7MP_KINDS}
 CLUSTER_ALLOWED |= {("", "pods"): READ, ("discovery.k8s.io", "endpointslices"): READ}
 # Leader election, in the Role only.
-ROLE_ALLOWED = {("coordination.k8s.io", "leases"): {"create", "get", "update", "patch"}}
+ROLE_ALLOWED = {("coordination.k8s.io", "leases"): {"create", "get", "update"}}
 
 
 def check_rbac(docs):

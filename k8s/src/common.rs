@@ -82,6 +82,29 @@ pub struct ResourceStatus {
     pub observed_revision: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agents: Option<AgentCounts>,
+    /// Kubernetes conditions: `Accepted` (True/False, with the reason's field path in `message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+}
+
+/// A Kubernetes condition (`metav1.Condition`), as `kubectl wait --for=condition=Accepted` reads it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Accepted`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason (`Accepted`, `Invalid`).
+    pub reason: String,
+    /// What a person reads: the field path and why, when rejected.
+    pub message: String,
+    /// The `metadata.generation` this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ pub mod target;
 pub mod validate;
 pub mod virtual_service;
 
-pub use common::{AgentCounts, ResourceStatus, Selector, State};
+pub use common::{AgentCounts, Condition, ResourceStatus, Selector, State};
 pub use route::{Route, RouteSpec};
 pub use rule::{Rule, RuleSpec};
 pub use target::{Target, TargetSpec};

@@ -381,6 +381,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     if !s.store_unreachable_since.is_empty() {
                         println!("unreachable    since {}", s.store_unreachable_since);
                     }
+                    if !s.leadership.is_empty() {
+                        println!("status writer  {}", s.leadership);
+                    }
                     println!("revision       {}", s.computed_revision);
                     println!("agents         {}", s.agents);
                     println!(
@@ -392,7 +395,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     vec![json!({"ready": s.ready, "reason": s.reason, "store": s.store,
                                 "computed_revision": s.computed_revision, "agents": s.agents,
                                 "objects_accepted": s.objects_accepted, "objects_rejected": s.objects_rejected,
-                                "replica": s.replica, "store_unreachable_since": s.store_unreachable_since})],
+                                "replica": s.replica, "store_unreachable_since": s.store_unreachable_since,
+                                "leadership": s.leadership})],
                     other,
                     true,
                 )?,

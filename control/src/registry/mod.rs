@@ -151,7 +151,10 @@ pub async fn open(url: &str) -> Result<(Arc<dyn Store>, Arc<dyn Registry>), Stor
             let registry = EtcdRegistry::new(&store);
             Ok((Arc::new(store), Arc::new(registry)))
         }
-        StoreUrl::Embedded(_) => Ok((crate::store::open(url).await?, Arc::new(LocalRegistry::default()))),
+        // One replica's agents only: sharing agents between replicas on Kubernetes is not built yet.
+        StoreUrl::Embedded(_) | StoreUrl::Kubernetes(_) => {
+            Ok((crate::store::open(url).await?, Arc::new(LocalRegistry::default())))
+        }
     }
 }
 

@@ -15,16 +15,26 @@
 //! with other users (an etcd cluster where other prefixes write; a fresh etcd is at revision 1,
 //! not 0), so "nothing was written" is checked with a watch that stays quiet, not by comparing
 //! [`Store::revision`] with an earlier value.
+//!
+//! A backend that cannot hold every kind and value ([`Store::capabilities`]: the kubernetes store holds the four
+//! l7mp kinds, namespaced, as custom resources) runs the same cases through [`adapt`]: the suite's kinds (`A`,
+//! `W`, ...) are mapped one-to-one onto the backend's kinds in the order a case first uses them, an empty namespace
+//! onto [`CLUSTER_WIDE_NAMESPACE`], and each value is stored inside a minimal valid object of the kind (at a
+//! free-form field of its CRD schema) and taken out again on the way back; an object that does not come back
+//! exactly as written is handed to the case whole, so the case's comparison fails. Keys the suite means to be
+//! invalid are passed through unchanged. The revisions, preconditions, listings and watches are the backend's own.
+//! Only `create_revision`, which Kubernetes does not keep, is not checked there.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, Event, Key, Precondition, Store, StoreError, WatchStream};
+use super::{BoxFuture, Capabilities, Event, Key, Listing, Precondition, Store, StoreError, Stored, WatchStream};
 
 /// A fresh, empty store and whatever must live as long as it (a temporary directory, a server).
 pub struct Fixture {
@@ -62,7 +72,7 @@ where
     for (name, case) in CASES {
         let fixture = make().await;
         tracing::info!(case = name, "store conformance");
-        case(fixture.store.clone()).await;
+        case(adapt(fixture.store.clone())).await;
         drop(fixture);
     }
 }
@@ -81,7 +91,7 @@ macro_rules! store_conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 let fixture = $fixture().await;
-                $crate::store::conformance::$case(fixture.store.clone()).await;
+                $crate::store::conformance::$case($crate::store::conformance::adapt(fixture.store.clone())).await;
                 drop(fixture);
             }
         )*
@@ -93,7 +103,7 @@ macro_rules! store_conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 let Some(fixture) = $fixture().await else { return };
-                $crate::store::conformance::$case(fixture.store.clone()).await;
+                $crate::store::conformance::$case($crate::store::conformance::adapt(fixture.store.clone())).await;
                 drop(fixture);
             }
         )*
@@ -148,17 +158,23 @@ pub async fn basics(store: Arc<dyn Store>) {
     let r1 = store.put(&k, json!({"v": 1}), Precondition::None).await.expect("put");
     assert!(r1 > r0);
     assert_eq!(store.revision(), r1);
+    let creation = store.capabilities().create_revision;
     let got = store.get(&k).await.expect("get").expect("present");
     assert_eq!(
-        (got.key.clone(), got.value.clone(), got.revision, got.create_revision),
-        (k.clone(), json!({"v": 1}), r1, r1)
+        (got.key.clone(), got.value.clone(), got.revision),
+        (k.clone(), json!({"v": 1}), r1)
+    );
+    assert!(
+        !creation || got.create_revision == r1,
+        "create_revision of a new object"
     );
     let r2 = store.put(&k, json!({"v": 2}), Precondition::None).await.expect("put");
     assert!(r2 > r1);
     let got = store.get(&k).await.expect("get").expect("present");
-    assert_eq!(
-        (got.value, got.revision, got.create_revision),
-        (json!({"v": 2}), r2, r1)
+    assert_eq!((got.value, got.revision), (json!({"v": 2}), r2));
+    assert!(
+        !creation || got.create_revision == r1,
+        "a replace keeps create_revision"
     );
     let r3 = store
         .delete(&k, Precondition::None)
@@ -171,9 +187,9 @@ pub async fn basics(store: Arc<dyn Store>) {
     assert_unwritten(&store, r3, "deleting an absent object writes nothing").await;
     let r4 = store.put(&k, json!(null), Precondition::None).await.expect("put again");
     let got = store.get(&k).await.expect("get").expect("present");
-    assert_eq!(
-        (got.revision, got.create_revision),
-        (r4, r4),
+    assert_eq!(got.revision, r4);
+    assert!(
+        !creation || got.create_revision == r4,
         "a put after a delete creates anew"
     );
 }
@@ -528,4 +544,237 @@ pub async fn compaction(store: Arc<dyn Store>) {
     }
     // Objects survive compaction.
     assert_eq!(store.list(None, None).await.expect("list").revision, store.revision());
+}
+
+/// The namespace that stands for the empty one on backends without cluster-wide objects.
+pub const CLUSTER_WIDE_NAMESPACE: &str = "cluster-wide";
+
+/// The namespaces the suite uses, for backends where a namespace must exist first (the Kubernetes fake).
+pub const NAMESPACES: &[&str] = &[
+    "default",
+    "ns",
+    "ns1",
+    "ns2",
+    "t0",
+    "t1",
+    "t2",
+    "t3",
+    CLUSTER_WIDE_NAMESPACE,
+];
+
+/// The store the cases run on: `store` itself when it holds anything, else an [`Adapted`] view of it.
+pub fn adapt(store: Arc<dyn Store>) -> Arc<dyn Store> {
+    let caps = store.capabilities();
+    if caps.kinds.is_none() && caps.cluster_wide && caps.any_value {
+        return store;
+    }
+    Arc::new(Adapted {
+        inner: store,
+        caps,
+        kinds: Arc::new(Mutex::new(BTreeMap::new())),
+    })
+}
+
+/// A backend seen through the suite's kinds, namespaces and values (see the module's documentation).
+pub struct Adapted {
+    inner: Arc<dyn Store>,
+    caps: Capabilities,
+    /// The suite's kind → the backend's, in the order of first use.
+    kinds: Arc<Mutex<BTreeMap<String, &'static str>>>,
+}
+
+impl Adapted {
+    fn kind(&self, kind: &str) -> String {
+        let Some(available) = self.caps.kinds else {
+            return kind.to_string();
+        };
+        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = kinds.get(kind) {
+            return k.to_string();
+        }
+        let used: Vec<&str> = kinds.values().copied().collect();
+        let Some(free) = available.iter().find(|k| !used.contains(k)) else {
+            panic!("the case uses more kinds than the backend holds ({available:?}); {kind:?} has none left")
+        };
+        kinds.insert(kind.to_string(), free);
+        free.to_string()
+    }
+
+    fn suite_kind(&self, kind: &str) -> String {
+        let kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        kinds
+            .iter()
+            .find(|(_, k)| **k == kind)
+            .map_or_else(|| kind.to_string(), |(suite, _)| suite.clone())
+    }
+
+    fn namespace(&self, namespace: &str) -> String {
+        if namespace.is_empty() && !self.caps.cluster_wide {
+            CLUSTER_WIDE_NAMESPACE.to_string()
+        } else {
+            namespace.to_string()
+        }
+    }
+
+    /// The backend's key for one of the suite's; keys meant to be invalid stay as they are.
+    fn key(&self, key: &Key) -> Key {
+        if key.validate().is_err() {
+            return key.clone();
+        }
+        Key::new(self.kind(&key.kind), self.namespace(&key.namespace), &key.name)
+    }
+
+    fn suite_key(&self, key: &Key) -> Key {
+        let namespace = if key.namespace == CLUSTER_WIDE_NAMESPACE && !self.caps.cluster_wide {
+            String::new()
+        } else {
+            key.namespace.clone()
+        };
+        Key::new(self.suite_kind(&key.kind), namespace, &key.name)
+    }
+
+    fn value(&self, key: &Key, value: Value) -> Value {
+        if self.caps.any_value {
+            return value;
+        }
+        wrap(key, value)
+    }
+
+    fn suite_value(&self, key: &Key, value: Value) -> Value {
+        if self.caps.any_value {
+            return value;
+        }
+        unwrap(key, &value).unwrap_or(value)
+    }
+
+    fn stored(&self, s: Stored) -> Stored {
+        Stored {
+            value: self.suite_value(&s.key, s.value),
+            key: self.suite_key(&s.key),
+            ..s
+        }
+    }
+
+    fn error(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Conflict { key, expected, actual } => StoreError::Conflict {
+                key: self.suite_key(&key),
+                expected,
+                actual,
+            },
+            other => other,
+        }
+    }
+}
+
+/// A minimal valid l7mp object of `key`'s kind holding `value` in a free-form field of its CRD schema (in a
+/// one-element array, so that even `null` is an ordinary array item).
+fn wrap(key: &Key, value: Value) -> Value {
+    let spec = match key.kind.as_str() {
+        "VirtualService" => json!({"listener": {"spec": {"conformance": [value]}}}),
+        "Target" => json!({"cluster": {"spec": {"conformance": [value]}}}),
+        "Route" => json!({"destination": [value]}),
+        _ => json!({"virtualService": "vs", "action": {}, "match": [value]}),
+    };
+    json!({
+        "apiVersion": "l7mp.io/v1",
+        "kind": key.kind,
+        "metadata": {"name": key.name, "namespace": key.namespace, "labels": {}},
+        "spec": spec,
+    })
+}
+
+/// The value [`wrap`] put into `object`, if `object` is exactly what it made.
+fn unwrap(key: &Key, object: &Value) -> Option<Value> {
+    let slot = match key.kind.as_str() {
+        "VirtualService" => object.pointer("/spec/listener/spec/conformance/0"),
+        "Target" => object.pointer("/spec/cluster/spec/conformance/0"),
+        "Route" => object.pointer("/spec/destination/0"),
+        _ => object.pointer("/spec/match/0"),
+    }?;
+    (wrap(key, slot.clone()) == *object).then(|| slot.clone())
+}
+
+impl Store for Adapted {
+    fn get<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async move {
+            let inner = self.key(key);
+            Ok(self
+                .inner
+                .get(&inner)
+                .await
+                .map_err(|e| self.error(e))?
+                .map(|s| self.stored(s)))
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a Key, value: Value, pre: Precondition) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let inner = self.key(key);
+            let value = self.value(&inner, value);
+            self.inner.put(&inner, value, pre).await.map_err(|e| self.error(e))
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a Key, pre: Precondition) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let inner = self.key(key);
+            self.inner.delete(&inner, pre).await.map_err(|e| self.error(e))
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        kind: Option<&'a str>,
+        namespace: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Listing, StoreError>> {
+        Box::pin(async move {
+            let kind = kind.map(|k| self.kind(k));
+            let namespace = namespace.map(|n| self.namespace(n));
+            let listing = self.inner.list(kind.as_deref(), namespace.as_deref()).await?;
+            let mut items: Vec<Stored> = listing.items.into_iter().map(|s| self.stored(s)).collect();
+            // Ordered by the suite's keys.
+            items.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(Listing {
+                items,
+                revision: listing.revision,
+            })
+        })
+    }
+
+    fn watch(&self, from_revision: u64) -> BoxFuture<'_, Result<WatchStream, StoreError>> {
+        Box::pin(async move {
+            let events = self.inner.watch(from_revision).await?;
+            // The same mapping (a kind the case uses after opening the watch included).
+            let me = Adapted {
+                inner: self.inner.clone(),
+                caps: self.caps,
+                kinds: self.kinds.clone(),
+            };
+            Ok(Box::pin(events.map(move |item| {
+                item.map(|event| match event {
+                    Event::Put(s) => Event::Put(me.stored(s)),
+                    Event::Delete { key, revision } => Event::Delete {
+                        key: me.suite_key(&key),
+                        revision,
+                    },
+                })
+            })) as WatchStream)
+        })
+    }
+
+    fn compact(&self, revision: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.compact(revision)
+    }
+
+    fn revision(&self) -> u64 {
+        self.inner.revision()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            create_revision: self.caps.create_revision,
+            ..Capabilities::ANY
+        }
+    }
 }

@@ -14,14 +14,15 @@
 //!   [`StoreError::Compacted`] and the caller relists ([`Store::list`] returns the revision its
 //!   snapshot was taken at, the revision to watch from).
 //!
-//! Backends: [`embedded::EmbeddedStore`] (the default, a redb file on local disk) and
-//! [`etcd::EtcdStore`] (an etcd v3 cluster). Kubernetes comes later; every backend must pass
-//! [`conformance`]. [`open`] turns a store URL (`embedded:DIR`, `etcd://HOST:PORT/PREFIX`) into a
-//! backend.
+//! Backends: [`embedded::EmbeddedStore`] (the default, a redb file on local disk),
+//! [`etcd::EtcdStore`] (an etcd v3 cluster) and [`kubernetes::KubernetesStore`] (custom resources
+//! through the Kubernetes API server); every backend must pass [`conformance`]. [`open`] turns a
+//! store URL (`embedded:DIR`, `etcd://HOST:PORT/PREFIX`, `kubernetes:`) into a backend.
 
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+pub mod kubernetes;
 
 use std::fmt;
 use std::future::Future;
@@ -35,6 +36,7 @@ use serde_json::Value;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use etcd::EtcdStore;
+pub use kubernetes::{KubernetesStore, KubernetesUrl};
 
 /// The store URL used when none is given.
 pub const DEFAULT_STORE_URL: &str = "embedded:./l7mp-data";
@@ -206,9 +208,14 @@ pub enum StoreError {
     /// the listing's revision.
     #[error("revision {requested} is compacted (history starts after revision {compacted}); list again")]
     Compacted { requested: u64, compacted: u64 },
-    /// The key breaks the rules of [`Key`].
+    /// The key breaks the rules of [`Key`], or names what the backend cannot hold (the kubernetes store: a kind
+    /// other than the four l7mp kinds, an empty namespace).
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },
+    /// The backend cannot hold the value (the kubernetes store: not an l7mp object, or refused by the API server's
+    /// validation against the CRD schema); nothing was written.
+    #[error("invalid value for {key}: {reason}")]
+    InvalidValue { key: String, reason: String },
     /// The store URL is malformed or names a backend that does not exist (yet).
     #[error("store URL {url:?}: {reason}")]
     Url { url: String, reason: String },
@@ -274,6 +281,42 @@ pub trait Store: Send + Sync {
     /// other prefixes write too) reports the highest revision its answers carried, so it may move
     /// without writes to this store's objects.
     fn revision(&self) -> u64;
+    /// What the backend can hold (the conformance suite adapts its keys and values to it).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ANY
+    }
+    /// A cheap call that fails when the store cannot be reached (the controller's health probe).
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = Key::new("Health", "", "probe");
+            self.get(&key).await.map(|_| ())
+        })
+    }
+}
+
+/// What a backend can hold. The embedded and etcd backends hold any kind and any JSON value
+/// ([`Capabilities::ANY`]); the kubernetes backend holds the four l7mp kinds as namespaced custom resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Only these kinds (`None`: any kind).
+    pub kinds: Option<&'static [&'static str]>,
+    /// Whether an empty namespace (a cluster-wide object) can be stored.
+    pub cluster_wide: bool,
+    /// Whether a value may be any JSON; else it must be an l7mp resource document (`{apiVersion, kind, metadata,
+    /// spec}`) whose `spec` fits its kind's CRD schema.
+    pub any_value: bool,
+    /// Whether [`Stored::create_revision`] is kept (else it is 0).
+    pub create_revision: bool,
+}
+
+impl Capabilities {
+    /// Any kind, any namespace, any value, creation revisions kept.
+    pub const ANY: Capabilities = Capabilities {
+        kinds: None,
+        cluster_wide: true,
+        any_value: true,
+        create_revision: true,
+    };
 }
 
 /// The next event of a watcher's `backlog` with a revision after `*last` (older ones, already delivered, are
@@ -295,6 +338,8 @@ pub enum StoreUrl {
     Embedded(PathBuf),
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` or `etcds://...?ca=FILE[&cert=FILE&key=FILE]`.
     Etcd(EtcdUrl),
+    /// `kubernetes:[?kubeconfig=PATH&context=C&namespace=NS]`.
+    Kubernetes(KubernetesUrl),
 }
 
 /// Where an etcd store lives: the cluster's client endpoints, the key prefix, TLS.
@@ -329,7 +374,8 @@ impl EtcdUrl {
 }
 
 /// Parses a store URL: `embedded:DIR`, `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`,
-/// `etcds://HOST:PORT[,...][/PREFIX]?ca=FILE[&cert=FILE&key=FILE]`. `kubernetes:` comes later.
+/// `etcds://HOST:PORT[,...][/PREFIX]?ca=FILE[&cert=FILE&key=FILE]`,
+/// `kubernetes:[?kubeconfig=PATH&context=C&namespace=NS]`.
 pub fn parse_store_url(url: &str) -> Result<StoreUrl, StoreError> {
     let error = |reason: &str| StoreError::Url {
         url: url.to_string(),
@@ -357,11 +403,11 @@ pub fn parse_store_url(url: &str) -> Result<StoreUrl, StoreError> {
                 .map(StoreUrl::Etcd)
                 .map_err(|reason| error(&reason))
         }
-        "kubernetes" | "k8s" => Err(error(
-            "kubernetes: comes with a later release; use embedded:DIR or etcd://HOST:PORT",
-        )),
+        "kubernetes" | "k8s" => parse_kubernetes(rest)
+            .map(StoreUrl::Kubernetes)
+            .map_err(|reason| error(&reason)),
         other => Err(error(&format!(
-            "unknown store scheme {other:?}; use embedded:DIR or etcd://HOST:PORT"
+            "unknown store scheme {other:?}; use embedded:DIR, etcd://HOST:PORT or kubernetes:"
         ))),
     }
 }
@@ -428,6 +474,45 @@ fn parse_etcd(rest: &str, tls: bool) -> Result<EtcdUrl, String> {
     Ok(EtcdUrl { endpoints, prefix, tls })
 }
 
+/// The part of a kubernetes URL after `kubernetes:`: nothing, or `?kubeconfig=PATH&context=C&namespace=NS`.
+fn parse_kubernetes(rest: &str) -> Result<KubernetesUrl, String> {
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let query = match rest.split_once('?') {
+        Some(("", query)) => query,
+        None if rest.is_empty() => "",
+        _ => return Err("expected kubernetes: or kubernetes:?kubeconfig=PATH&context=C&namespace=NS".into()),
+    };
+    let mut url = KubernetesUrl::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("the option {pair:?} has no value (expected NAME=VALUE)"))?;
+        if value.is_empty() {
+            return Err(format!("the option {name:?} is empty"));
+        }
+        let value = percent_decode(value)?;
+        let slot = match name {
+            "kubeconfig" => {
+                if url.kubeconfig.replace(PathBuf::from(value)).is_some() {
+                    return Err("the option \"kubeconfig\" is given twice".into());
+                }
+                continue;
+            }
+            "context" => &mut url.context,
+            "namespace" => &mut url.namespace,
+            other => {
+                return Err(format!(
+                    "unknown option {other:?} (known: kubeconfig, context, namespace)"
+                ));
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("the option {name:?} is given twice"));
+        }
+    }
+    Ok(url)
+}
+
 /// `HOST:PORT` or `[IPV6]:PORT`.
 fn parse_endpoint(endpoint: &str) -> Result<String, String> {
     if endpoint.is_empty() {
@@ -485,6 +570,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
             Ok(Arc::new(store))
         }
         StoreUrl::Etcd(url) => Ok(Arc::new(EtcdStore::connect(&url).await?)),
+        StoreUrl::Kubernetes(url) => Ok(Arc::new(KubernetesStore::connect(&url).await?)),
     }
 }
 
@@ -541,6 +627,24 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_urls() {
+        let k = |url: &str| match parse_store_url(url) {
+            Ok(StoreUrl::Kubernetes(k)) => k,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert_eq!(k("kubernetes:"), KubernetesUrl::default());
+        assert_eq!(k("k8s:"), KubernetesUrl::default());
+        assert_eq!(
+            k("kubernetes:?kubeconfig=/etc/k%20c&namespace=l7mp-system&context=kind"),
+            KubernetesUrl {
+                kubeconfig: Some("/etc/k c".into()),
+                context: Some("kind".into()),
+                namespace: Some("l7mp-system".into()),
+            }
+        );
+    }
+
+    #[test]
     fn bad_urls_name_the_problem() {
         for (url, says) in [
             ("etcd:localhost:2379", "etcd://HOST:PORT"),
@@ -562,7 +666,10 @@ mod tests {
             ("etcds://a:1?ca=x&key=k", "cert="),
             ("etcds://a:1?ca=x&user=u", "unknown option"),
             ("etcds://a:1?ca", "no value"),
-            ("kubernetes:", "later release"),
+            ("kubernetes:x", "expected kubernetes:"),
+            ("kubernetes:?ns=a", "unknown option"),
+            ("kubernetes:?namespace=a&namespace=b", "twice"),
+            ("kubernetes:?context=", "empty"),
             ("embedded:", "directory"),
             ("./data", "SCHEME"),
             ("mysql://x", "unknown"),

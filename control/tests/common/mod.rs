@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod kube;
 pub mod plane;
 pub mod proxy;
