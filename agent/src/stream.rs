@@ -71,6 +71,8 @@ pub enum Reader {
     Packet(Arc<PacketSocket>),
     /// An SCTP association: one message per datagram.
     Sctp(Box<SctpReader>),
+    /// A TLS connection (either side).
+    Tls(crate::protocol::tls::TlsReader),
 }
 
 /// The write half of a stream.
@@ -99,6 +101,8 @@ pub enum Writer {
     Packet(Arc<PacketSocket>),
     /// An SCTP association: one message per datagram.
     Sctp(Arc<SctpSocket>),
+    /// A TLS connection (either side); flushed after every batch.
+    Tls(crate::protocol::tls::TlsWriter),
 }
 
 impl Reader {
@@ -110,6 +114,7 @@ impl Reader {
             | Reader::Stdin(_)
             | Reader::Process(_)
             | Reader::Pipe(_)
+            | Reader::Tls(_)
             | Reader::Http(_) => StreamKind::ByteStream,
             Reader::Udp(_)
             | Reader::Chan(_)
@@ -128,6 +133,7 @@ impl Reader {
             Reader::Unix(r) => read_bytes(r, arena, out).await,
             Reader::Stdin(r) => read_bytes(r, arena, out).await,
             Reader::Pipe(r) => read_bytes(r, arena, out).await,
+            Reader::Tls(r) => crate::protocol::tls::eof_is_end(read_bytes(r, arena, out).await),
             Reader::Packet(sock) => sock.recv_batch(arena, out).await.map(|()| true),
             Reader::Sctp(r) => r.read(arena, out).await,
             Reader::Ws(ws) => ws.read(out).await,
@@ -240,6 +246,7 @@ impl Writer {
             | Writer::Stdout(_)
             | Writer::Process(_)
             | Writer::Pipe(_)
+            | Writer::Tls(_)
             | Writer::Http(_) => StreamKind::ByteStream,
             Writer::Udp(_)
             | Writer::Chan(_)
@@ -269,6 +276,10 @@ impl Writer {
             Writer::Tcp(w) => write_bytes(w, batch).await,
             Writer::Unix(w) => write_bytes(w, batch).await,
             Writer::Stdout(w) => {
+                write_bytes(w, batch).await?;
+                w.flush().await
+            }
+            Writer::Tls(w) => {
                 write_bytes(w, batch).await?;
                 w.flush().await
             }
@@ -381,6 +392,8 @@ impl Writer {
         match self {
             Writer::Tcp(w) => w.shutdown().await.is_ok(),
             Writer::Unix(w) => w.shutdown().await.is_ok(),
+            // close_notify, then the TCP FIN.
+            Writer::Tls(w) => w.shutdown().await.is_ok(),
             Writer::Stdout(w) => {
                 // Standard output stays open for the process; the peer cannot be told.
                 let _ = w.flush().await;

@@ -207,7 +207,9 @@ fn udp_flows_go_through_the_kernel_and_leave_it_with_their_session() {
     // The agent is gone and so are its programs and flows: the same client's datagrams reach nothing.
     let _ = c.send(b"after the agent exited");
     let mut buf = [0u8; 256];
-    let stale = c.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    let stale = c
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
     assert!(stale.is_err(), "a flow outlived the agent: {stale:?}");
 
     // Off: the same exchange through user space.
