@@ -4,6 +4,7 @@
 
 pub mod af_packet;
 pub mod controller;
+pub mod dtls;
 pub mod http;
 pub mod jsonsocket;
 pub mod pipe;
@@ -219,8 +220,14 @@ async fn connect_endpoint(
                 Some(ClusterTls::Tls(t)) => tls::connect(&address, &ep.address, bind.as_ref(), t, spec).await,
                 _ => Err(no_context()),
             },
-            ClusterSpec::Dtls { .. } => Err(UpstreamError::Handshake("DTLS clusters are not available yet".into())),
+            ClusterSpec::Dtls { bind, tls: spec, .. } => match &c.tls {
+                Some(ClusterTls::Dtls(t)) => dtls::connect(&address, &ep.address, bind.as_ref(), t, spec).await,
+                _ => Err(no_context()),
+            },
             ClusterSpec::UnixDgram => unix_dgram::connect(&address).await,
+            ClusterSpec::WebSocket { tls: Some(_), .. } | ClusterSpec::Http { tls: Some(_), .. } => Err(
+                UpstreamError::Handshake("wss and https clusters are not available yet".into()),
+            ),
             ClusterSpec::WebSocket { .. } => websocket::connect(&address, metadata).await,
             ClusterSpec::Http { .. } => match &c.http {
                 Some(pool) => http::client::connect(pool, &address, metadata, exchange).await,
@@ -307,18 +314,25 @@ fn no_context() -> UpstreamError {
 #[derive(Clone)]
 pub enum ListenerTls {
     Tls(Arc<tls::ServerTls>),
+    Dtls(Arc<dtls::DtlsServer>),
 }
 
 /// The TLS context of a cluster, built (and its files checked) with the snapshot.
 pub enum ClusterTls {
     Tls(Arc<tls::ClientTls>),
+    Dtls(Arc<dtls::DtlsClient>),
 }
 
 impl ListenerTls {
     /// The context a listener's `tls` block asks for, or why its files do not load.
     pub fn load(l: &Listener) -> Result<Option<ListenerTls>, tls::config::TlsError> {
         let owner = format!("listener {:?}", l.name);
+        let dtls = match &l.spec {
+            ListenerSpec::JsonSocket(t) => matches!(**t, ListenerSpec::Dtls(_)),
+            other => matches!(other, ListenerSpec::Dtls(_)),
+        };
         Ok(match l.spec.tls() {
+            Some(spec) if dtls => Some(ListenerTls::Dtls(Arc::new(dtls::server(owner, spec)?))),
             Some(spec) => Some(ListenerTls::Tls(Arc::new(tls::server_tls(owner, spec)?))),
             None => None,
         })
@@ -329,7 +343,12 @@ impl ClusterTls {
     /// The context a cluster's `tls` block asks for, or why its files do not load.
     pub fn load(c: &l7mp_api::Cluster) -> Result<Option<ClusterTls>, tls::config::TlsError> {
         let owner = format!("cluster {:?}", c.name);
+        let dtls = match &c.spec {
+            ClusterSpec::JsonSocket { transport, .. } => matches!(**transport, ClusterSpec::Dtls { .. }),
+            other => matches!(other, ClusterSpec::Dtls { .. }),
+        };
         Ok(match c.spec.tls() {
+            Some(spec) if dtls => Some(ClusterTls::Dtls(Arc::new(dtls::client(owner, spec)?))),
             Some(spec) => Some(ClusterTls::Tls(Arc::new(tls::client_tls(owner, spec)?))),
             None => None,
         })
@@ -356,6 +375,7 @@ pub enum Bound {
     AfPacket(af_packet::AfPacketBound),
     Sctp(sctp::SctpBound),
     Tls(tls::TlsBound),
+    Dtls(dtls::DtlsBound),
 }
 
 impl Bound {
@@ -377,11 +397,17 @@ impl Bound {
                 }),
                 _ => return Err(missing()),
             },
-            ListenerSpec::Dtls(_) => return Err(io::Error::other("DTLS listeners are not available yet")),
+            ListenerSpec::Dtls(s) => match tls {
+                Some(ListenerTls::Dtls(t)) => Bound::Dtls(dtls::DtlsBound::bind(s, t)?),
+                _ => return Err(missing()),
+            },
             ListenerSpec::Udp(s) => Bound::Udp(udp::UdpBound::bind(s)?),
             ListenerSpec::Tcp(s) => Bound::Tcp(tcp::TcpBound::bind(s)?),
             ListenerSpec::UnixDomainSocket(s) => Bound::Unix(unix::UnixBound::bind(s)?),
             ListenerSpec::UnixDgram(s) => Bound::UnixDgram(unix_dgram::UnixDgramBound::bind(s)?),
+            ListenerSpec::WebSocket(s) | ListenerSpec::Http(s) if s.tls.is_some() => {
+                return Err(io::Error::other("wss and https listeners are not available yet"));
+            }
             ListenerSpec::WebSocket(s) => Bound::WebSocket(websocket::WsBound(tcp::TcpBound::bind(s)?)),
             ListenerSpec::Http(s) => Bound::Http(http::server::HttpBound(tcp::TcpBound::bind(s)?)),
             ListenerSpec::Pipe(s) => Bound::Pipe(pipe::PipeBound::bind(s)?),
@@ -403,6 +429,7 @@ impl Bound {
             Bound::AfPacket(b) => b.run(engine, listener, cancel).await,
             Bound::Sctp(b) => b.run(engine, listener, cancel).await,
             Bound::Tls(b) => b.run(engine, listener, cancel).await,
+            Bound::Dtls(b) => b.run(engine, listener, cancel).await,
         }
     }
 }

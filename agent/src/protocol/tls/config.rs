@@ -78,7 +78,7 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
 }
 
 /// The chain and key of a `tls` block, checked to belong together.
-fn read_pair(cert: &str, key: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+pub fn read_pair(cert: &str, key: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs = read_certs("cert", cert)?;
     let k = read_key(key)?;
     rustls::sign::CertifiedKey::from_der(certs.clone(), k.clone_key(), &provider()).map_err(|e| {
