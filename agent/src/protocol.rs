@@ -225,10 +225,14 @@ async fn connect_endpoint(
                 _ => Err(no_context()),
             },
             ClusterSpec::UnixDgram => unix_dgram::connect(&address).await,
-            ClusterSpec::WebSocket { tls: Some(_), .. } | ClusterSpec::Http { tls: Some(_), .. } => Err(
-                UpstreamError::Handshake("wss and https clusters are not available yet".into()),
-            ),
-            ClusterSpec::WebSocket { .. } => websocket::connect(&address, metadata).await,
+            ClusterSpec::WebSocket { tls: spec, .. } => {
+                let tls = match (spec, &c.tls) {
+                    (Some(spec), Some(ClusterTls::Tls(t))) => Some((t.as_ref(), spec.as_ref())),
+                    (Some(_), _) => return Err(no_context()),
+                    (None, _) => None,
+                };
+                websocket::connect(&address, metadata, tls).await
+            }
             ClusterSpec::Http { .. } => match &c.http {
                 Some(pool) => http::client::connect(pool, &address, metadata, exchange).await,
                 None => Err(UpstreamError::Io(io::Error::other(
@@ -405,11 +409,18 @@ impl Bound {
             ListenerSpec::Tcp(s) => Bound::Tcp(tcp::TcpBound::bind(s)?),
             ListenerSpec::UnixDomainSocket(s) => Bound::Unix(unix::UnixBound::bind(s)?),
             ListenerSpec::UnixDgram(s) => Bound::UnixDgram(unix_dgram::UnixDgramBound::bind(s)?),
-            ListenerSpec::WebSocket(s) | ListenerSpec::Http(s) if s.tls.is_some() => {
-                return Err(io::Error::other("wss and https listeners are not available yet"));
+            ListenerSpec::WebSocket(s) | ListenerSpec::Http(s) => {
+                let tls = match (&s.tls, tls) {
+                    (None, _) => None,
+                    (Some(_), Some(ListenerTls::Tls(t))) => Some(t),
+                    (Some(_), _) => return Err(missing()),
+                };
+                let tcp = tcp::TcpBound::bind(s)?;
+                match spec {
+                    ListenerSpec::Http(_) => Bound::Http(http::server::HttpBound(tcp, tls)),
+                    _ => Bound::WebSocket(websocket::WsBound(tcp, tls)),
+                }
             }
-            ListenerSpec::WebSocket(s) => Bound::WebSocket(websocket::WsBound(tcp::TcpBound::bind(s)?)),
-            ListenerSpec::Http(s) => Bound::Http(http::server::HttpBound(tcp::TcpBound::bind(s)?)),
             ListenerSpec::Pipe(s) => Bound::Pipe(pipe::PipeBound::bind(s)?),
             ListenerSpec::AfPacket(s) => Bound::AfPacket(af_packet::AfPacketBound::bind(s)?),
             ListenerSpec::Sctp(s) => Bound::Sctp(sctp::SctpBound::bind(s)?),

@@ -147,7 +147,13 @@ impl Snapshot {
                 error,
             })?;
             let http = match &c.spec {
-                ClusterSpec::Http { version, .. } => Some(Arc::new(HttpPool::new(*version))),
+                ClusterSpec::Http { version, tls: spec, .. } => {
+                    let tls = match (spec, &tls) {
+                        (Some(spec), Some(ClusterTls::Tls(t))) => Some((t.clone(), (**spec).clone())),
+                        _ => None,
+                    };
+                    Some(Arc::new(HttpPool::new(*version, tls)))
+                }
                 _ => None,
             };
             clusters.insert(

@@ -388,3 +388,83 @@ fn bad_tls_files_reject_the_configuration_naming_the_field() {
         assert!(err.contains(field) && err.contains(why), "{field} / {why}: {err}");
     }
 }
+
+/// `https` and `wss` with independent clients (Python `httpx` over HTTP/1.1 and HTTP/2, `websockets`), directly and
+/// through a plain listener → TLS cluster → TLS listener chain in the same agent.
+#[test]
+fn https_and_wss_listeners_and_clusters() {
+    let Some(py) = python_with("httpx, h2, websockets") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (https, http, wss, ws) = (free_port(), free_port(), free_port(), free_port());
+    let (cert, key, ca) = (pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"));
+    let encap_echo =
+        "[{action: {route: {destination: {spec: {protocol: Echo}}, ingress: [{spec: {protocol: JSONEncap}}]}}}]";
+    let yaml = format!(
+        "listeners:
+  - name: https
+    spec: {{protocol: HTTP, port: {https}, address: 127.0.0.1, tls: {{cert: {cert}, key: {key}, alpn: [h2, http/1.1]}}}}
+    rules: {encap_echo}
+  - name: http
+    spec: {{protocol: HTTP, port: {http}, address: 127.0.0.1}}
+    rules: [{{action: {{route: {{destination: {{spec: {{protocol: HTTP, port: {https}, tls: {{ca: {ca}}}}}, endpoints: [{{spec: {{address: localhost}}}}]}}}}}}}}]
+  - name: wss
+    spec: {{protocol: WebSocket, port: {wss}, address: 127.0.0.1, tls: {{cert: {cert}, key: {key}}}}}
+    rules: {encap_echo}
+  - name: ws
+    spec: {{protocol: WebSocket, port: {ws}, address: 127.0.0.1}}
+    rules: [{{action: {{route: {{destination: {{spec: {{protocol: WebSocket, port: {wss}, tls: {{ca: {ca}}}}}, endpoints: [{{spec: {{address: localhost}}}}]}}}}}}}}]
+"
+    );
+    let _agent = Agent::start(&yaml);
+    let script = r#"
+import json, ssl, sys, httpx
+from websockets.sync.client import connect
+https, http, wss, ws, ca = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+out = {}
+for h2 in (False, True):
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca), http2=h2, timeout=5) as c:
+        r = c.post("https://localhost:%d/x" % https, content=b"hello https")
+        out["https-h2" if h2 else "https"] = [r.http_version, r.status_code, json.loads(r.content)["metadata"]]
+with httpx.Client(timeout=5) as c:
+    r = c.post("http://127.0.0.1:%d/x" % http, content=b"hello http")
+    out["http-to-https"] = [r.http_version, r.status_code, json.loads(r.content)["metadata"]]
+with connect("wss://localhost:%d/w" % wss, ssl=ssl.create_default_context(cafile=ca)) as c:
+    c.send(b"hello wss")
+    out["wss"] = json.loads(c.recv(timeout=5))["metadata"]
+with connect("ws://127.0.0.1:%d/w" % ws) as c:
+    c.send(b"hello ws")
+    out["ws-to-wss"] = json.loads(c.recv(timeout=5))["metadata"]
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(&py)
+        .args([
+            "-c",
+            script,
+            &https.to_string(),
+            &http.to_string(),
+            &wss.to_string(),
+            &ws.to_string(),
+            &ca,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["https"][0], "HTTP/1.1", "{r}");
+    assert_eq!(r["https-h2"][0], "HTTP/2", "{r}");
+    for k in ["https", "https-h2", "http-to-https"] {
+        assert_eq!(r[k][1], 200, "{k}: {r}");
+        let m = &r[k][2];
+        assert_eq!(m["HTTP"]["url"]["protocol"], "https:", "{k}: {m}");
+        assert_eq!(m["TLS"]["sni"], "localhost", "{k}: {m}");
+        assert_eq!(m["TLS"]["version"], "TLSv1.3", "{k}: {m}");
+    }
+    for k in ["wss", "ws-to-wss"] {
+        assert_eq!(r[k]["TLS"]["sni"], "localhost", "{k}: {r}");
+        assert_eq!(r[k]["listener"], "wss", "{k}: {r}");
+    }
+}

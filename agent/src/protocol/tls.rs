@@ -165,6 +165,92 @@ pub async fn connect(
     Ok((Reader::Tls(r), Writer::Tls(w)))
 }
 
+/// A TCP connection with or without TLS: the transport of `ws`/`wss` and `http`/`https` listeners and clusters.
+pub enum MaybeTls {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl tokio::io::AsyncRead for MaybeTls {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => std::pin::Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => std::pin::Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => std::pin::Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => std::pin::Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The server side of an accepted connection of a `wss`/`https` listener (`tls` set) or a plain one: the stream
+/// and the `TLS` metadata, or `None` when the handshake failed (logged).
+pub async fn accept_maybe(
+    tls: Option<&ServerTls>,
+    stream: TcpStream,
+    listener: &str,
+    peer: SocketAddr,
+) -> Option<(MaybeTls, Option<Value>)> {
+    match tls {
+        None => Some((MaybeTls::Plain(stream), None)),
+        Some(t) => {
+            let (s, meta) = accept(t, stream, listener, peer).await?;
+            Some((MaybeTls::Tls(Box::new(s)), Some(meta)))
+        }
+    }
+}
+
+/// The client side for a `wss`/`https` cluster (`tls` given) or a plain one.
+pub async fn connect_maybe(
+    tcp: TcpStream,
+    tls: Option<(&ClientTls, &TlsSpec)>,
+    address: &str,
+) -> Result<MaybeTls, UpstreamError> {
+    match tls {
+        None => Ok(MaybeTls::Plain(tcp)),
+        Some((t, spec)) => {
+            let host = host_of(address);
+            let s = handshake(t, spec, host, tcp).await?;
+            Ok(MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(s))))
+        }
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` too).
+pub fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// Reads what arrived; a peer that closes the TCP connection without a TLS close_notify is taken as the end of the
 /// stream (as most proxies do), not as a failure.
 pub(crate) fn eof_is_end(r: io::Result<bool>) -> io::Result<bool> {
