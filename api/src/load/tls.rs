@@ -133,3 +133,109 @@ fn alpn(d: &mut Decoder, v: Option<&Value>, path: &FieldPath) -> Option<Vec<Stri
         Some(s)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{ClientAuth, ClusterSpec, ListenerSpec};
+    use crate::{config_from_value, dump};
+    use serde_json::{Value, json};
+
+    fn errors(doc: Value) -> Vec<String> {
+        match config_from_value(&doc) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+
+    fn listener(spec: Value) -> Value {
+        json!({"listeners": [{"name": "l", "spec": spec, "rules": [{"action": {"route": {"destination": {"spec": {"protocol": "Echo"}}}}}]}]})
+    }
+
+    fn cluster(spec: Value) -> Value {
+        json!({"clusters": [{"name": "c", "spec": spec, "endpoints": [{"spec": {"address": "localhost"}}]}]})
+    }
+
+    #[test]
+    fn tls_blocks_load_and_dump_back_to_equal_configurations() {
+        let doc = json!({
+            "listeners": [
+                {"name": "t", "spec": {"protocol": "TLS", "port": 443, "tls": {"cert": "c.pem", "key": "k.pem", "ca": "ca.pem", "client_auth": "required", "alpn": ["h2"]}},
+                 "rules": [{"action": {"route": {"destination": "up"}}}]},
+                {"name": "d", "spec": {"protocol": "DTLS", "port": 5684, "idle_timeout": 0, "tls": {"cert": "c.pem", "key": "k.pem"}},
+                 "rules": [{"action": {"route": {"destination": "up"}}}]},
+                {"name": "h", "spec": {"protocol": "HTTP", "port": 8443, "tls": {"cert": "c.pem", "key": "k.pem"}},
+                 "rules": [{"action": {"route": {"destination": "ws"}}}]}
+            ],
+            "clusters": [
+                {"name": "up", "spec": {"protocol": "TLS", "port": 443, "tls": {"ca": "ca.pem", "server_name": "api.internal", "cert": "c.pem", "key": "k.pem"}},
+                 "endpoints": [{"spec": {"address": "10.0.0.1"}}]},
+                {"name": "ws", "spec": {"protocol": "WebSocket", "port": 443, "tls": {}}, "endpoints": [{"spec": {"address": "a"}}]}
+            ]
+        });
+        let cfg = config_from_value(&doc).expect("valid");
+        let ListenerSpec::Tls(t) = &cfg.listeners[0].spec else {
+            panic!("TLS listener")
+        };
+        let tls = t.tls.as_deref().expect("tls");
+        assert_eq!(tls.client_auth, ClientAuth::Required);
+        assert_eq!(tls.alpn, vec!["h2".to_owned()]);
+        assert!(matches!(&cfg.listeners[1].spec, ListenerSpec::Dtls(d) if d.idle_timeout.is_none()));
+        assert!(cfg.listeners[2].spec.tls().is_some(), "https");
+        let ClusterSpec::Tls { tls, .. } = &cfg.clusters[0].spec else {
+            panic!("TLS cluster")
+        };
+        assert_eq!(tls.server_name.as_deref(), Some("api.internal"));
+        assert!(cfg.clusters[1].spec.tls().is_some(), "wss");
+        let again = config_from_value(&dump::config(&cfg)).expect("the dump loads");
+        assert_eq!(again.listeners, cfg.listeners);
+        assert_eq!(again.clusters, cfg.clusters);
+    }
+
+    #[test]
+    fn bad_tls_blocks_are_rejected_naming_the_field() {
+        let cases = [
+            (
+                listener(json!({"protocol": "TLS", "port": 443})),
+                "listeners[0].spec.tls: missing required field",
+            ),
+            (
+                listener(json!({"protocol": "TLS", "port": 443, "tls": {"key": "k.pem"}})),
+                "listeners[0].spec.tls.cert: missing required field",
+            ),
+            (
+                listener(
+                    json!({"protocol": "DTLS", "port": 1, "tls": {"cert": "c", "key": "k", "client_auth": "required"}}),
+                ),
+                "listeners[0].spec.tls.ca: missing required field (client_auth: required",
+            ),
+            (
+                listener(json!({"protocol": "TLS", "port": 1, "tls": {"cert": "c", "key": "k", "client_auth": "yes"}})),
+                "listeners[0].spec.tls.client_auth: expected \"none\", \"optional\" or \"required\", got \"yes\"",
+            ),
+            (
+                listener(json!({"protocol": "TLS", "port": 1, "tls": {"cert": "c", "key": "k", "server_name": "x"}})),
+                "listeners[0].spec.tls.server_name: unknown field",
+            ),
+            (
+                listener(json!({"protocol": "TCP", "port": 1, "tls": {"cert": "c", "key": "k"}})),
+                "listeners[0].spec.tls: unknown field",
+            ),
+            (
+                cluster(json!({"protocol": "TLS", "port": 1, "tls": {"cert": "c.pem"}})),
+                "clusters[0].spec.tls.key: missing required field",
+            ),
+            (
+                cluster(json!({"protocol": "TLS", "port": 1, "tls": {"alpn": [""]}})),
+                "clusters[0].spec.tls.alpn[0]: expected a protocol name of 1..255 bytes",
+            ),
+            (
+                cluster(json!({"protocol": "DTLS", "port": 1, "tls": {"client_auth": "none"}})),
+                "clusters[0].spec.tls.client_auth: unknown field",
+            ),
+        ];
+        for (doc, want) in cases {
+            let errs = errors(doc);
+            assert!(errs.iter().any(|e| e.contains(want)), "want {want:?}, got {errs:?}");
+        }
+    }
+}
