@@ -230,7 +230,7 @@ impl Engine {
         let mut bound = Vec::new();
         for (name, l) in &wanted {
             if !running.contains_key(*name) {
-                bound.push(((*l).clone(), bind(l)?));
+                bound.push(((*l).clone(), bind(l, &snap)?));
             }
         }
         // Stop listeners that are gone or whose spec changed, then rebind the changed ones.
@@ -245,7 +245,7 @@ impl Engine {
                 let _ = r.task.await;
             }
             if let Some(l) = wanted.get(name.as_str()) {
-                bound.push(((*l).clone(), bind(l)?));
+                bound.push(((*l).clone(), bind(l, &snap)?));
             }
         }
         self.snapshot.store(snap.clone());
@@ -394,8 +394,8 @@ fn warn_unsupported(snap: &Snapshot) {
     }
 }
 
-fn bind(l: &Arc<Listener>) -> Result<Bound, ApplyError> {
-    Bound::bind(l).map_err(|error| ApplyError::Bind {
+fn bind(l: &Arc<Listener>, snap: &Snapshot) -> Result<Bound, ApplyError> {
+    Bound::bind(l, snap.listener_tls.get(&l.name).cloned()).map_err(|error| ApplyError::Bind {
         listener: l.name.clone(),
         what: describe(l),
         error,
@@ -419,5 +419,7 @@ fn describe_spec(spec: &l7mp_api::ListenerSpec) -> String {
         Pipe(s) => format!("FIFO {:?}", s.filename),
         AfPacket(s) => format!("AF_PACKET interface {:?}", s.interface),
         Sctp(s) => format!("SCTP {}", std::net::SocketAddr::new(s.address, s.port)),
+        Tls(s) => format!("TLS (TCP) {}", std::net::SocketAddr::new(s.address, s.port)),
+        Dtls(s) => format!("DTLS (UDP) {}", std::net::SocketAddr::new(s.address, s.port)),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod af_packet;
 pub mod controller;
+pub mod dtls;
 pub mod http;
 pub mod jsonsocket;
 pub mod pipe;
@@ -12,6 +13,7 @@ pub mod prometheus;
 pub mod sctp;
 pub mod sync;
 pub mod tcp;
+pub mod tls;
 pub mod transform;
 pub mod udp;
 pub mod unix;
@@ -53,6 +55,12 @@ pub enum ConnectError {
         address: String,
         message: String,
     },
+    #[error("TLS handshake with {endpoint} ({address}) failed: {message}")]
+    Tls {
+        endpoint: String,
+        address: String,
+        message: String,
+    },
     #[error("cannot start {program:?}: {source}")]
     Spawn { program: String, source: io::Error },
     #[error("cannot resolve {address}: {source}")]
@@ -82,6 +90,7 @@ impl ConnectError {
                 | ConnectError::Timeout { .. }
                 | ConnectError::Resolve { .. }
                 | ConnectError::Handshake { .. }
+                | ConnectError::Tls { .. }
         )
     }
 }
@@ -125,6 +134,7 @@ pub async fn connect(
                 program: command.first().cloned().unwrap_or_default(),
                 source: match e {
                     UpstreamError::Io(e) | UpstreamError::Resolve(e) => e,
+                    UpstreamError::Handshake(m) => io::Error::other(m),
                 },
             })?;
             return Ok(Stage::Stream {
@@ -195,17 +205,34 @@ async fn connect_endpoint(
     let address = match net {
         ClusterSpec::Udp { port, .. }
         | ClusterSpec::Tcp { port, .. }
-        | ClusterSpec::WebSocket { port }
+        | ClusterSpec::WebSocket { port, .. }
         | ClusterSpec::Http { port, .. }
-        | ClusterSpec::Sctp { port, .. } => format_host_port(&ep.address, *port),
+        | ClusterSpec::Sctp { port, .. }
+        | ClusterSpec::Tls { port, .. }
+        | ClusterSpec::Dtls { port, .. } => format_host_port(&ep.address, *port),
         _ => ep.address.clone(),
     };
     let attempt = async {
         match net {
             ClusterSpec::Udp { bind, .. } => udp::connect(&address, bind.as_ref()).await,
             ClusterSpec::Tcp { bind, .. } => tcp::connect(&address, bind.as_ref()).await,
+            ClusterSpec::Tls { bind, tls: spec, .. } => match &c.tls {
+                Some(ClusterTls::Tls(t)) => tls::connect(&address, &ep.address, bind.as_ref(), t, spec).await,
+                _ => Err(no_context()),
+            },
+            ClusterSpec::Dtls { bind, tls: spec, .. } => match &c.tls {
+                Some(ClusterTls::Dtls(t)) => dtls::connect(&address, &ep.address, bind.as_ref(), t, spec).await,
+                _ => Err(no_context()),
+            },
             ClusterSpec::UnixDgram => unix_dgram::connect(&address).await,
-            ClusterSpec::WebSocket { .. } => websocket::connect(&address, metadata).await,
+            ClusterSpec::WebSocket { tls: spec, .. } => {
+                let tls = match (spec, &c.tls) {
+                    (Some(spec), Some(ClusterTls::Tls(t))) => Some((t.as_ref(), spec.as_ref())),
+                    (Some(_), _) => return Err(no_context()),
+                    (None, _) => None,
+                };
+                websocket::connect(&address, metadata, tls).await
+            }
             ClusterSpec::Http { .. } => match &c.http {
                 Some(pool) => http::client::connect(pool, &address, metadata, exchange).await,
                 None => Err(UpstreamError::Io(io::Error::other(
@@ -223,6 +250,13 @@ async fn connect_endpoint(
         Ok(Ok(rw)) => rw,
         Ok(Err(UpstreamError::Resolve(source))) => {
             return Err(ConnectError::Resolve { address, source });
+        }
+        Ok(Err(UpstreamError::Handshake(message))) => {
+            return Err(ConnectError::Tls {
+                endpoint: ep.name.clone(),
+                address,
+                message,
+            });
         }
         Ok(Err(UpstreamError::Io(source))) => {
             return Err(ConnectError::Connect {
@@ -272,6 +306,57 @@ fn format_host_port(host: &str, port: u16) -> String {
 pub enum UpstreamError {
     Resolve(io::Error),
     Io(io::Error),
+    /// A TLS or DTLS handshake failed (the reason, e.g. the server's certificate is not trusted).
+    Handshake(String),
+}
+
+fn no_context() -> UpstreamError {
+    UpstreamError::Io(io::Error::other("TLS cluster without a TLS context"))
+}
+
+/// The TLS context of a listener, built (and its files checked) with the snapshot.
+#[derive(Clone)]
+pub enum ListenerTls {
+    Tls(Arc<tls::ServerTls>),
+    Dtls(Arc<dtls::DtlsServer>),
+}
+
+/// The TLS context of a cluster, built (and its files checked) with the snapshot.
+pub enum ClusterTls {
+    Tls(Arc<tls::ClientTls>),
+    Dtls(Arc<dtls::DtlsClient>),
+}
+
+impl ListenerTls {
+    /// The context a listener's `tls` block asks for, or why its files do not load.
+    pub fn load(l: &Listener) -> Result<Option<ListenerTls>, tls::config::TlsError> {
+        let owner = format!("listener {:?}", l.name);
+        let dtls = match &l.spec {
+            ListenerSpec::JsonSocket(t) => matches!(**t, ListenerSpec::Dtls(_)),
+            other => matches!(other, ListenerSpec::Dtls(_)),
+        };
+        Ok(match l.spec.tls() {
+            Some(spec) if dtls => Some(ListenerTls::Dtls(Arc::new(dtls::server(owner, spec)?))),
+            Some(spec) => Some(ListenerTls::Tls(Arc::new(tls::server_tls(owner, spec)?))),
+            None => None,
+        })
+    }
+}
+
+impl ClusterTls {
+    /// The context a cluster's `tls` block asks for, or why its files do not load.
+    pub fn load(c: &l7mp_api::Cluster) -> Result<Option<ClusterTls>, tls::config::TlsError> {
+        let owner = format!("cluster {:?}", c.name);
+        let dtls = match &c.spec {
+            ClusterSpec::JsonSocket { transport, .. } => matches!(**transport, ClusterSpec::Dtls { .. }),
+            other => matches!(other, ClusterSpec::Dtls { .. }),
+        };
+        Ok(match c.spec.tls() {
+            Some(spec) if dtls => Some(ClusterTls::Dtls(Arc::new(dtls::client(owner, spec)?))),
+            Some(spec) => Some(ClusterTls::Tls(Arc::new(tls::client_tls(owner, spec)?))),
+            None => None,
+        })
+    }
 }
 
 /// Resolves `host:port` to its first address.
@@ -293,24 +378,49 @@ pub enum Bound {
     Pipe(pipe::PipeBound),
     AfPacket(af_packet::AfPacketBound),
     Sctp(sctp::SctpBound),
+    Tls(tls::TlsBound),
+    Dtls(dtls::DtlsBound),
 }
 
 impl Bound {
-    /// Binds the listener's sockets. Must run inside the runtime.
-    pub fn bind(l: &Listener) -> io::Result<Bound> {
-        Self::bind_spec(&l.spec)
+    /// Binds the listener's sockets. Must run inside the runtime. `tls` is the listener's context from the snapshot
+    /// (TLS, DTLS, `wss` and `https` listeners).
+    pub fn bind(l: &Listener, tls: Option<ListenerTls>) -> io::Result<Bound> {
+        Self::bind_spec(&l.spec, tls)
     }
 
-    fn bind_spec(spec: &ListenerSpec) -> io::Result<Bound> {
+    fn bind_spec(spec: &ListenerSpec, tls: Option<ListenerTls>) -> io::Result<Bound> {
+        let missing = || io::Error::other("TLS listener without a TLS context");
         Ok(match spec {
             // The transport listener emits the sessions; the session runs the JSONSocket handshake first.
-            ListenerSpec::JsonSocket(transport) => Self::bind_spec(transport)?,
+            ListenerSpec::JsonSocket(transport) => Self::bind_spec(transport, tls)?,
+            ListenerSpec::Tls(s) => match tls {
+                Some(ListenerTls::Tls(t)) => Bound::Tls(tls::TlsBound {
+                    tcp: tcp::TcpBound::bind(s)?,
+                    tls: t,
+                }),
+                _ => return Err(missing()),
+            },
+            ListenerSpec::Dtls(s) => match tls {
+                Some(ListenerTls::Dtls(t)) => Bound::Dtls(dtls::DtlsBound::bind(s, t)?),
+                _ => return Err(missing()),
+            },
             ListenerSpec::Udp(s) => Bound::Udp(udp::UdpBound::bind(s)?),
             ListenerSpec::Tcp(s) => Bound::Tcp(tcp::TcpBound::bind(s)?),
             ListenerSpec::UnixDomainSocket(s) => Bound::Unix(unix::UnixBound::bind(s)?),
             ListenerSpec::UnixDgram(s) => Bound::UnixDgram(unix_dgram::UnixDgramBound::bind(s)?),
-            ListenerSpec::WebSocket(s) => Bound::WebSocket(websocket::WsBound(tcp::TcpBound::bind(s)?)),
-            ListenerSpec::Http(s) => Bound::Http(http::server::HttpBound(tcp::TcpBound::bind(s)?)),
+            ListenerSpec::WebSocket(s) | ListenerSpec::Http(s) => {
+                let tls = match (&s.tls, tls) {
+                    (None, _) => None,
+                    (Some(_), Some(ListenerTls::Tls(t))) => Some(t),
+                    (Some(_), _) => return Err(missing()),
+                };
+                let tcp = tcp::TcpBound::bind(s)?;
+                match spec {
+                    ListenerSpec::Http(_) => Bound::Http(http::server::HttpBound(tcp, tls)),
+                    _ => Bound::WebSocket(websocket::WsBound(tcp, tls)),
+                }
+            }
             ListenerSpec::Pipe(s) => Bound::Pipe(pipe::PipeBound::bind(s)?),
             ListenerSpec::AfPacket(s) => Bound::AfPacket(af_packet::AfPacketBound::bind(s)?),
             ListenerSpec::Sctp(s) => Bound::Sctp(sctp::SctpBound::bind(s)?),
@@ -329,6 +439,8 @@ impl Bound {
             Bound::Pipe(b) => b.run(engine, listener, cancel).await,
             Bound::AfPacket(b) => b.run(engine, listener, cancel).await,
             Bound::Sctp(b) => b.run(engine, listener, cancel).await,
+            Bound::Tls(b) => b.run(engine, listener, cancel).await,
+            Bound::Dtls(b) => b.run(engine, listener, cancel).await,
         }
     }
 }

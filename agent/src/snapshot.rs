@@ -5,7 +5,9 @@
 use crate::lb::{Balancer, SmoothWrr};
 use crate::protocol::http::client::Pool as HttpPool;
 use crate::protocol::sync::SyncHub;
+use crate::protocol::tls::config::TlsError;
 use crate::protocol::transform::LogSink;
+use crate::protocol::{ClusterTls, ListenerTls};
 use l7mp_api::lookup::{RouteError, RuleTable};
 use l7mp_api::{Cluster, ClusterSpec, Config, Destination, Listener, Route};
 use std::collections::HashMap;
@@ -21,6 +23,8 @@ pub struct ClusterRt {
     pub sync: Option<Arc<SyncHub>>,
     /// The keep-alive connections of an HTTP cluster.
     pub http: Option<Arc<HttpPool>>,
+    /// The client context of a TLS, DTLS, `wss` or `https` cluster.
+    pub tls: Option<ClusterTls>,
     /// Endpoint selection and outlier detection.
     pub lb: Balancer,
 }
@@ -74,6 +78,8 @@ pub struct Snapshot {
     pub routes: HashMap<String, Arc<RouteRt>>,
     /// The routes in configuration order (the same `Arc`s as `routes`), indexed by the rule table's route indices.
     pub route_list: Vec<Arc<RouteRt>>,
+    /// The server contexts of TLS, DTLS, `wss` and `https` listeners, by listener name.
+    pub listener_tls: HashMap<String, ListenerTls>,
 }
 
 /// Why a configuration could not be put in force (it validated, but a resource could not be had).
@@ -84,6 +90,13 @@ pub enum BuildError {
         cluster: String,
         path: String,
         source: std::io::Error,
+    },
+    /// A `tls` block's file is unreadable, does not parse, or the key does not match the certificate.
+    #[error("{kind} {name:?}: {error}")]
+    Tls {
+        kind: &'static str,
+        name: String,
+        error: TlsError,
     },
     #[error("rulelists: {0}")]
     Rules(#[from] RouteError),
@@ -98,6 +111,7 @@ impl Snapshot {
             rule_table: RuleTable::default(),
             routes: HashMap::new(),
             route_list: Vec::new(),
+            listener_tls: HashMap::new(),
         }
     }
 
@@ -127,8 +141,19 @@ impl Snapshot {
                 _ => None,
             };
             let sync = matches!(c.spec, ClusterSpec::Sync { .. }).then(|| Arc::new(SyncHub::default()));
+            let tls = ClusterTls::load(c).map_err(|error| BuildError::Tls {
+                kind: "clusters",
+                name: c.name.clone(),
+                error,
+            })?;
             let http = match &c.spec {
-                ClusterSpec::Http { version, .. } => Some(Arc::new(HttpPool::new(*version))),
+                ClusterSpec::Http { version, tls: spec, .. } => {
+                    let tls = match (spec, &tls) {
+                        (Some(spec), Some(ClusterTls::Tls(t))) => Some((t.clone(), (**spec).clone())),
+                        _ => None,
+                    };
+                    Some(Arc::new(HttpPool::new(*version, tls)))
+                }
                 _ => None,
             };
             clusters.insert(
@@ -138,9 +163,21 @@ impl Snapshot {
                     sink,
                     sync,
                     http,
+                    tls,
                     lb: Balancer::new(c),
                 }),
             );
+        }
+        let mut listener_tls = HashMap::new();
+        for l in &config.listeners {
+            let t = ListenerTls::load(l).map_err(|error| BuildError::Tls {
+                kind: "listeners",
+                name: l.name.clone(),
+                error,
+            })?;
+            if let Some(t) = t {
+                listener_tls.insert(l.name.clone(), t);
+            }
         }
         let rule_table = RuleTable::new(&config)?;
         let route_list: Vec<Arc<RouteRt>> = config
@@ -161,6 +198,7 @@ impl Snapshot {
                 .map(|l| (l.name.clone(), Arc::new(l.clone())))
                 .collect(),
             clusters,
+            listener_tls,
             config: Arc::new(config),
         })
     }

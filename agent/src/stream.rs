@@ -71,6 +71,10 @@ pub enum Reader {
     Packet(Arc<PacketSocket>),
     /// An SCTP association: one message per datagram.
     Sctp(Box<SctpReader>),
+    /// A TLS connection (either side).
+    Tls(crate::protocol::tls::TlsReader),
+    /// A DTLS association (either side): one record per message.
+    Dtls(crate::protocol::dtls::DtlsReader),
 }
 
 /// The write half of a stream.
@@ -99,6 +103,10 @@ pub enum Writer {
     Packet(Arc<PacketSocket>),
     /// An SCTP association: one message per datagram.
     Sctp(Arc<SctpSocket>),
+    /// A TLS connection (either side); flushed after every batch.
+    Tls(crate::protocol::tls::TlsWriter),
+    /// A DTLS association (either side): one record per message.
+    Dtls(crate::protocol::dtls::DtlsWriter),
 }
 
 impl Reader {
@@ -110,12 +118,14 @@ impl Reader {
             | Reader::Stdin(_)
             | Reader::Process(_)
             | Reader::Pipe(_)
+            | Reader::Tls(_)
             | Reader::Http(_) => StreamKind::ByteStream,
             Reader::Udp(_)
             | Reader::Chan(_)
             | Reader::UnixDgram(_)
             | Reader::Ws(_)
             | Reader::Packet(_)
+            | Reader::Dtls(_)
             | Reader::Sctp(_) => StreamKind::Datagram,
         }
     }
@@ -128,6 +138,8 @@ impl Reader {
             Reader::Unix(r) => read_bytes(r, arena, out).await,
             Reader::Stdin(r) => read_bytes(r, arena, out).await,
             Reader::Pipe(r) => read_bytes(r, arena, out).await,
+            Reader::Tls(r) => crate::protocol::tls::eof_is_end(read_bytes(r, arena, out).await),
+            Reader::Dtls(r) => crate::protocol::dtls::read(r, arena, out).await,
             Reader::Packet(sock) => sock.recv_batch(arena, out).await.map(|()| true),
             Reader::Sctp(r) => r.read(arena, out).await,
             Reader::Ws(ws) => ws.read(out).await,
@@ -240,6 +252,7 @@ impl Writer {
             | Writer::Stdout(_)
             | Writer::Process(_)
             | Writer::Pipe(_)
+            | Writer::Tls(_)
             | Writer::Http(_) => StreamKind::ByteStream,
             Writer::Udp(_)
             | Writer::Chan(_)
@@ -248,6 +261,7 @@ impl Writer {
             | Writer::UnixDgramTo(..)
             | Writer::Ws(_)
             | Writer::Packet(_)
+            | Writer::Dtls(_)
             | Writer::Sctp(_) => StreamKind::Datagram,
         }
     }
@@ -257,6 +271,7 @@ impl Writer {
     pub fn max_message(&self) -> Option<usize> {
         match self {
             Writer::Udp(_) => Some(MAX_UDP_PAYLOAD),
+            Writer::Dtls(_) => Some(crate::protocol::dtls::MAX_MESSAGE),
             // What the agent's own UNIX datagram sockets receive whole.
             Writer::UnixDgram(_) | Writer::UnixDgramTo(..) => Some(sys::MAX_DATAGRAM),
             _ => None,
@@ -272,6 +287,11 @@ impl Writer {
                 write_bytes(w, batch).await?;
                 w.flush().await
             }
+            Writer::Tls(w) => {
+                write_bytes(w, batch).await?;
+                w.flush().await
+            }
+            Writer::Dtls(w) => crate::protocol::dtls::write(w, batch).await,
             Writer::Ws(ws) => ws.write(batch).await,
             Writer::Http(h) => h.write(batch).await,
             Writer::Pipe(w) => w.write(batch).await,
@@ -381,6 +401,13 @@ impl Writer {
         match self {
             Writer::Tcp(w) => w.shutdown().await.is_ok(),
             Writer::Unix(w) => w.shutdown().await.is_ok(),
+            // close_notify, then the TCP FIN.
+            Writer::Tls(w) => w.shutdown().await.is_ok(),
+            // A close_notify; the session ends all the same (datagram streams have no half-close).
+            Writer::Dtls(w) => {
+                let _ = w.shutdown().await;
+                false
+            }
             Writer::Stdout(w) => {
                 // Standard output stays open for the process; the peer cannot be told.
                 let _ = w.flush().await;

@@ -251,9 +251,22 @@ pub fn listener_spec(spec: &ListenerSpec) -> Value {
             o.insert("options".into(), json!({"mode": mode}));
             o.insert("idle_timeout".into(), idle_timeout(u.idle_timeout));
         }
-        ListenerSpec::Tcp(t) | ListenerSpec::WebSocket(t) | ListenerSpec::Http(t) | ListenerSpec::Sctp(t) => {
+        ListenerSpec::Tcp(t)
+        | ListenerSpec::WebSocket(t)
+        | ListenerSpec::Http(t)
+        | ListenerSpec::Sctp(t)
+        | ListenerSpec::Tls(t) => {
             o.insert("address".into(), json!(t.address.to_string()));
             o.insert("port".into(), json!(t.port));
+            if let Some(t) = &t.tls {
+                o.insert("tls".into(), tls(t, true));
+            }
+        }
+        ListenerSpec::Dtls(d) => {
+            o.insert("address".into(), json!(d.address.to_string()));
+            o.insert("port".into(), json!(d.port));
+            o.insert("idle_timeout".into(), idle_timeout(d.idle_timeout));
+            o.insert("tls".into(), tls(&d.tls, true));
         }
         ListenerSpec::UnixDomainSocket(u) => {
             o.insert("filename".into(), json!(u.filename));
@@ -275,6 +288,25 @@ pub fn listener_spec(spec: &ListenerSpec) -> Value {
             }
             o.insert("idle_timeout".into(), idle_timeout(a.idle_timeout));
         }
+    }
+    Value::Object(o)
+}
+
+/// A `tls` block; `listener` says which side's fields it has.
+fn tls(t: &TlsSpec, listener: bool) -> Value {
+    let mut o = Map::new();
+    for (k, v) in [("cert", &t.cert), ("key", &t.key), ("ca", &t.ca)] {
+        if let Some(v) = v {
+            o.insert(k.into(), json!(v));
+        }
+    }
+    if listener {
+        o.insert("client_auth".into(), json!(t.client_auth.as_str()));
+    } else if let Some(s) = &t.server_name {
+        o.insert("server_name".into(), json!(s));
+    }
+    if !t.alpn.is_empty() {
+        o.insert("alpn".into(), json!(t.alpn));
     }
     Value::Object(o)
 }
@@ -301,11 +333,22 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Value {
             o.insert("port".into(), json!(port));
             bind(&mut o, b);
         }
-        ClusterSpec::WebSocket { port } => {
+        ClusterSpec::Tls { port, bind: b, tls: t } | ClusterSpec::Dtls { port, bind: b, tls: t } => {
             o.insert("port".into(), json!(port));
+            bind(&mut o, b);
+            o.insert("tls".into(), tls(t, false));
         }
-        ClusterSpec::Http { port, version } => {
+        ClusterSpec::WebSocket { port, tls: t } => {
             o.insert("port".into(), json!(port));
+            if let Some(t) = t {
+                o.insert("tls".into(), tls(t, false));
+            }
+        }
+        ClusterSpec::Http { port, version, tls: t } => {
+            o.insert("port".into(), json!(port));
+            if let Some(t) = t {
+                o.insert("tls".into(), tls(t, false));
+            }
             let v = match version {
                 HttpVersion::Http1 => "1.1",
                 HttpVersion::Http2 => "2",

@@ -19,6 +19,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+mod tls;
+
 /// The syntax of a configuration document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -359,6 +361,8 @@ impl Builder {
                 "PIPE",
                 "AF_PACKET",
                 "SCTP",
+                "TLS",
+                "DTLS",
             ],
             "listener",
         )?;
@@ -383,23 +387,54 @@ impl Builder {
                 )?;
                 self.udp_listener(o).map(ListenerSpec::Udp)
             }
-            "TCP" | "WebSocket" | "WS" | "HTTP" | "SCTP" => {
+            "TCP" | "WebSocket" | "WS" | "HTTP" | "SCTP" | "TLS" => {
                 // `path` is in the original's HTTP schema but was never used; accepted and ignored.
-                let allowed: &[&str] = if proto == "HTTP" {
-                    &["protocol", "port", "address", "path"]
-                } else {
-                    &["protocol", "port", "address"]
+                let allowed: &[&str] = match proto.as_str() {
+                    "HTTP" => &["protocol", "port", "address", "path", "tls"],
+                    "WebSocket" | "WS" | "TLS" => &["protocol", "port", "address", "tls"],
+                    _ => &["protocol", "port", "address"],
                 };
                 let o = self.d.object(v, path, allowed)?;
                 let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
-                let address = self.address_or_any(o)?;
-                let spec = TcpListenerSpec { address, port: port? };
+                let address = self.address_or_any(o);
+                let tls = match o.get("tls") {
+                    Some(t) => Some(Box::new(tls::listener(&mut self.d, t, &o.at("tls"))?)),
+                    None if proto == "TLS" => {
+                        self.d.required(o, "tls");
+                        return None;
+                    }
+                    None => None,
+                };
+                let spec = TcpListenerSpec {
+                    address: address?,
+                    port: port?,
+                    tls,
+                };
                 Some(match proto.as_str() {
                     "TCP" => ListenerSpec::Tcp(spec),
                     "HTTP" => ListenerSpec::Http(spec),
                     "SCTP" => ListenerSpec::Sctp(spec),
+                    "TLS" => ListenerSpec::Tls(spec),
                     _ => ListenerSpec::WebSocket(spec),
                 })
+            }
+            "DTLS" => {
+                let o = self
+                    .d
+                    .object(v, path, &["protocol", "port", "address", "idle_timeout", "tls"])?;
+                let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
+                let address = self.address_or_any(o);
+                let idle_timeout = self.idle_timeout(o);
+                let tls = self
+                    .d
+                    .required(o, "tls")
+                    .and_then(|t| tls::listener(&mut self.d, t, &o.at("tls")));
+                Some(ListenerSpec::Dtls(DtlsListenerSpec {
+                    address: address?,
+                    port: port?,
+                    idle_timeout: idle_timeout?,
+                    tls: Box::new(tls?),
+                }))
             }
             "PIPE" => {
                 let o = self.d.object(v, path, &["protocol", "filename"])?;
@@ -688,9 +723,26 @@ impl Builder {
             "PIPE",
             "AF_PACKET",
             "SCTP",
+            "TLS",
+            "DTLS",
         ];
         let proto = self.protocol(v, path, KNOWN, "cluster")?;
         match proto.as_str() {
+            "TLS" | "DTLS" => {
+                let o = self.d.object(v, path, &["protocol", "port", "bind", "tls"])?;
+                let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
+                let bind = self.bind(o);
+                let tls = self
+                    .d
+                    .required(o, "tls")
+                    .and_then(|t| tls::cluster(&mut self.d, t, &o.at("tls")));
+                let (port, bind, tls) = (port?, bind?, Box::new(tls?));
+                Some(if proto == "TLS" {
+                    ClusterSpec::Tls { port, bind, tls }
+                } else {
+                    ClusterSpec::Dtls { port, bind, tls }
+                })
+            }
             "UDP" | "TCP" | "SCTP" => {
                 let o = self.d.object(v, path, &["protocol", "port", "bind"])?;
                 let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
@@ -730,7 +782,11 @@ impl Builder {
                 })
             }
             "HTTP" => {
-                let o = self.d.object(v, path, &["protocol", "port", "version"])?;
+                let o = self.d.object(v, path, &["protocol", "port", "version", "tls"])?;
+                let tls = match o.get("tls") {
+                    Some(t) => Some(Box::new(tls::cluster(&mut self.d, t, &o.at("tls"))?)),
+                    None => None,
+                };
                 let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
                 let version = match o.get("version") {
                     None => HttpVersion::Http1,
@@ -746,12 +802,20 @@ impl Builder {
                         }
                     },
                 };
-                Some(ClusterSpec::Http { port: port?, version })
+                Some(ClusterSpec::Http {
+                    port: port?,
+                    version,
+                    tls,
+                })
             }
             "WebSocket" | "WS" => {
-                let o = self.d.object(v, path, &["protocol", "port"])?;
-                let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")))?;
-                Some(ClusterSpec::WebSocket { port })
+                let o = self.d.object(v, path, &["protocol", "port", "tls"])?;
+                let port = self.d.required(o, "port").and_then(|p| self.d.port(p, &o.at("port")));
+                let tls = match o.get("tls") {
+                    Some(t) => Some(Box::new(tls::cluster(&mut self.d, t, &o.at("tls"))?)),
+                    None => None,
+                };
+                Some(ClusterSpec::WebSocket { port: port?, tls })
             }
             "Logger" => {
                 let o = self.d.object(v, path, &["protocol", "log_file", "log_prefix"])?;

@@ -183,6 +183,10 @@ pub enum ListenerSpec {
     AfPacket(AfPacketListenerSpec),
     /// SCTP, one-to-one style: a session per association, message boundaries kept.
     Sctp(TcpListenerSpec),
+    /// TLS over TCP: a session per connection once the handshake is done (`tls` is always set).
+    Tls(TcpListenerSpec),
+    /// DTLS over UDP: a session per peer address once the handshake is done; message boundaries kept.
+    Dtls(DtlsListenerSpec),
 }
 
 impl ListenerSpec {
@@ -198,6 +202,17 @@ impl ListenerSpec {
             ListenerSpec::Pipe(_) => "PIPE",
             ListenerSpec::AfPacket(_) => "AF_PACKET",
             ListenerSpec::Sctp(_) => "SCTP",
+            ListenerSpec::Tls(_) => "TLS",
+            ListenerSpec::Dtls(_) => "DTLS",
+        }
+    }
+    /// The `tls` block of a TLS, DTLS, `wss` or `https` listener.
+    pub fn tls(&self) -> Option<&TlsSpec> {
+        match self {
+            ListenerSpec::Tls(s) | ListenerSpec::WebSocket(s) | ListenerSpec::Http(s) => s.tls.as_deref(),
+            ListenerSpec::Dtls(s) => Some(&s.tls),
+            ListenerSpec::JsonSocket(transport) => transport.tls(),
+            _ => None,
         }
     }
     pub fn stream_kind(&self) -> StreamKind {
@@ -206,8 +221,10 @@ impl ListenerSpec {
             | ListenerSpec::UnixDgram(_)
             | ListenerSpec::WebSocket(_)
             | ListenerSpec::AfPacket(_)
-            | ListenerSpec::Sctp(_) => StreamKind::Datagram,
+            | ListenerSpec::Sctp(_)
+            | ListenerSpec::Dtls(_) => StreamKind::Datagram,
             ListenerSpec::Tcp(_)
+            | ListenerSpec::Tls(_)
             | ListenerSpec::UnixDomainSocket(_)
             | ListenerSpec::Pipe(_)
             | ListenerSpec::Http(_) => StreamKind::ByteStream,
@@ -244,6 +261,59 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct TcpListenerSpec {
     pub address: IpAddr,
     pub port: u16,
+    /// TLS on top of TCP: always set for TLS listeners; set on WebSocket (`wss`) and HTTP (`https`) listeners that
+    /// terminate TLS; never on TCP or SCTP.
+    pub tls: Option<Box<TlsSpec>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DtlsListenerSpec {
+    pub address: IpAddr,
+    pub port: u16,
+    /// A peer with no traffic for this long ends its session. `None`: never.
+    pub idle_timeout: Option<Duration>,
+    pub tls: Box<TlsSpec>,
+}
+
+/// The `tls` block of a listener or cluster: where its certificate, key and trusted CAs are, and what it verifies.
+/// Files are read by the agent (and re-read when they change), not by the loader.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsSpec {
+    /// PEM certificate chain, leaf first. Required on listeners; on clusters, the client certificate (with `key`).
+    pub cert: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert`.
+    pub key: Option<String>,
+    /// PEM CA certificates that peers' certificates must chain to. Listeners: needed for `client_auth`; clusters:
+    /// the system's roots when unset.
+    pub ca: Option<String>,
+    /// Listeners: whether clients must present a certificate.
+    pub client_auth: ClientAuth,
+    /// Clusters: the name sent as SNI and verified in the server's certificate; default: the endpoint's host.
+    pub server_name: Option<String>,
+    /// ALPN protocols, in order of preference. Empty: no ALPN.
+    pub alpn: Vec<String>,
+}
+
+/// Client-certificate verification on a TLS or DTLS listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No certificate asked for.
+    #[default]
+    None,
+    /// A certificate is asked for and verified if sent; clients without one are let in.
+    Optional,
+    /// Clients without a valid certificate are refused (mTLS).
+    Required,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -324,14 +394,29 @@ pub enum ClusterSpec {
     UnixDomainSocket,
     /// UNIX datagram socket; the endpoint address is the server's socket path.
     UnixDgram,
-    /// WebSocket client: a connection per session to `ws://<endpoint>:<port><path>`.
+    /// WebSocket client: a connection per session to `ws://<endpoint>:<port><path>` (`wss://` with `tls`).
     WebSocket {
         port: u16,
+        tls: Option<Box<TlsSpec>>,
     },
-    /// HTTP client: a request per session to `http://<endpoint>:<port>`, over pooled keep-alive connections.
+    /// HTTP client: a request per session to `http://<endpoint>:<port>` (`https://` with `tls`), over pooled
+    /// keep-alive connections.
     Http {
         port: u16,
         version: HttpVersion,
+        tls: Option<Box<TlsSpec>>,
+    },
+    /// TLS client: a TCP connection and a TLS handshake per session to `<endpoint>:<port>`.
+    Tls {
+        port: u16,
+        bind: Option<Bind>,
+        tls: Box<TlsSpec>,
+    },
+    /// DTLS client: a connected UDP socket and a DTLS handshake per session; message boundaries kept.
+    Dtls {
+        port: u16,
+        bind: Option<Bind>,
+        tls: Box<TlsSpec>,
     },
     /// JSONSocket client over a transport cluster: sends a JSON header and waits for a 2xx answer.
     JsonSocket {
@@ -400,6 +485,8 @@ impl ClusterSpec {
             ClusterSpec::Pipe => "PIPE",
             ClusterSpec::AfPacket { .. } => "AF_PACKET",
             ClusterSpec::Sctp { .. } => "SCTP",
+            ClusterSpec::Tls { .. } => "TLS",
+            ClusterSpec::Dtls { .. } => "DTLS",
             ClusterSpec::L7mpController => "L7mpController",
             ClusterSpec::Prometheus => "Prometheus",
             ClusterSpec::Metric => "Metric",
@@ -420,7 +507,19 @@ impl ClusterSpec {
                 | ClusterSpec::Pipe
                 | ClusterSpec::AfPacket { .. }
                 | ClusterSpec::Sctp { .. }
+                | ClusterSpec::Tls { .. }
+                | ClusterSpec::Dtls { .. }
         )
+    }
+
+    /// The `tls` block of a TLS, DTLS, `wss` or `https` cluster.
+    pub fn tls(&self) -> Option<&TlsSpec> {
+        match self {
+            ClusterSpec::Tls { tls, .. } | ClusterSpec::Dtls { tls, .. } => Some(tls),
+            ClusterSpec::WebSocket { tls, .. } | ClusterSpec::Http { tls, .. } => tls.as_deref(),
+            ClusterSpec::JsonSocket { transport, .. } => transport.tls(),
+            _ => None,
+        }
     }
 
     /// The stream kind of the cluster's upstream side; `None` for transforms, which keep whatever boundaries they
@@ -433,8 +532,10 @@ impl ClusterSpec {
             | ClusterSpec::UnixDgram
             | ClusterSpec::WebSocket { .. }
             | ClusterSpec::AfPacket { .. }
-            | ClusterSpec::Sctp { .. } => Some(StreamKind::Datagram),
+            | ClusterSpec::Sctp { .. }
+            | ClusterSpec::Dtls { .. } => Some(StreamKind::Datagram),
             ClusterSpec::Tcp { .. }
+            | ClusterSpec::Tls { .. }
             | ClusterSpec::UnixDomainSocket
             | ClusterSpec::Pipe
             | ClusterSpec::Stdio

@@ -711,8 +711,10 @@ pub fn network_port(spec: &ClusterSpec) -> Option<u16> {
     match spec {
         ClusterSpec::Udp { port, .. }
         | ClusterSpec::Tcp { port, .. }
-        | ClusterSpec::WebSocket { port }
+        | ClusterSpec::WebSocket { port, .. }
         | ClusterSpec::Http { port, .. }
+        | ClusterSpec::Tls { port, .. }
+        | ClusterSpec::Dtls { port, .. }
         | ClusterSpec::Sctp { port, .. } => Some(*port),
         ClusterSpec::JsonSocket { transport, .. } => network_port(transport),
         _ => None,

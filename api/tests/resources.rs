@@ -671,7 +671,7 @@ fn linked_virtual_service_targets_point_at_its_agents() {
     assert_loadable(&t);
     let ingress = cfg(&t, "in");
     let c = ingress.cluster("default/websocket-cluster").expect("linked cluster");
-    assert!(matches!(c.spec, ClusterSpec::WebSocket { port: 8888 }));
+    assert!(matches!(c.spec, ClusterSpec::WebSocket { port: 8888, .. }));
     let addrs: Vec<&str> = c.endpoints.iter().map(|e| e.address.as_str()).collect();
     assert_eq!(addrs, vec!["10.0.1.1", "10.0.1.2"]);
     assert!(ingress.listeners.is_empty());

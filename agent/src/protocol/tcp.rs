@@ -107,6 +107,12 @@ impl TcpBound {
 
 /// Opens a TCP connection to `address` (`host:port`).
 pub async fn connect(address: &str, bind: Option<&Bind>) -> Result<(Reader, Writer), UpstreamError> {
+    let (r, w) = connect_stream(address, bind).await?.into_split();
+    Ok((Reader::Tcp(r), Writer::Tcp(w)))
+}
+
+/// Opens a TCP connection to `address` (`host:port`), with TCP_NODELAY and an optional local bind.
+pub async fn connect_stream(address: &str, bind: Option<&Bind>) -> Result<TcpStream, UpstreamError> {
     let addr = resolve(address).await?;
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -127,6 +133,5 @@ pub async fn connect(address: &str, bind: Option<&Bind>) -> Result<(Reader, Writ
     }
     let stream = sock.connect(addr).await.map_err(UpstreamError::Io)?;
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    Ok((Reader::Tcp(r), Writer::Tcp(w)))
+    Ok(stream)
 }

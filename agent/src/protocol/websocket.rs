@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 /// How long a client may take to complete the upgrade handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<super::tls::MaybeTls>;
 
 /// The read half of a WebSocket; `text` records whether the peer's last message was text.
 pub struct WsReader {
@@ -128,16 +128,22 @@ fn first_subprotocol(http: &Value) -> Option<&str> {
     list.split(',').map(str::trim).find(|p| !p.is_empty())
 }
 
-pub struct WsBound(pub TcpBound);
+/// A WebSocket listener's socket, and its TLS context when it serves `wss`.
+pub struct WsBound(pub TcpBound, pub Option<Arc<super::tls::ServerTls>>);
 
 impl WsBound {
     // The handshake callback's error type is tungstenite's (an HTTP error response); it is never built here.
     #[allow(clippy::result_large_err)]
     pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
         while let Some((stream, peer, local)) = self.0.accept(&listener.name, &cancel).await {
-            let (engine, listener) = (engine.clone(), listener.clone());
+            let (engine, listener, tls) = (engine.clone(), listener.clone(), self.1.clone());
             // The handshake runs in its own task so a slow client cannot hold up the accept loop.
             tokio::spawn(async move {
+                let Some((stream, tls_meta)) =
+                    super::tls::accept_maybe(tls.as_deref(), stream, &listener.name, peer).await
+                else {
+                    return;
+                };
                 let mut http = Value::Null;
                 let upgrade = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, mut resp: Response| {
                     http = http_metadata(req, local);
@@ -163,6 +169,9 @@ impl WsBound {
                 let name = session_name("WS", peer, local, engine.next_id());
                 let mut metadata = ip_metadata(&listener.name, &name, "TCP", peer, local);
                 metadata["HTTP"] = http;
+                if let Some(t) = tls_meta {
+                    metadata["TLS"] = t;
+                }
                 let (reader, writer) = split(ws);
                 engine.spawn_session(NewSession {
                     name,
@@ -179,18 +188,24 @@ impl WsBound {
 }
 
 /// Opens a WebSocket to `address` (`host:port`), requesting the session's path (`/HTTP/url/url` of a WebSocket or
-/// HTTP source, else `/`) and passing its subprotocol on.
-pub async fn connect(address: &str, metadata: &Value) -> Result<(Reader, Writer), UpstreamError> {
+/// HTTP source, else `/`) and passing its subprotocol on; over TLS (`wss`) when `tls` is given.
+pub async fn connect(
+    address: &str,
+    metadata: &Value,
+    tls: Option<(&super::tls::ClientTls, &l7mp_api::TlsSpec)>,
+) -> Result<(Reader, Writer), UpstreamError> {
     let addr = super::resolve(address).await?;
     let stream = TcpStream::connect(addr).await.map_err(UpstreamError::Io)?;
     let _ = stream.set_nodelay(true);
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let stream = super::tls::connect_maybe(stream, tls, address).await?;
     let path = metadata.pointer("/HTTP/url/url").and_then(Value::as_str).unwrap_or("/");
     let path = if path.starts_with('/') {
         path.to_owned()
     } else {
         format!("/{path}")
     };
-    let url = format!("ws://{address}{path}");
+    let url = format!("{scheme}://{address}{path}");
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = url
         .as_str()

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod mesh;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};

@@ -40,14 +40,17 @@ type Pending = Pin<Box<dyn Future<Output = hyper::Result<Response<Incoming>>> + 
 /// The connections of one HTTP cluster.
 pub struct Pool {
     version: HttpVersion,
+    /// The client context and `tls` block of an `https` cluster.
+    tls: Option<(Arc<crate::protocol::tls::ClientTls>, l7mp_api::TlsSpec)>,
     idle: Mutex<HashMap<String, Vec<(H1, Instant)>>>,
     shared: Mutex<HashMap<String, H2>>,
 }
 
 impl Pool {
-    pub fn new(version: HttpVersion) -> Pool {
+    pub fn new(version: HttpVersion, tls: Option<(Arc<crate::protocol::tls::ClientTls>, l7mp_api::TlsSpec)>) -> Pool {
         Pool {
             version,
+            tls,
             idle: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
         }
@@ -96,7 +99,7 @@ impl Pool {
                 if let Some(c) = self.take_idle(address).await {
                     return Ok(Conn::H1(c));
                 }
-                let io = TokioIo::new(open(address).await?);
+                let io = TokioIo::new(self.open(address).await?);
                 let (c, conn) = http1::Builder::new()
                     .handshake(io)
                     .await
@@ -114,7 +117,7 @@ impl Pool {
                 {
                     return Ok(Conn::H2(c));
                 }
-                let io = TokioIo::new(open(address).await?);
+                let io = TokioIo::new(self.open(address).await?);
                 let (mut c, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .handshake(io)
@@ -140,11 +143,15 @@ enum Conn {
     H2(H2),
 }
 
-async fn open(address: &str) -> Result<TcpStream, UpstreamError> {
-    let addr = resolve(address).await?;
-    let stream = TcpStream::connect(addr).await.map_err(UpstreamError::Io)?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+impl Pool {
+    /// A new connection to `address`, over TLS for an `https` cluster.
+    async fn open(&self, address: &str) -> Result<crate::protocol::tls::MaybeTls, UpstreamError> {
+        let addr = resolve(address).await?;
+        let stream = TcpStream::connect(addr).await.map_err(UpstreamError::Io)?;
+        let _ = stream.set_nodelay(true);
+        let tls = self.tls.as_ref().map(|(t, spec)| (t.as_ref(), spec));
+        crate::protocol::tls::connect_maybe(stream, tls, address).await
+    }
 }
 
 /// Opens the session's request to `address` (`host:port`): the writer is the request body, the reader the

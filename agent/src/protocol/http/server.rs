@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// How long a client may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct HttpBound(pub TcpBound);
+/// An HTTP listener's socket, and its TLS context when it serves `https`.
+pub struct HttpBound(pub TcpBound, pub Option<Arc<crate::protocol::tls::ServerTls>>);
 
 impl HttpBound {
     pub async fn run(self, engine: Arc<Engine>, listener: Arc<Listener>, cancel: CancellationToken) {
@@ -35,11 +36,23 @@ impl HttpBound {
             .header_read_timeout(HEADER_TIMEOUT);
         let builder = Arc::new(builder);
         while let Some((stream, peer, local)) = self.0.accept(&listener.name, &cancel).await {
-            let (engine, listener, cancel, builder) =
-                (engine.clone(), listener.clone(), cancel.clone(), builder.clone());
+            let (engine, listener, cancel, builder, tls) = (
+                engine.clone(),
+                listener.clone(),
+                cancel.clone(),
+                builder.clone(),
+                self.1.clone(),
+            );
             tokio::spawn(async move {
                 let name = listener.name.clone();
-                let svc = service_fn(move |req| serve(engine.clone(), listener.clone(), peer, local, req));
+                let Some((stream, tls_meta)) =
+                    crate::protocol::tls::accept_maybe(tls.as_deref(), stream, &name, peer).await
+                else {
+                    return;
+                };
+                let tls_meta = tls_meta.map(Arc::new);
+                let svc =
+                    service_fn(move |req| serve(engine.clone(), listener.clone(), peer, local, tls_meta.clone(), req));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 tokio::pin!(conn);
                 let done = tokio::select! {
@@ -64,12 +77,17 @@ async fn serve(
     listener: Arc<Listener>,
     peer: SocketAddr,
     local: SocketAddr,
+    tls: Option<Arc<serde_json::Value>>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let name = session_name("HTTP", peer, local, engine.next_id());
     let mut metadata = ip_metadata(&listener.name, &name, "TCP", peer, local);
-    metadata["HTTP"] = request_metadata(&parts.method, &parts.uri, parts.version, &parts.headers, local, "http");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    metadata["HTTP"] = request_metadata(&parts.method, &parts.uri, parts.version, &parts.headers, local, scheme);
+    if let Some(t) = tls {
+        metadata["TLS"] = (*t).clone();
+    }
     let (tx, rx) = oneshot::channel();
     let exchange = Arc::new(Exchange::new(
         tx,
