@@ -6,6 +6,7 @@
 //! - [`grpc`]: standard Envoy resources for proxyless gRPC clients (`xds:///NAME`), checked against what gRPC accepts.
 //! - [`management`]: the Management API (gRPC) that `l7mpctl` uses.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
+//! - [`tls`]: mTLS on the gRPC port (reloading certificates, the node identity in client certificates).
 
 pub mod admin;
 pub mod controller;
@@ -13,4 +14,5 @@ pub mod grpc;
 pub mod management;
 pub mod registry;
 pub mod store;
+pub mod tls;
 pub mod xds;

@@ -533,6 +533,27 @@ impl XdsServer {
         Ok(())
     }
 
+    /// As [`XdsServer::serve_router`], over TLS with client certificates: `tls` is re-read when its files change
+    /// (see [`crate::tls`]). ADS then checks each stream's node id against the client certificate.
+    pub async fn serve_router_tls(
+        &self,
+        router: Router,
+        listener: TcpListener,
+        tls: Arc<crate::tls::ReloadingConfig>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsError> {
+        let inner = self.inner.clone();
+        let signal = async move {
+            shutdown.await;
+            info!("xDS server shutting down");
+            inner.shutdown.send_replace(true);
+        };
+        router
+            .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), signal)
+            .await?;
+        Ok(())
+    }
+
     /// Serves ADS and CSDS on `listener` until `shutdown` resolves.
     pub async fn serve(
         &self,
