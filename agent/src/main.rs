@@ -144,6 +144,7 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
         let xds_stop = CancellationToken::new();
         if !args.xds.is_empty() {
             l7mp_agent::xds::check_servers(&args.xds).map_err(|e| anyhow::anyhow!("--xds: {e}"))?;
+            args.xds_tls.check(&args.xds).map_err(|e| anyhow::anyhow!("--xds: {e}"))?;
             let labels = l7mp_agent::xds::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
             let node_id = match &args.node_id {
                 Some(id) => id.clone(),
@@ -155,6 +156,7 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
                 labels,
                 address: args.address,
                 base,
+                tls: args.xds_tls.clone(),
             };
             tokio::spawn(l7mp_agent::xds::run(engine.clone(), opts, xds_stop.clone()));
         }

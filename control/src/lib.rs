@@ -6,9 +6,11 @@
 //! - [`grpc`]: standard Envoy resources for proxyless gRPC clients (`xds:///NAME`), checked against what gRPC accepts.
 //! - [`management`]: the Management API (gRPC) that `l7mpctl` uses.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
+//! - [`certs`]: `l7mpctl certs`, a development CA and certificates (rcgen).
 //! - [`tls`]: mTLS on the gRPC port (reloading certificates, the node identity in client certificates).
 
 pub mod admin;
+pub mod certs;
 pub mod controller;
 pub mod grpc;
 pub mod management;
