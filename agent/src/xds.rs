@@ -121,7 +121,7 @@ enum StreamError {
 async fn session(engine: &Arc<Engine>, opts: &XdsOptions, url: &str, held: &mut Held) -> Result<(), StreamError> {
     let connect_err = |error: String| StreamError::Connect {
         url: url.to_owned(),
-        error,
+        error: format!("{error}{}", opts.tls.hint(url)),
     };
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|e| connect_err(e.to_string()))?

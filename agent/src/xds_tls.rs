@@ -53,6 +53,16 @@ impl XdsTlsArgs {
         Ok(())
     }
 
+    /// What to add to a connection error: a TLS control plane closes a connection without a client certificate
+    /// after the handshake, and the client only sees the connection close.
+    pub fn hint(&self, url: &str) -> &'static str {
+        if url.starts_with("https://") && self.xds_cert.is_none() {
+            " (no client certificate was presented: a control plane with mTLS needs --xds-cert and --xds-key)"
+        } else {
+            ""
+        }
+    }
+
     /// `endpoint` for `url`, with TLS when the URL is `https://` (the files are read now).
     pub fn configure(&self, endpoint: Endpoint, url: &str) -> Result<Endpoint, String> {
         if !url.starts_with("https://") {

@@ -133,7 +133,10 @@ impl Ca {
             .parse_x509()
             .map_err(|e| file_err(cert_path, format!("not an X.509 certificate: {e}")))?;
         if !cert.is_ca() {
-            return Err(file_err(cert_path, "not a CA certificate (no basicConstraints CA:TRUE)"));
+            return Err(file_err(
+                cert_path,
+                "not a CA certificate (no basicConstraints CA:TRUE)",
+            ));
         }
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(file_err(
@@ -185,11 +188,9 @@ impl Ca {
         for n in names {
             let san = match n.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(
-                    n.as_str()
-                        .try_into()
-                        .map_err(|_| CertsError::Invalid(format!("--name {n:?} is neither a DNS name nor an IP address")))?,
-                ),
+                Err(_) => SanType::DnsName(n.as_str().try_into().map_err(|_| {
+                    CertsError::Invalid(format!("--name {n:?} is neither a DNS name nor an IP address"))
+                })?),
             };
             p.subject_alt_names.push(san);
         }
@@ -218,10 +219,9 @@ impl Ca {
 }
 
 fn uri(s: &str) -> Result<SanType, CertsError> {
-    Ok(SanType::URI(
-        s.try_into()
-            .map_err(|_| CertsError::Invalid(format!("{s:?} is not an IA5 string")))?,
-    ))
+    Ok(SanType::URI(s.try_into().map_err(|_| {
+        CertsError::Invalid(format!("{s:?} is not an IA5 string"))
+    })?))
 }
 
 /// Writes `DIR/STEM.pem` (0644) and `DIR/STEM.key` (0600), creating DIR; refuses to overwrite unless `force`.
@@ -253,7 +253,9 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CertsError> {
         .mode(mode)
         .open(&tmp)
         .map_err(|e| file_err(&tmp, e))?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| file_err(&tmp, e))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| file_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
 }
 
@@ -269,7 +271,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = new_ca("test CA", 1).expect("ca");
         write(dir.path(), "ca", &ca, false).expect("write");
-        assert!(write(dir.path(), "ca", &ca, false).is_err(), "no overwrite without force");
+        assert!(
+            write(dir.path(), "ca", &ca, false).is_err(),
+            "no overwrite without force"
+        );
         let ca = Ca::load(dir.path()).expect("load");
         let agent = ca.agent("gw 1", 1).expect("agent");
         let der = CertificateDer::from_pem_slice(agent.cert_pem.as_bytes()).expect("pem");

@@ -134,14 +134,16 @@ fn describe(status: tonic::Status) -> anyhow::Error {
         if !msg.contains(&more) {
             msg = format!("{msg}: {more}");
         }
+        msg.push_str(certs::HINT.get().copied().unwrap_or(""));
     }
     anyhow::anyhow!(msg)
 }
 
 async fn client(server: &str, tls: &certs::TlsArgs) -> anyhow::Result<ManagementClient<tonic::transport::Channel>> {
     let channel = tls.endpoint(server)?.connect().await.map_err(|e| {
-        anyhow::anyhow!("{}", error_chain(&e))
-            .context(format!("cannot reach the control plane at {server} (set --server or L7MP_SERVER)"))
+        anyhow::anyhow!("{}{}", error_chain(&e), tls.hint(server)).context(format!(
+            "cannot reach the control plane at {server} (set --server or L7MP_SERVER)"
+        ))
     })?;
     Ok(ManagementClient::new(channel))
 }
@@ -217,6 +219,7 @@ fn print(objects: Vec<Value>, output: Output, one: bool) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = certs::HINT.set(args.tls.hint(&args.server));
     match args.cmd {
         Cmd::Certs { what } => certs::run(what)?,
         Cmd::Apply { file } => {

@@ -98,26 +98,49 @@ fn written(what: &str, (cert, key): (PathBuf, PathBuf)) {
 }
 
 fn load(ca: &Path) -> anyhow::Result<Ca> {
-    Ca::load(ca).with_context(|| format!("--ca {}: expected ca.pem and ca.key (l7mpctl certs ca --out DIR)", ca.display()))
+    Ca::load(ca).with_context(|| {
+        format!(
+            "--ca {}: expected ca.pem and ca.key (l7mpctl certs ca --out DIR)",
+            ca.display()
+        )
+    })
 }
 
 pub fn run(cmd: CertsCmd) -> anyhow::Result<()> {
     match cmd {
-        CertsCmd::Ca { out, common_name, common } => {
+        CertsCmd::Ca {
+            out,
+            common_name,
+            common,
+        } => {
             let ca = certs::new_ca(&common_name, common.days)?;
             written("CA", certs::write(&out, "ca", &ca, common.force)?);
         }
         CertsCmd::Server { ca, name, out, common } => {
             let issued = load(&ca)?.server(&name, common.days)?;
-            written(&format!("server {}", name.join(",")), certs::write(&out, "server", &issued, common.force)?);
+            written(
+                &format!("server {}", name.join(",")),
+                certs::write(&out, "server", &issued, common.force)?,
+            );
         }
-        CertsCmd::Agent { ca, node_id, out, common } => {
+        CertsCmd::Agent {
+            ca,
+            node_id,
+            out,
+            common,
+        } => {
             let issued = load(&ca)?.agent(&node_id, common.days)?;
-            written(&format!("agent {node_id:?}"), certs::write(&out, "agent", &issued, common.force)?);
+            written(
+                &format!("agent {node_id:?}"),
+                certs::write(&out, "agent", &issued, common.force)?,
+            );
         }
         CertsCmd::Client { ca, name, out, common } => {
             let issued = load(&ca)?.client(&name, common.days)?;
-            written(&format!("client {name:?}"), certs::write(&out, "client", &issued, common.force)?);
+            written(
+                &format!("client {name:?}"),
+                certs::write(&out, "client", &issued, common.force)?,
+            );
         }
     }
     Ok(())
@@ -138,7 +161,20 @@ pub struct TlsArgs {
     key: Option<PathBuf>,
 }
 
+/// Added to transport errors (see [`TlsArgs::hint`]); set once the flags are parsed.
+pub static HINT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
 impl TlsArgs {
+    /// What to add to a transport error: a control plane with mTLS closes a connection without a client certificate
+    /// after the handshake, and the client only sees the connection close.
+    pub fn hint(&self, server: &str) -> &'static str {
+        if server.starts_with("https://") && self.cert.is_none() {
+            " (no client certificate was presented: a control plane with mTLS needs --cert and --key)"
+        } else {
+            ""
+        }
+    }
+
     /// The channel endpoint for `server`, with TLS for `https://`.
     pub fn endpoint(&self, server: &str) -> anyhow::Result<tonic::transport::Endpoint> {
         use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
