@@ -7,6 +7,8 @@
 //!
 //! Needs `l7mp-control` and `l7mpctl` built next to the agent (`cargo build --workspace`).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Agent, free_port, recv, sibling_binary, udp_client};
