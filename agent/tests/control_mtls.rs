@@ -127,9 +127,12 @@ impl Pki {
     }
 }
 
-/// The control plane with mTLS on `port` (and its store directory, kept while it runs).
-fn control(pki: &Pki, port: u16) -> (Agent, tempfile::TempDir) {
+/// The control plane with mTLS on `port` and its admin listener on a free port;
+/// returns it, its store directory (kept while it runs) and the admin port.
+fn control(pki: &Pki, port: u16) -> (Agent, tempfile::TempDir, u16) {
     let listen = format!("127.0.0.1:{port}");
+    let admin_port = free_port();
+    let admin = format!("127.0.0.1:{admin_port}");
     let dir = tempfile::tempdir().expect("tmp");
     let store = format!("embedded:{}", dir.path().join("store").display());
     let (cert, key, ca) = (
@@ -151,10 +154,21 @@ fn control(pki: &Pki, port: u16) -> (Agent, tempfile::TempDir) {
             &key,
             "--tls-client-ca",
             &ca,
+            "--admin",
+            &admin,
         ],
         "l7mp-control running",
     );
-    (ctl, dir)
+    (ctl, dir, admin_port)
+}
+
+/// The value of a metric line of the control plane's `/metrics`.
+fn metric(admin_port: u16, name: &str) -> f64 {
+    let (status, _, body) = common::api::http(admin_port, "GET", "/metrics", None, "");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
 }
 
 /// An agent of `node` at the control plane on `port`, with the certificate in `cert_dir` (`None`: none).
@@ -205,8 +219,9 @@ fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 fn agents_need_a_certificate_of_their_own_node() {
     let pki = Pki::new();
     let port = free_port();
-    let (ctl, _store) = control(&pki, port);
+    let (ctl, _store, admin) = control(&pki, port);
     let echo_port = free_port();
+    assert_eq!(metric(admin, "l7mp_control_tls_handshake_failures_total"), 0.0);
     let (ok, out) = pki.ctl(port, &["apply", "-f", "-"], Some(&echo_yaml(echo_port)));
     assert!(ok && out.contains("Accepted"), "apply over mTLS: {out}");
 
@@ -225,6 +240,7 @@ fn agents_need_a_certificate_of_their_own_node() {
     let line = bare.wait_log("xDS: cannot connect");
     assert!(line.contains("no client certificate was presented"), "{line}");
     ctl.wait_log("TLS handshake failed: peer sent no certificates");
+    assert!(metric(admin, "l7mp_control_tls_handshake_failures_total") >= 1.0);
 
     // A certificate of another CA (for the right node id; made by the same tool, so the CA's name is the same):
     // refused in the handshake.
@@ -260,6 +276,23 @@ fn agents_need_a_certificate_of_their_own_node() {
     assert!(!ok && out.contains("no client certificate was presented"), "{out}");
     let (ok, out) = l7mpctl(&["--server", &server, "status"], None);
     assert!(!ok && out.contains("needs --ca"), "{out}");
+    // An agent's certificate streams its own configuration but cannot change the mesh.
+    let (ca, cert, key) = (
+        pki.path("ca/ca.pem"),
+        pki.path("gw-1/agent.pem"),
+        pki.path("gw-1/agent.key"),
+    );
+    let as_agent = [
+        "--server", &server, "--ca", &ca, "--cert", &cert, "--key", &key, "delete", "vsvc", "udp-echo",
+    ];
+    let (ok, out) = l7mpctl(&as_agent, None);
+    assert!(
+        !ok && out.contains("an agent's certificate cannot use the Management API"),
+        "{out}"
+    );
+    ctl.wait_log("Management API call refused");
+    c.send(b"not deleted").expect("send");
+    assert_eq!(recv(&c), b"not deleted");
 }
 
 /// The leaf certificate the control plane serves to a new connection (a rustls client with the client certificate).
@@ -308,7 +341,7 @@ fn serial(pem: &str) -> Option<String> {
 fn server_certificate_rotation_needs_no_restart() {
     let pki = Pki::new();
     let port = free_port();
-    let (ctl, _store) = control(&pki, port);
+    let (ctl, _store, _admin) = control(&pki, port);
     let server_pem = pki.path("server/server.pem");
     let first = pem_der(&server_pem);
     assert_eq!(served_cert(&pki, port), first);
@@ -366,7 +399,7 @@ fn openssl_sees_the_client_certificate_requirement() {
     }
     let pki = Pki::new();
     let port = free_port();
-    let (ctl, _store) = control(&pki, port);
+    let (ctl, _store, _admin) = control(&pki, port);
     let s_client = |extra: &[&str]| {
         let connect = format!("127.0.0.1:{port}");
         let out = Command::new("openssl")

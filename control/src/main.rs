@@ -10,6 +10,7 @@ use l7mp_control::xds::{XdsConfig, XdsServer};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
 
 const EXAMPLE: &str = "\
 EXAMPLE
@@ -134,7 +135,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = args.admin {
         l7mp_control::admin::start(addr, cp.clone()).await?;
     }
-    let router = xds.router().add_service(ManagementService::new(cp.clone()));
+    let management = InterceptedService::new(ManagementService::new(cp.clone()), l7mp_control::tls::refuse_agents);
+    let router = xds.router().add_service(management);
     tracing::info!(listen = %args.listen, store = %args.store, tls = tls.is_some(), "l7mp-control running");
     match tls {
         Some(tls) => xds.serve_router_tls(router, listener, tls, shutdown()).await?,

@@ -274,7 +274,90 @@ fn handshake_failed(peer: SocketAddr, reason: &str) {
     warn!(%peer, "TLS handshake failed: {reason}");
 }
 
+/// A tonic interceptor for the Management API: a certificate that identifies an agent (`spiffe://l7mp/node/ID`) may
+/// stream its own configuration but not change the mesh, so it is refused with `PERMISSION_DENIED` (logged). Client
+/// certificates and plaintext (loopback) pass.
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn refuse_agents(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    match PeerIdentity::from_chain(req.peer_certs().as_deref().map(Vec::as_slice)) {
+        Some(PeerIdentity::Node(id)) => {
+            let reason = format!(
+                "the client certificate is node {id:?}'s: an agent's certificate cannot use the Management API \
+                 (l7mpctl certs client makes a client certificate)"
+            );
+            warn!("Management API call refused: {reason}");
+            Err(tonic::Status::permission_denied(reason))
+        }
+        _ => Ok(req),
+    }
+}
+
 /// Whether an address is loopback (where plaintext is allowed without `--insecure`).
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{self, Ca};
+
+    fn pki(dir: &Path) -> (TlsFiles, Ca) {
+        let ca = certs::new_ca("test CA", 1).expect("ca");
+        certs::write(dir, "ca", &ca, false).expect("write ca");
+        let ca = Ca::load(dir).expect("load");
+        let server = ca.server(&["127.0.0.1".into()], 1).expect("server");
+        certs::write(dir, "server", &server, false).expect("write server");
+        let files = TlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            client_ca: dir.join("ca.pem"),
+        };
+        (files, ca)
+    }
+
+    #[test]
+    fn reloads_changed_files_and_keeps_the_old_config_on_a_broken_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (files, ca) = pki(dir.path());
+        let tls = ReloadingConfig::load(files.clone()).expect("load");
+        let first = tls.current();
+        assert!(
+            Arc::ptr_eq(&first, &tls.current()),
+            "unchanged files: the same configuration"
+        );
+        let server = ca.server(&["127.0.0.1".into()], 1).expect("server");
+        certs::write(dir.path(), "server", &server, true).expect("rewrite");
+        std::thread::sleep(RECHECK);
+        let second = tls.current();
+        assert!(
+            !Arc::ptr_eq(&first, &second) && tls.reloads() == 1,
+            "changed files are reloaded"
+        );
+        std::fs::write(&files.key, "garbage").expect("break");
+        std::thread::sleep(RECHECK);
+        assert!(
+            Arc::ptr_eq(&second, &tls.current()),
+            "a broken key keeps the configuration in force"
+        );
+        assert_eq!(tls.reloads(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut files, ca) = pki(dir.path());
+        files.client_ca = dir.path().join("missing.pem");
+        let e = server_config(&files).unwrap_err().to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+        // A key of another certificate.
+        let other = ca.server(&["127.0.0.1".into()], 1).expect("other");
+        certs::write(dir.path(), "other", &other, false).expect("write");
+        files.client_ca = dir.path().join("ca.pem");
+        files.key = dir.path().join("other.key");
+        let e = server_config(&files).unwrap_err().to_string();
+        assert!(e.contains("server.pem with") && e.contains("other.key"), "{e}");
+        assert!(is_loopback(&"127.0.0.1:1".parse().expect("addr")));
+        assert!(!is_loopback(&"0.0.0.0:1".parse().expect("addr")));
+    }
 }
