@@ -23,9 +23,9 @@ One gRPC port (--listen) serves agents (xDS: ADS, delta and state of the world; 
 API that l7mpctl uses). The embedded store is a single file in the store directory; it survives restarts.
 
 WITH mTLS (required outside loopback unless --insecure; see `l7mpctl certs --help`)
-  l7mp-control --listen 0.0.0.0:18000 \
+  l7mp-control --listen 0.0.0.0:18000 \\
       --tls-cert server.pem --tls-key server.key --tls-client-ca ca.pem
-  l7mp-agent --xds https://ctl.example.org:18000 --node-id gw-1 \
+  l7mp-agent --xds https://ctl.example.org:18000 --node-id gw-1 \\
       --xds-ca ca.pem --xds-cert gw-1.pem --xds-key gw-1.key
 An agent's certificate names its node id (URI SAN spiffe://l7mp/node/gw-1): it gets no other
 node's configuration.";
