@@ -25,6 +25,8 @@ EXAMPLES
   l7mpctl watch targets                             # print changes as they happen (Ctrl-C to stop)
   l7mpctl agents                                    # connected agents and gRPC clients, acked versions, last NACK
   l7mpctl status                                    # is the control plane ready? its store, revision, agents
+  l7mpctl certs ca --out pki/ca                     # a development CA; `l7mpctl certs --help` for mTLS
+  l7mpctl --server https://ctl:18000 --ca ca.pem --cert client.pem --key client.key agents
 
 Kinds: VirtualService (vsvc), Target (tr), Route, Rule; plural and lower-case forms are accepted.";
 

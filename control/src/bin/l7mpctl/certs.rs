@@ -12,16 +12,16 @@ EXAMPLES (a development CA and certificates, then mTLS between everything)
   l7mpctl certs agent --ca pki/ca --node-id gw-1 --out pki/gw-1
   l7mpctl certs client --ca pki/ca --name admin --out pki/admin
 
-  l7mp-control --listen 0.0.0.0:18000 --tls-cert pki/server/server.pem --tls-key pki/server/server.key \\
-      --tls-client-ca pki/ca/ca.pem
+  l7mp-control --listen 0.0.0.0:18000 --tls-client-ca pki/ca/ca.pem \\
+      --tls-cert pki/server/server.pem --tls-key pki/server/server.key
   l7mp-agent --xds https://ctl.example.org:18000 --node-id gw-1 --xds-ca pki/ca/ca.pem \\
       --xds-cert pki/gw-1/agent.pem --xds-key pki/gw-1/agent.key
-  l7mpctl --server https://ctl.example.org:18000 --ca pki/ca/ca.pem --cert pki/admin/client.pem \\
-      --key pki/admin/client.key status
+  l7mpctl --server https://ctl.example.org:18000 --ca pki/ca/ca.pem \\
+      --cert pki/admin/client.pem --key pki/admin/client.key status
 
-An agent's certificate carries its node id (URI SAN spiffe://l7mp/node/NODE_ID): it can only stream that node's
-configuration. Keys are written with mode 0600; existing files are kept unless --force. For production, use your
-own PKI (cert-manager, ...) with the same SANs.";
+An agent's certificate carries its node id (URI SAN spiffe://l7mp/node/NODE_ID): it can only
+stream that node's configuration. Keys are written with mode 0600; existing files are kept
+unless --force. For production, use your own PKI (cert-manager, ...) with the same SANs.";
 
 /// What `l7mpctl certs` makes.
 #[derive(Debug, clap::Subcommand)]
