@@ -2,7 +2,7 @@
 //! from `l7mpctl certs`; an agent with its certificate gets its configuration and carries traffic; no client
 //! certificate, a certificate of another CA, and node A's certificate asking for node B are refused (both sides'
 //! logs say why, and B gets nothing); the server certificate rotated on disk is served to new connections without
-//! a restart (a broken file keeps the old one); `openssl s_client` shows the client-certificate requirement; a
+//! a restart (a broken file keeps the old one), and so is an agent's certificate; `openssl s_client` shows the client-certificate requirement; a
 //! non-loopback plaintext port is refused without `--insecure`.
 //!
 //! Needs `l7mp-control` and `l7mpctl` built next to the agent (`cargo build --workspace`).
@@ -385,6 +385,29 @@ fn server_certificate_rotation_needs_no_restart() {
     let gw2 = agent(&pki, port, "gw-2", Some("gw-2"));
     gw2.wait_log("xDS: connected");
     assert_eq!(gw1.count_log("xDS: cannot connect"), 0);
+
+    // The agent side: an agent whose files hold another CA's certificate is refused; once a good certificate is
+    // written over them, its next attempt connects, without a restart.
+    let gw3 = agent(&pki, port, "gw-1", Some("other-gw-1"));
+    gw3.wait_log("xDS: cannot connect");
+    let (ok, out) = l7mpctl(
+        &[
+            "certs",
+            "agent",
+            "--ca",
+            &pki.path("ca"),
+            "--node-id",
+            "gw-1",
+            "--out",
+            &pki.path("other-gw-1"),
+            "--force",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    eventually(15, "the agent connects with its new certificate", || {
+        gw3.count_log("xDS: connected") > 0
+    });
 }
 
 #[test]
