@@ -1,9 +1,10 @@
 //! mTLS between agents, `l7mpctl` and `l7mp-control`, end to end with the real binaries on loopback: certificates
 //! from `l7mpctl certs`; an agent with its certificate gets its configuration and carries traffic; no client
 //! certificate, a certificate of another CA, and node A's certificate asking for node B are refused (both sides'
-//! logs say why, and B gets nothing); the server certificate rotated on disk is served to new connections without
-//! a restart (a broken file keeps the old one), and so is an agent's certificate; `openssl s_client` shows the client-certificate requirement; a
-//! non-loopback plaintext port is refused without `--insecure`.
+//! logs say why, and B gets nothing); an agent's certificate cannot use the Management API; the server certificate
+//! rotated on disk is served to new connections without a restart (a broken file keeps the old one), and an agent's
+//! rewritten certificate is used at its next connection; `openssl s_client` shows the client-certificate
+//! requirement; a non-loopback plaintext port is refused without `--insecure`.
 //!
 //! Needs `l7mp-control` and `l7mpctl` built next to the agent (`cargo build --workspace`).
 
