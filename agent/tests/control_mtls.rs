@@ -291,9 +291,46 @@ fn agents_need_a_certificate_of_their_own_node() {
         !ok && out.contains("an agent's certificate cannot use the Management API"),
         "{out}"
     );
-    ctl.wait_log("Management API call refused");
+    ctl.wait_log("call refused: the client certificate is node \"gw-1\"'s");
+    // Nor read other nodes' configurations through CSDS; a client certificate can.
+    assert_eq!(csds(&pki, port, "gw-1"), Err(tonic::Code::PermissionDenied));
+    assert_eq!(csds(&pki, port, "client"), Ok(1), "CSDS lists gw-1 to a client");
     c.send(b"not deleted").expect("send");
     assert_eq!(recv(&c), b"not deleted");
+}
+
+/// Asks CSDS for every node over mTLS with the certificate in `dir` (`agent.*` or `client.*`); the number of nodes.
+fn csds(pki: &Pki, port: u16, dir: &str) -> Result<usize, tonic::Code> {
+    use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+    use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let stem = if dir == "client" { "client" } else { "agent" };
+    let read = |p: String| std::fs::read(p).expect("pem");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(pki.path("ca/ca.pem"))))
+        .identity(Identity::from_pem(
+            read(pki.path(&format!("{dir}/{stem}.pem"))),
+            read(pki.path(&format!("{dir}/{stem}.key"))),
+        ));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = ClientStatusDiscoveryServiceClient::new(channel);
+        client
+            .fetch_client_status(ClientStatusRequest::default())
+            .await
+            .map(|r| r.into_inner().config.len())
+            .map_err(|s| s.code())
+    })
 }
 
 /// The leaf certificate the control plane serves to a new connection (a rustls client with the client certificate).

@@ -274,18 +274,19 @@ fn handshake_failed(peer: SocketAddr, reason: &str) {
     warn!(%peer, "TLS handshake failed: {reason}");
 }
 
-/// A tonic interceptor for the Management API: a certificate that identifies an agent (`spiffe://l7mp/node/ID`) may
-/// stream its own configuration but not change the mesh, so it is refused with `PERMISSION_DENIED` (logged). Client
-/// certificates and plaintext (loopback) pass.
+/// A tonic interceptor for the Management API and CSDS: a certificate that identifies an agent
+/// (`spiffe://l7mp/node/ID`) may stream its own configuration (ADS) but neither change the mesh nor read other nodes'
+/// configurations (CSDS), so it is refused with `PERMISSION_DENIED` (logged). Client certificates and plaintext
+/// (loopback) pass.
 #[allow(clippy::result_large_err)] // tonic's interceptor signature
 pub fn refuse_agents(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     match PeerIdentity::from_chain(req.peer_certs().as_deref().map(Vec::as_slice)) {
         Some(PeerIdentity::Node(id)) => {
             let reason = format!(
-                "the client certificate is node {id:?}'s: an agent's certificate cannot use the Management API \
-                 (l7mpctl certs client makes a client certificate)"
+                "the client certificate is node {id:?}'s: an agent's certificate cannot use the Management API or \
+                 CSDS, only stream its own configuration (l7mpctl certs client makes a client certificate)"
             );
-            warn!("Management API call refused: {reason}");
+            warn!("call refused: {reason}");
             Err(tonic::Status::permission_denied(reason))
         }
         _ => Ok(req),

@@ -510,7 +510,11 @@ impl XdsServer {
     pub fn router(&self) -> Router {
         self.server_builder()
             .add_service(self.ads_service())
-            .add_service(self.csds_service())
+            // An agent's certificate must not read other nodes' configurations through CSDS.
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                self.csds_service(),
+                crate::tls::refuse_agents,
+            ))
     }
 
     /// Serves `router` (from [`XdsServer::router`]) on `listener` until `shutdown` resolves, then ends
