@@ -226,6 +226,10 @@ pub struct Args {
     /// `POD_IP` environment variable (downward API `status.podIP`), if set.
     #[arg(long, env = "L7MP_ADDRESS", value_name = "IP", help_heading = "Control plane")]
     pub address: Option<std::net::IpAddr>,
+
+    /// TLS to the control plane (`--xds-ca`, `--xds-cert`, `--xds-key`).
+    #[command(flatten)]
+    pub xds_tls: crate::xds_tls::XdsTlsArgs,
 }
 
 /// Maps one of the original's log level names (npmlog) to a tracing level; anything else is returned as is. The

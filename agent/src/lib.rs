@@ -22,3 +22,4 @@ pub mod splice;
 pub mod stream;
 pub mod sys;
 pub mod xds;
+pub mod xds_tls;

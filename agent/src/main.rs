@@ -144,6 +144,7 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
         let xds_stop = CancellationToken::new();
         if !args.xds.is_empty() {
             l7mp_agent::xds::check_servers(&args.xds).map_err(|e| anyhow::anyhow!("--xds: {e}"))?;
+            args.xds_tls.check(&args.xds).map_err(|e| anyhow::anyhow!("--xds: {e}"))?;
             // Flags, else the downward API (POD_NAME, POD_NAMESPACE, POD_IP, /etc/podinfo/labels).
             let id = l7mp_agent::xds::identity(
                 args.node_id.as_deref(),
@@ -163,6 +164,7 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
                 labels: id.labels,
                 address: id.address,
                 base,
+                tls: args.xds_tls.clone(),
             };
             tokio::spawn(l7mp_agent::xds::run(engine.clone(), opts, xds_stop.clone()));
         }

@@ -34,6 +34,8 @@ pub struct XdsOptions {
     pub address: Option<IpAddr>,
     /// The static configuration document the resources are added to (`Value::Null`: none).
     pub base: Value,
+    /// TLS for `https://` servers (`crate::xds_tls`).
+    pub tls: crate::xds_tls::XdsTlsArgs,
 }
 
 /// The resources the agent holds: type URL → name → (version, body).
@@ -119,14 +121,18 @@ enum StreamError {
 async fn session(engine: &Arc<Engine>, opts: &XdsOptions, url: &str, held: &mut Held) -> Result<(), StreamError> {
     let connect_err = |error: String| StreamError::Connect {
         url: url.to_owned(),
-        error,
+        error: format!("{error}{}", opts.tls.hint(url)),
     };
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|e| connect_err(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint.connect().await.map_err(|e| connect_err(format!("{e:#}")))?;
+    let endpoint = opts.tls.configure(endpoint, url).map_err(connect_err)?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| connect_err(crate::xds_tls::error_chain(&e)))?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
@@ -153,14 +159,14 @@ async fn session(engine: &Arc<Engine>, opts: &XdsOptions, url: &str, held: &mut 
     let mut responses = client
         .delta_aggregated_resources(requests)
         .await
-        .map_err(|e| connect_err(e.message().to_owned()))?
+        .map_err(|e| connect_err(crate::xds_tls::status_text(&e)))?
         .into_inner();
     tracing::info!(server = %url, node = %opts.node_id, "xDS: connected");
     loop {
         let resp = match responses.message().await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(StreamError::Stream(format!("{}: {}", e.code(), e.message()))),
+            Err(e) => return Err(StreamError::Stream(crate::xds_tls::status_text(&e))),
         };
         let ack = apply(engine, opts, held, &resp).await;
         let error_detail = ack.err().map(|message| RpcStatus {
@@ -419,6 +425,7 @@ mod tests {
             labels: l,
             address: Some("10.0.0.1".parse().expect("ip")),
             base: Value::Null,
+            tls: Default::default(),
         });
         let meta = n.metadata.expect("metadata");
         assert!(meta.fields.contains_key("labels") && meta.fields.contains_key("address"));

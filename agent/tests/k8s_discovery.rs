@@ -151,7 +151,15 @@ fn pods_discovered_in_kubernetes_carry_the_traffic() {
     let control = Agent::start_program(
         &ns_ctl,
         "l7mp-control",
-        &["--listen", &listen, "--store", &store_arg, "--discovery", &discovery],
+        &[
+            "--listen",
+            &listen,
+            "--insecure",
+            "--store",
+            &store_arg,
+            "--discovery",
+            &discovery,
+        ],
         "l7mp-control running",
     );
     assert!(
@@ -386,7 +394,15 @@ fn objects_kept_in_kubernetes_drive_real_agents() {
     let control = Agent::start_program(
         &ns_ctl,
         "l7mp-control",
-        &["--listen", &listen, "--store", &store, "--discovery", &discovery],
+        &[
+            "--listen",
+            &listen,
+            "--insecure",
+            "--store",
+            &store,
+            "--discovery",
+            &discovery,
+        ],
         "l7mp-control running",
     );
     let podinfo = dir.path().join("podinfo-labels");

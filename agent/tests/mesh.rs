@@ -44,7 +44,7 @@ fn mesh_end_to_end_across_namespaces() {
     let store = tempfile::tempdir().unwrap();
     let store_arg = format!("embedded:{}", store.path().display());
     let listen = format!("{}:18000", lan.addr(CTL));
-    let ctl_args = ["--listen", listen.as_str(), "--store", store_arg.as_str()];
+    let ctl_args = ["--listen", listen.as_str(), "--store", store_arg.as_str(), "--insecure"];
     let ns_ctl = ["ip", "netns", "exec", lan.ns(CTL).name.as_str()];
     let mut control = Agent::start_program(&ns_ctl, "l7mp-control", &ctl_args, "l7mp-control running");
     let xds = format!("http://{}:18000", lan.addr(CTL));

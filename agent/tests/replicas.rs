@@ -91,7 +91,7 @@ fn replicas_on_etcd_share_the_mesh_and_ride_out_failures() {
         Agent::start_program(
             &["ip", "netns", "exec", &lan.ns(i).name],
             "l7mp-control",
-            &["--listen", &listen, "--store", &store],
+            &["--listen", &listen, "--store", &store, "--insecure"],
             "l7mp-control running",
         )
     };

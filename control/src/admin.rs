@@ -115,5 +115,17 @@ async fn metrics(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
         let _ = writeln!(out, "# TYPE l7mp_control_leader gauge");
         let _ = writeln!(out, "l7mp_control_leader {}", u8::from(l.leader));
     }
+    // mTLS on the gRPC port (crate::tls): 0 when the port is plaintext.
+    let _ = writeln!(
+        out,
+        "# HELP l7mp_control_tls_handshake_failures_total TLS handshakes on the gRPC port that failed (no client \
+         certificate, one the client CA did not sign, not TLS, timed out)."
+    );
+    let _ = writeln!(out, "# TYPE l7mp_control_tls_handshake_failures_total counter");
+    let _ = writeln!(
+        out,
+        "l7mp_control_tls_handshake_failures_total {}",
+        crate::tls::handshake_failures()
+    );
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

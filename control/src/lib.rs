@@ -9,8 +9,11 @@
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
 //! - [`leader`] and [`status_writer`]: with the kubernetes store, one replica (the Lease holder) writes each
 //!   object's status to its `/status` subresource.
+//! - [`certs`]: `l7mpctl certs`, a development CA and certificates (rcgen).
+//! - [`tls`]: mTLS on the gRPC port (reloading certificates, the node identity in client certificates).
 
 pub mod admin;
+pub mod certs;
 pub mod controller;
 pub mod discovery;
 pub mod grpc;
@@ -19,4 +22,5 @@ pub mod management;
 pub mod registry;
 pub mod status_writer;
 pub mod store;
+pub mod tls;
 pub mod xds;

@@ -9,10 +9,12 @@ use l7mp_control::management::ManagementService;
 use l7mp_control::registry::{LocalRegistry, Registry};
 use l7mp_control::status_writer::StatusWriter;
 use l7mp_control::store::{KubernetesStore, Store, StoreUrl};
+use l7mp_control::tls::{ReloadingConfig, TlsFiles};
 use l7mp_control::xds::{XdsConfig, XdsServer};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
 
 const EXAMPLE: &str = "\
 EXAMPLE
@@ -26,15 +28,23 @@ In Kubernetes (the objects are custom resources; kubectl apply works too):
   l7mp-control --store 'kubernetes:?kubeconfig=/etc/l7mp/kubeconfig&namespace=l7mp-system'
 
 One gRPC port (--listen) serves agents (xDS: ADS, delta and state of the world; CSDS) and clients (the Management
-API that l7mpctl uses). The embedded store is a single file in the store directory; it survives restarts.";
+API that l7mpctl uses). The embedded store is a single file in the store directory; it survives restarts.
+
+WITH mTLS (required outside loopback unless --insecure; see `l7mpctl certs --help`)
+  l7mp-control --listen 0.0.0.0:18000 \\
+      --tls-cert server.pem --tls-key server.key --tls-client-ca ca.pem
+  l7mp-agent --xds https://ctl.example.org:18000 --node-id gw-1 \\
+      --xds-ca ca.pem --xds-cert gw-1.pem --xds-key gw-1.key
+An agent's certificate names its node id (URI SAN spiffe://l7mp/node/gw-1): it gets no other
+node's configuration.";
 
 /// The l7mp control plane: stores VirtualServices, Targets, Routes and Rules and streams each agent its listeners,
 /// clusters and rules over xDS.
 #[derive(Debug, Parser)]
 #[command(name = "l7mp-control", version, after_long_help = EXAMPLE, after_help = "Run with --help for an example.")]
 struct Args {
-    /// The gRPC address (xDS, CSDS and the Management API).
-    #[arg(long, env = "L7MP_LISTEN", default_value = "0.0.0.0:18000")]
+    /// The gRPC address (xDS, CSDS and the Management API). Outside loopback it needs --tls-* (or --insecure).
+    #[arg(long, env = "L7MP_LISTEN", default_value = "127.0.0.1:18000")]
     listen: SocketAddr,
     /// Where the desired state lives: `embedded:DIR` (a database file in DIR, created if missing; one control-plane
     /// process), `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (`etcds://...?ca=FILE&cert=FILE&key=FILE` for TLS),
@@ -54,6 +64,51 @@ struct Args {
     /// Log level or tracing filter (e.g. `info`, `debug`, `info,l7mp_control::xds=debug`).
     #[arg(short = 'l', long, env = "L7MP_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// mTLS on the gRPC port (see docs/control-plane.md, "Securing the control plane").
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "mTLS on the gRPC port")]
+struct TlsArgs {
+    /// The server's certificate chain (PEM). With --tls-key and --tls-client-ca, the gRPC port speaks TLS only and
+    /// requires client certificates; the files are re-read when they change (new connections use them).
+    #[arg(long, env = "L7MP_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_client_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, env = "L7MP_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA certificate(s) (PEM) that sign agents' and clients' certificates. An agent's certificate names its
+    /// node id (URI SAN spiffe://l7mp/node/NODE_ID) and streams only that node's configuration.
+    #[arg(long, env = "L7MP_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Serve plaintext gRPC on a non-loopback --listen address: anyone who reaches the port can then read every
+    /// agent's configuration and change the mesh. Without TLS, plaintext is allowed on loopback only.
+    #[arg(long, env = "L7MP_INSECURE", conflicts_with = "tls_cert")]
+    insecure: bool,
+}
+
+impl TlsArgs {
+    /// The TLS configuration, or `None` for plaintext (refused outside loopback without --insecure).
+    fn load(&self, listen: SocketAddr) -> anyhow::Result<Option<Arc<ReloadingConfig>>> {
+        let (Some(cert), Some(key), Some(client_ca)) = (&self.tls_cert, &self.tls_key, &self.tls_client_ca) else {
+            if !self.insecure && !l7mp_control::tls::is_loopback(&listen) {
+                anyhow::bail!(
+                    "--listen {listen} is not a loopback address and no TLS is configured: give \
+                     --tls-cert FILE --tls-key FILE --tls-client-ca FILE (l7mpctl certs makes a development CA and \
+                     certificates), listen on 127.0.0.1, or pass --insecure to serve plaintext anyway"
+                );
+            }
+            return Ok(None);
+        };
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+        };
+        Ok(Some(Arc::new(ReloadingConfig::load(files).context("TLS")?)))
+    }
 }
 
 fn main() -> ExitCode {
@@ -87,6 +142,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let tls = args.tls.load(args.listen)?;
     let kubernetes = match l7mp_control::store::parse_store_url(&args.store) {
         Ok(StoreUrl::Kubernetes(url)) => Some(
             KubernetesStore::connect(&url)
@@ -129,9 +185,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = args.admin {
         l7mp_control::admin::start(addr, cp.clone()).await?;
     }
-    let router = xds.router().add_service(ManagementService::new(cp.clone()));
-    tracing::info!(listen = %args.listen, store = %args.store, "l7mp-control running");
-    xds.serve_router(router, listener, shutdown()).await?;
+    let management = InterceptedService::new(ManagementService::new(cp.clone()), l7mp_control::tls::refuse_agents);
+    let router = xds.router().add_service(management);
+    tracing::info!(listen = %args.listen, store = %args.store, tls = tls.is_some(), "l7mp-control running");
+    match tls {
+        Some(tls) => xds.serve_router_tls(router, listener, tls, shutdown()).await?,
+        None => xds.serve_router(router, listener, shutdown()).await?,
+    }
     Ok(())
 }
 

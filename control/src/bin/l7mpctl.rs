@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use std::io::Read;
 use std::process::ExitCode;
 
+#[path = "l7mpctl/certs.rs"]
+mod certs;
+
 const EXAMPLES: &str = "\
 EXAMPLES
   l7mpctl apply -f examples/mesh/udp-to-tcp.yaml     # create or replace the objects in a file (multi-document YAML)
@@ -22,6 +25,8 @@ EXAMPLES
   l7mpctl watch targets                             # print changes as they happen (Ctrl-C to stop)
   l7mpctl agents                                    # connected agents and gRPC clients, acked versions, last NACK
   l7mpctl status                                    # is the control plane ready? its store, revision, agents
+  l7mpctl certs ca --out pki/ca                     # a development CA; `l7mpctl certs --help` for mTLS
+  l7mpctl --server https://ctl:18000 --ca ca.pem --cert client.pem --key client.key agents
 
 Kinds: VirtualService (vsvc), Target (tr), Route, Rule; plural and lower-case forms are accepted.";
 
@@ -33,6 +38,8 @@ struct Args {
     /// The control plane's gRPC address.
     #[arg(long, env = "L7MP_SERVER", default_value = "http://127.0.0.1:18000", global = true)]
     server: String,
+    #[command(flatten)]
+    tls: certs::TlsArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -80,6 +87,12 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Make a development CA and certificates for mTLS (the control plane, agents, clients); no server needed.
+    #[command(after_long_help = certs::CERTS_EXAMPLES, after_help = "Run with --help for examples.")]
+    Certs {
+        #[command(subcommand)]
+        what: certs::CertsCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -117,13 +130,38 @@ fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 fn describe(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", status.code().description(), status.message())
+    let mut msg = format!("{}: {}", status.code().description(), status.message());
+    if let Some(source) = std::error::Error::source(&status) {
+        let more = error_chain(source);
+        if !msg.contains(&more) {
+            msg = format!("{msg}: {more}");
+        }
+        msg.push_str(certs::HINT.get().copied().unwrap_or(""));
+    }
+    anyhow::anyhow!(msg)
 }
 
-async fn client(server: &str) -> anyhow::Result<ManagementClient<tonic::transport::Channel>> {
-    ManagementClient::connect(server.to_owned())
-        .await
-        .with_context(|| format!("cannot reach the control plane at {server} (set --server or L7MP_SERVER)"))
+async fn client(server: &str, tls: &certs::TlsArgs) -> anyhow::Result<ManagementClient<tonic::transport::Channel>> {
+    let channel = tls.endpoint(server)?.connect().await.map_err(|e| {
+        anyhow::anyhow!("{}{}", error_chain(&e), tls.hint(server)).context(format!(
+            "cannot reach the control plane at {server} (set --server or L7MP_SERVER)"
+        ))
+    })?;
+    Ok(ManagementClient::new(channel))
+}
+
+/// An error and its sources (tonic's transport errors hide the TLS reason in them).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn object_of(o: &pb::StoredObject) -> Value {
@@ -183,7 +221,9 @@ fn print(objects: Vec<Value>, output: Output, one: bool) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = certs::HINT.set(args.tls.hint(&args.server));
     match args.cmd {
+        Cmd::Certs { what } => certs::run(what)?,
         Cmd::Apply { file } => {
             let text = if file == "-" {
                 let mut s = String::new();
@@ -211,7 +251,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     revision: 0,
                 });
             }
-            let mut c = client(&args.server).await?;
+            let mut c = client(&args.server, &args.tls).await?;
             let resp = c
                 .apply(pb::ApplyRequest { objects })
                 .await
@@ -242,7 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             namespace,
             output,
         } => {
-            let mut c = client(&args.server).await?;
+            let mut c = client(&args.server, &args.tls).await?;
             match name {
                 Some(name) => {
                     let ns = if namespace.is_empty() {
@@ -274,7 +314,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Delete { kind, name, namespace } => {
-            let mut c = client(&args.server).await?;
+            let mut c = client(&args.server, &args.tls).await?;
             let r = c
                 .delete(pb::DeleteRequest {
                     r#ref: Some(pb::ObjectRef {
@@ -289,7 +329,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("{kind}/{namespace}/{name} deleted (revision {})", r.revision);
         }
         Cmd::Watch { kind } => {
-            let mut c = client(&args.server).await?;
+            let mut c = client(&args.server, &args.tls).await?;
             let mut events = c
                 .watch(pb::WatchRequest {
                     kind: kind.unwrap_or_default(),
@@ -314,7 +354,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Agents { output } => {
-            let mut c = client(&args.server).await?;
+            let mut c = client(&args.server, &args.tls).await?;
             let a = c.agents(pb::AgentsRequest {}).await.map_err(describe)?.into_inner();
             match output {
                 Output::Table => {
@@ -366,7 +406,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Status { output } => {
-            let mut c = client(&args.server).await?;
+            let mut c = client(&args.server, &args.tls).await?;
             let s = c.status(pb::StatusRequest {}).await.map_err(describe)?.into_inner();
             match output {
                 Output::Table => {

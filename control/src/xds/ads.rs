@@ -27,11 +27,12 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::{ProstDecoder, ProstEncoder};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::NodeInfo;
 use super::cache::SnapshotRef;
 use super::server::{Inner, Mode, NormRequest, Outgoing, StreamPermit, StreamState};
+use crate::tls::PeerIdentity;
 
 /// Initial codec buffer per direction and stream, bytes; a larger message grows it. Discovery requests (ACKs)
 /// are a few hundred bytes; tonic's default of 8 KiB per direction would be most of an idle stream's memory.
@@ -138,11 +139,14 @@ impl<W: Wire> StreamingService<W::Req> for Method<W> {
         Box::pin(async move {
             let permit = inner.admit()?;
             let stream_id = inner.next_stream.fetch_add(1, Ordering::SeqCst);
+            // Over mTLS, the client certificate's identity (checked against the node id of the first request).
+            let peer = PeerIdentity::from_chain(request.peer_certs().as_deref().map(Vec::as_slice));
             let start = Phase::<W>::Start(Box::new(Starting {
                 inner,
                 inbound: request.into_inner(),
                 stream_id,
                 permit,
+                peer,
             }));
             let responses = stream::unfold(start, Phase::step).flat_map(stream::iter);
             Ok(Response::new(Box::pin(responses) as OutStream<W::Resp>))
@@ -213,6 +217,8 @@ struct Starting<W: Wire> {
     inbound: Streaming<W::Req>,
     stream_id: u64,
     permit: StreamPermit,
+    /// The client certificate's identity (`None`: plaintext).
+    peer: Option<PeerIdentity>,
 }
 
 /// A batch of responses to send (an `Err` ends the stream after it).
@@ -222,7 +228,7 @@ impl<W: Wire> Phase<W> {
     /// Runs the stream until it has responses to send (`Some`) or is over (`None`).
     async fn step(self) -> Option<(Batch<W>, Phase<W>)> {
         match self {
-            Phase::Start(s) => match Running::open(s.inner, s.inbound, s.stream_id, s.permit).await {
+            Phase::Start(s) => match Running::open(*s).await {
                 Ok(running) => running.next().await,
                 Err(Some(status)) => Some((vec![Err(status)], Phase::Done)),
                 Err(None) => None,
@@ -254,12 +260,14 @@ struct Running<W: Wire> {
 impl<W: Wire> Running<W> {
     /// Waits for the first request (it must name the node) and registers the stream. `Err(Some(status))`: end the
     /// stream with that status; `Err(None)`: it is over already (client gone, server shutting down).
-    async fn open(
-        inner: Arc<Inner>,
-        mut inbound: Streaming<W::Req>,
-        stream_id: u64,
-        permit: StreamPermit,
-    ) -> Result<Box<Running<W>>, Option<Status>> {
+    async fn open(start: Starting<W>) -> Result<Box<Running<W>>, Option<Status>> {
+        let Starting {
+            inner,
+            mut inbound,
+            stream_id,
+            permit,
+            peer,
+        } = start;
         let mut shutdown_rx = inner.shutdown.subscribe();
         let first = tokio::select! {
             m = inbound.message() => match m {
@@ -279,6 +287,11 @@ impl<W: Wire> Running<W> {
                 "the first xDS request must carry node.id",
             )));
         };
+        // The node identity is bound to the client certificate: a node cannot ask for another node's configuration.
+        if let Some(Err(reason)) = peer.as_ref().map(|p| p.check_node(&info.id)) {
+            warn!(node = %info.id, stream = stream_id, "xDS stream refused: {reason}");
+            return Err(Some(Status::permission_denied(reason)));
+        }
         let node_id = info.id.clone();
         info!(node = %node_id, stream = stream_id, mode = ?W::MODE, "xDS stream open");
         inner.status.connect(&info);

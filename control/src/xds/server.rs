@@ -510,7 +510,11 @@ impl XdsServer {
     pub fn router(&self) -> Router {
         self.server_builder()
             .add_service(self.ads_service())
-            .add_service(self.csds_service())
+            // An agent's certificate must not read other nodes' configurations through CSDS.
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                self.csds_service(),
+                crate::tls::refuse_agents,
+            ))
     }
 
     /// Serves `router` (from [`XdsServer::router`]) on `listener` until `shutdown` resolves, then ends
@@ -529,6 +533,27 @@ impl XdsServer {
         };
         router
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+            .await?;
+        Ok(())
+    }
+
+    /// As [`XdsServer::serve_router`], over TLS with client certificates: `tls` is re-read when its files change
+    /// (see [`crate::tls`]). ADS then checks each stream's node id against the client certificate.
+    pub async fn serve_router_tls(
+        &self,
+        router: Router,
+        listener: TcpListener,
+        tls: Arc<crate::tls::ReloadingConfig>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsError> {
+        let inner = self.inner.clone();
+        let signal = async move {
+            shutdown.await;
+            info!("xDS server shutting down");
+            inner.shutdown.send_replace(true);
+        };
+        router
+            .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), signal)
             .await?;
         Ok(())
     }
