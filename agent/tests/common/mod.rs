@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_l7mp-agent");
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`Agent::wait_log`] waits for a line: generous, because it returns as soon as the line is there and CI
+/// machines are loaded (a reconnect or handshake failure can take seconds to be logged there).
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running agent; killed when dropped.
 pub struct Agent {
@@ -191,7 +194,7 @@ impl Agent {
     /// Waits until a log line contains `needle`; panics with the whole log after the timeout.
     pub fn wait_log(&self, needle: &str) -> String {
         let (m, cv) = &*self.log;
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + LOG_TIMEOUT;
         let mut lines = m.lock().unwrap();
         loop {
             if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
