@@ -179,8 +179,42 @@ pub struct Args {
     #[arg(long, env = "L7MP_API_TOKENS", value_name = "FILE", help_heading = "Admin API")]
     pub api_tokens: Option<std::path::PathBuf>,
 
-    /// Serve the admin API on a non-loopback `--admin` address without `--api-tokens` (anyone who can reach it can
-    /// reconfigure the agent).
+    /// Serve the admin listener over HTTPS with this certificate chain (PEM; with `--admin-tls-key`). Re-read when
+    /// it changes.
+    #[arg(
+        long,
+        env = "L7MP_ADMIN_TLS_CERT",
+        value_name = "FILE",
+        help_heading = "Admin API",
+        requires = "admin_tls_key"
+    )]
+    pub admin_tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of `--admin-tls-cert`.
+    #[arg(
+        long,
+        env = "L7MP_ADMIN_TLS_KEY",
+        value_name = "FILE",
+        help_heading = "Admin API",
+        requires = "admin_tls_cert"
+    )]
+    pub admin_tls_key: Option<std::path::PathBuf>,
+
+    /// Authenticate admin API callers by client certificate (mTLS; needs `--admin-tls-cert`): certificates must chain
+    /// to these CAs and name the caller (URI SAN `spiffe://l7mp/client/NAME`) and its role (subject OU `reader`,
+    /// `operator` or `admin`), as `l7mpctl certs client --name NAME --role ROLE` makes them. Without
+    /// `--api-tokens` a certificate is required for the TLS handshake; with it, either one will do.
+    #[arg(
+        long,
+        env = "L7MP_ADMIN_CLIENT_CA",
+        value_name = "FILE",
+        help_heading = "Admin API",
+        requires = "admin_tls_cert"
+    )]
+    pub admin_client_ca: Option<std::path::PathBuf>,
+
+    /// Serve the admin API on a non-loopback `--admin` address without `--api-tokens` or `--admin-client-ca` (anyone
+    /// who can reach it can reconfigure the agent).
     #[arg(long, env = "L7MP_API_INSECURE", help_heading = "Admin API")]
     pub api_insecure: bool,
 

@@ -60,6 +60,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// The admin API's authentication (tokens and/or client certificates) and its TLS context, from the flags.
+type AdminSecurity = (
+    Option<Arc<admin::auth::Auth>>,
+    Option<Arc<l7mp_agent::protocol::tls::ServerTls>>,
+);
+
+fn admin_security(args: &cli::Args) -> anyhow::Result<AdminSecurity> {
+    let mut auth = match &args.api_tokens {
+        Some(path) => Some(admin::auth::Auth::with_tokens(l7mp_auth::Tokens::load(path)?)),
+        None => None,
+    };
+    let (Some(cert), Some(key)) = (&args.admin_tls_cert, &args.admin_tls_key) else {
+        return Ok((auth.map(Arc::new), None));
+    };
+    let text = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let client_auth = match (&args.admin_client_ca, auth.is_some()) {
+        (None, _) => l7mp_api::ClientAuth::None,
+        (Some(_), true) => l7mp_api::ClientAuth::Optional,
+        (Some(_), false) => l7mp_api::ClientAuth::Required,
+    };
+    if args.admin_client_ca.is_some() {
+        auth = Some(auth.unwrap_or_default().with_certificates());
+    }
+    let spec = l7mp_api::TlsSpec {
+        cert: Some(text(cert)),
+        key: Some(text(key)),
+        ca: args.admin_client_ca.as_deref().map(text),
+        client_auth,
+        server_name: None,
+        // HTTP/1.1 only: an HTTP/2 refusal (401/403) sent before the request body is read ends the stream with a
+        // reset that clients such as curl report as a framing error instead of the answer.
+        alpn: vec!["http/1.1".into()],
+    };
+    let tls = l7mp_agent::protocol::tls::server_tls("admin listener".into(), &spec)
+        .map_err(|e| anyhow::anyhow!("--admin-tls-cert/--admin-tls-key/--admin-client-ca: {e}"))?;
+    Ok((auth.map(Arc::new), Some(Arc::new(tls))))
+}
+
 fn load(args: &cli::Args) -> anyhow::Result<Config> {
     let Some(file) = &args.config else {
         return Ok(Config::default()); // --xds without a static file
@@ -168,10 +206,7 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
             };
             tokio::spawn(l7mp_agent::xds::run(engine.clone(), opts, xds_stop.clone()));
         }
-        let auth = match &args.api_tokens {
-            Some(path) => Some(admin::auth::Auth::load(path)?),
-            None => None,
-        };
+        let (auth, admin_tls) = admin_security(&args)?;
         if let Some(addr) = args.admin
             && auth.is_none()
             && !addr.ip().is_loopback()
@@ -179,8 +214,9 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
             if !args.api_insecure {
                 anyhow::bail!(
                     "the admin API would listen on {addr} without authentication: anyone who can reach it could \
-                     reconfigure this agent. Give --api-tokens FILE (lines TOKEN,NAME,ROLE), listen on loopback, or \
-                     pass --api-insecure"
+                     reconfigure this agent. Give --api-tokens FILE (lines TOKEN,NAME,ROLE) or --admin-client-ca \
+                     FILE (client certificates, with --admin-tls-cert/--admin-tls-key), listen on loopback, or pass \
+                     --api-insecure"
                 );
             }
             tracing::warn!(address = %addr, "the admin API listens beyond loopback without authentication (--api-insecure)");
@@ -189,7 +225,7 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
         engine.set_controller(l7mp_agent::admin::router(admin.clone()));
         let admin_stop = CancellationToken::new();
         if let Some(addr) = args.admin {
-            admin::server::start(addr, admin, admin_stop.clone()).await?;
+            admin::server::start(addr, admin, admin_tls, admin_stop.clone()).await?;
         }
         // Handlers first: a SIGTERM right after "running" must stop the agent gracefully, not kill it.
         let signals = Signals::install()?;

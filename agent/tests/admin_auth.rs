@@ -1,7 +1,10 @@
 //! The admin API with bearer tokens (`--api-tokens`): no token or a wrong one is 401, a role too low is 403, each
 //! role can do what it should, the same holds through an HTTP listener routed to an `L7mpController` cluster, the
 //! probes and metrics stay open, the file is re-read when it changes, and no token ever appears in the agent's log.
-//! Without tokens, a non-loopback admin address is refused unless `--api-insecure`.
+//! Without tokens, a non-loopback admin address is refused unless `--api-insecure`. Over HTTPS with
+//! `--admin-client-ca`, client certificates (from `l7mpctl certs client --role`) authenticate callers, checked with
+//! curl: no certificate or one of another CA fails the handshake, each certificate's role is enforced, and with
+//! tokens too a token alone works and wins over a certificate.
 
 #![allow(clippy::unwrap_used)]
 
@@ -160,7 +163,7 @@ clusters:
 
     // Refusals are logged with the token's name and the reason, and no token is ever logged.
     agent.wait_log("admin API request refused (403)");
-    agent.wait_log("token=dashboard");
+    agent.wait_log("caller=dashboard");
     let log = agent.log_lines().join("\n");
     for secret in [READER, OPERATOR, ADMIN, LATER, "not-a-valid-token-at-all"] {
         assert!(!log.contains(secret), "the log shows a token:\n{log}");
@@ -192,4 +195,180 @@ fn without_tokens_a_non_loopback_admin_address_needs_api_insecure() {
     let agent = Agent::start_with(yaml, &["--admin", &format!("0.0.0.0:{port}"), "--api-insecure"]);
     agent.wait_log("without authentication (--api-insecure)");
     assert_eq!(req(port, "GET", "/api/v1/listeners", None, "").0, 200);
+}
+
+/// `curl` (an independent HTTPS client) against the admin listener: (HTTP status, body); status 0 when the TLS
+/// handshake failed (curl's error in the body).
+fn curl(
+    port: u16,
+    pki: &std::path::Path,
+    who: Option<&str>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-X", method, "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(pki.join("ca/ca.pem"));
+    if let Some(who) = who {
+        cmd.arg("--cert")
+            .arg(pki.join(format!("{who}/client.pem")))
+            .arg("--key")
+            .arg(pki.join(format!("{who}/client.key")));
+    }
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if method == "POST" {
+        cmd.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &listener_body("from-curl", free_port()),
+        ]);
+    }
+    let out = cmd
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .expect("curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let code = code.trim().parse().unwrap_or(0);
+    (code, format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn certs(args: &[&str]) {
+    let out = std::process::Command::new(sibling_binary("l7mpctl"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "l7mpctl certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn client_certificates_with_roles_guard_an_https_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |rel: &str| dir.path().join(rel).display().to_string();
+    certs(&["ca", "--out", &p("ca")]);
+    certs(&["ca", "--out", &p("other-ca")]);
+    certs(&[
+        "server",
+        "--ca",
+        &p("ca"),
+        "--name",
+        "localhost,127.0.0.1",
+        "--out",
+        &p("server"),
+    ]);
+    certs(&[
+        "client",
+        "--ca",
+        &p("ca"),
+        "--name",
+        "dashboard",
+        "--role",
+        "reader",
+        "--out",
+        &p("reader"),
+    ]);
+    certs(&[
+        "client",
+        "--ca",
+        &p("ca"),
+        "--name",
+        "deployer",
+        "--role",
+        "operator",
+        "--out",
+        &p("operator"),
+    ]);
+    certs(&[
+        "client",
+        "--ca",
+        &p("other-ca"),
+        "--name",
+        "mallory",
+        "--role",
+        "admin",
+        "--out",
+        &p("stranger"),
+    ]);
+    let yaml = "clusters: [ { name: echo, spec: { protocol: Echo } } ]\n";
+    let tls = [
+        "--admin-tls-cert",
+        &p("server/server.pem"),
+        "--admin-tls-key",
+        &p("server/server.key"),
+        "--admin-client-ca",
+        &p("ca/ca.pem"),
+    ];
+
+    // Certificates only (no tokens): the handshake requires one, even on a non-loopback address.
+    let admin = free_port();
+    let addr = format!("0.0.0.0:{admin}");
+    let mut args = vec!["--admin", &addr as &str];
+    args.extend_from_slice(&tls);
+    let agent = Agent::start_with(yaml, &args);
+    agent.wait_log("admin listener started");
+    let (code, out) = curl(admin, dir.path(), None, "GET", "/api/v1/clusters", None);
+    assert_eq!(code, 0, "no client certificate: the handshake fails: {out}");
+    let (code, out) = curl(admin, dir.path(), Some("stranger"), "GET", "/api/v1/clusters", None);
+    assert_eq!(code, 0, "a certificate of another CA: the handshake fails: {out}");
+    let (code, out) = curl(admin, dir.path(), Some("reader"), "GET", "/api/v1/clusters", None);
+    assert!(code == 200 && out.contains("echo"), "{code} {out}");
+    let (code, out) = curl(admin, dir.path(), Some("reader"), "POST", "/api/v1/listeners", None);
+    assert!(
+        code == 403 && out.contains("needs the operator role; client certificate") && out.contains("dashboard"),
+        "{code} {out}"
+    );
+    let (code, out) = curl(admin, dir.path(), Some("operator"), "POST", "/api/v1/listeners", None);
+    assert_eq!(code, 200, "{out}");
+    let (code, out) = curl(
+        admin,
+        dir.path(),
+        Some("operator"),
+        "GET",
+        "/api/v1/listeners/from-curl",
+        None,
+    );
+    assert_eq!(code, 200, "the operator's listener is there: {out}");
+    assert!(
+        agent.wait_log("admin API request refused (403)").contains("dashboard"),
+        "the refusal names the certificate"
+    );
+    drop(agent);
+
+    // Tokens and certificates: a certificate is optional in the handshake, a token alone works, a reader's
+    // certificate with an operator's token acts as the operator.
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, format!("{OPERATOR},ci,operator\n")).unwrap();
+    let admin = free_port();
+    let addr = format!("127.0.0.1:{admin}");
+    let mut args = vec!["--admin", &addr as &str, "--api-tokens", tokens.to_str().unwrap()];
+    args.extend_from_slice(&tls);
+    let agent = Agent::start_with(yaml, &args);
+    agent.wait_log("admin listener started");
+    let (code, out) = curl(admin, dir.path(), None, "GET", "/api/v1/clusters", None);
+    assert_eq!(code, 401, "neither certificate nor token: {out}");
+    let (code, out) = curl(admin, dir.path(), None, "GET", "/api/v1/clusters", Some(OPERATOR));
+    assert_eq!(code, 200, "a token alone: {out}");
+    let (code, out) = curl(
+        admin,
+        dir.path(),
+        Some("reader"),
+        "POST",
+        "/api/v1/listeners",
+        Some(OPERATOR),
+    );
+    assert_eq!(code, 200, "the token wins over the reader's certificate: {out}");
+    assert!(
+        agent.log_lines().iter().all(|l| !l.contains(OPERATOR)),
+        "no token in the log"
+    );
 }

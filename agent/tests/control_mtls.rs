@@ -93,6 +93,8 @@ impl Pki {
             &p("ca"),
             "--name",
             "test",
+            "--role",
+            "operator",
             "--out",
             &p("client"),
         ]);
@@ -291,7 +293,7 @@ fn agents_need_a_certificate_of_their_own_node() {
         !ok && out.contains("an agent's certificate cannot use the Management API"),
         "{out}"
     );
-    ctl.wait_log("call refused: the client certificate is node \"gw-1\"'s");
+    ctl.wait_log("call refused (PERMISSION_DENIED): the client certificate is node \"gw-1\"'s");
     // Nor read other nodes' configurations through CSDS; a client certificate can.
     assert_eq!(csds(&pki, port, "gw-1"), Err(tonic::Code::PermissionDenied));
     assert_eq!(csds(&pki, port, "client"), Ok(1), "CSDS lists gw-1 to a client");

@@ -127,5 +127,21 @@ async fn metrics(State(cp): State<Arc<ControlPlane>>) -> impl IntoResponse {
         "l7mp_control_tls_handshake_failures_total {}",
         crate::tls::handshake_failures()
     );
+    // Refused Management API and CSDS calls (crate::auth).
+    let (unauthenticated, denied) = crate::auth::denied();
+    let _ = writeln!(
+        out,
+        "# HELP l7mp_control_api_refused_total Management API and CSDS calls refused: no or an unknown token or \
+         identity (UNAUTHENTICATED), a role too low or an agent's certificate (PERMISSION_DENIED)."
+    );
+    let _ = writeln!(out, "# TYPE l7mp_control_api_refused_total counter");
+    let _ = writeln!(
+        out,
+        "l7mp_control_api_refused_total{{code=\"UNAUTHENTICATED\"}} {unauthenticated}"
+    );
+    let _ = writeln!(
+        out,
+        "l7mp_control_api_refused_total{{code=\"PERMISSION_DENIED\"}} {denied}"
+    );
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -22,6 +22,7 @@ use rcgen::{
 };
 
 use crate::tls::identity;
+use l7mp_auth::Role;
 
 /// Why a certificate cannot be made or written.
 #[derive(Debug, thiserror::Error)]
@@ -207,12 +208,13 @@ impl Ca {
         self.sign(p, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
-    /// A client's certificate (`l7mpctl`): `spiffe://l7mp/client/NAME`.
-    pub fn client(&self, name: &str, days: u32) -> Result<Issued, CertsError> {
+    /// A client's certificate (`l7mpctl`): `spiffe://l7mp/client/NAME`, its role as the subject's `OU`.
+    pub fn client(&self, name: &str, role: Role, days: u32) -> Result<Issued, CertsError> {
         if name.is_empty() {
             return Err(CertsError::Invalid("--name must not be empty".into()));
         }
         let mut p = params(name, days)?;
+        p.distinguished_name.push(DnType::OrganizationalUnitName, role.as_str());
         p.subject_alt_names.push(uri(&identity::client_uri(name))?);
         self.sign(p, ExtendedKeyUsagePurpose::ClientAuth)
     }
@@ -279,9 +281,11 @@ mod tests {
         let agent = ca.agent("gw 1", 1).expect("agent");
         let der = CertificateDer::from_pem_slice(agent.cert_pem.as_bytes()).expect("pem");
         assert_eq!(PeerIdentity::from_der(&der), PeerIdentity::Node("gw 1".into()));
-        let client = ca.client("ops", 1).expect("client");
+        assert_eq!(identity::role_in(&der), None, "an agent's certificate has no role");
+        let client = ca.client("ops", Role::Operator, 1).expect("client");
         let der = CertificateDer::from_pem_slice(client.cert_pem.as_bytes()).expect("pem");
         assert_eq!(PeerIdentity::from_der(&der), PeerIdentity::Client("ops".into()));
+        assert_eq!(identity::role_in(&der), Some(Role::Operator));
         assert!(ca.server(&[], 1).is_err());
         assert!(ca.server(&["localhost".into(), "127.0.0.1".into()], 1).is_ok());
         let key_mode = std::fs::metadata(dir.path().join("ca.key")).expect("key").permissions();

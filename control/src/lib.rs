@@ -7,12 +7,14 @@
 //! - [`discovery`]: workload discovery (Kubernetes Pods and EndpointSlices) for Targets' `pods`/`service` endpoints.
 //! - [`management`]: the Management API (gRPC) that `l7mpctl` uses.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
+//! - [`auth`]: who may call the Management API and CSDS (bearer tokens, client certificates, roles).
 //! - [`leader`] and [`status_writer`]: with the kubernetes store, one replica (the Lease holder) writes each
 //!   object's status to its `/status` subresource.
 //! - [`certs`]: `l7mpctl certs`, a development CA and certificates (rcgen).
 //! - [`tls`]: mTLS on the gRPC port (reloading certificates, the node identity in client certificates).
 
 pub mod admin;
+pub mod auth;
 pub mod certs;
 pub mod controller;
 pub mod discovery;

@@ -3,6 +3,8 @@
 
 use anyhow::Context;
 use clap::Parser;
+use l7mp_auth::Tokens;
+use l7mp_control::auth::Access;
 use l7mp_control::controller::{ControlPlane, Hooks};
 use l7mp_control::leader::LeaseConfig;
 use l7mp_control::management::ManagementService;
@@ -14,7 +16,6 @@ use l7mp_control::xds::{XdsConfig, XdsServer};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tonic::service::interceptor::InterceptedService;
 
 const EXAMPLE: &str = "\
 EXAMPLE
@@ -36,7 +37,11 @@ WITH mTLS (required outside loopback unless --insecure; see `l7mpctl certs --hel
   l7mp-agent --xds https://ctl.example.org:18000 --node-id gw-1 \\
       --xds-ca ca.pem --xds-cert gw-1.pem --xds-key gw-1.key
 An agent's certificate names its node id (URI SAN spiffe://l7mp/node/gw-1): it gets no other
-node's configuration.";
+node's configuration. A client certificate carries a role (reader, operator, admin).
+
+WITH BEARER TOKENS (the Management API and CSDS; lines TOKEN,NAME,ROLE)
+  l7mp-control --api-tokens /etc/l7mp/tokens.csv
+  L7MP_TOKEN=... l7mpctl apply -f svc.yaml       # or l7mpctl --token-file FILE";
 
 /// The l7mp control plane: stores VirtualServices, Targets, Routes and Rules and streams each agent its listeners,
 /// clusters and rules over xDS.
@@ -64,6 +69,11 @@ struct Args {
     /// Log level or tracing filter (e.g. `info`, `debug`, `info,l7mp_control::xds=debug`).
     #[arg(short = 'l', long, env = "L7MP_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Require a bearer token on the Management API and CSDS: a file of `TOKEN,NAME,ROLE` lines (roles reader,
+    /// operator, admin; re-read when it changes). With mTLS, a client certificate's role (its OU) is an
+    /// alternative. See docs/security.md.
+    #[arg(long, env = "L7MP_API_TOKENS", value_name = "FILE")]
+    api_tokens: Option<std::path::PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -143,6 +153,10 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let tls = args.tls.load(args.listen)?;
+    let access = match &args.api_tokens {
+        Some(path) => Access::with_tokens(Tokens::load(path).context("--api-tokens")?),
+        None => Access::open(),
+    };
     let kubernetes = match l7mp_control::store::parse_store_url(&args.store) {
         Ok(StoreUrl::Kubernetes(url)) => Some(
             KubernetesStore::connect(&url)
@@ -185,9 +199,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = args.admin {
         l7mp_control::admin::start(addr, cp.clone()).await?;
     }
-    let management = InterceptedService::new(ManagementService::new(cp.clone()), l7mp_control::tls::refuse_agents);
-    let router = xds.router().add_service(management);
-    tracing::info!(listen = %args.listen, store = %args.store, tls = tls.is_some(), "l7mp-control running");
+    let tokens = access.has_tokens();
+    let router = xds
+        .router_with(access.clone())
+        .add_service(ManagementService::with_access(cp.clone(), access));
+    tracing::info!(listen = %args.listen, store = %args.store, tls = tls.is_some(), tokens, "l7mp-control running");
     match tls {
         Some(tls) => xds.serve_router_tls(router, listener, tls, shutdown()).await?,
         None => xds.serve_router(router, listener, shutdown()).await?,

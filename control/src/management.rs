@@ -1,16 +1,19 @@
 //! The Management API (`l7mp.management.v1.Management`, gRPC): Apply, Get, List, Delete, Watch and Agents over the
-//! store, with each object's computed status added, and Status (the control plane's readiness). A store that cannot
+//! store, with each object's computed status added, and Status (the control plane's readiness). Every call is
+//! authenticated and authorized first ([`crate::auth`]: reads need `reader`, writes `operator`, Rules `admin`). A store that cannot
 //! be reached is `UNAVAILABLE` with the store's error and what was (not) written.
 //!
 //! Apply validates every object first (all or nothing; errors name the document and field:
 //! `objects[1] (Target default/echo): spec.cluster.spec.port: expected an integer 1..65535, got "x"`), then writes
 //! them, then waits (up to 5 s) for the control loop to cover the write so the answer carries the status.
 
+use crate::auth::{Access, write_role};
 use crate::controller::ControlPlane;
 use crate::store::{Event, Key, Precondition, StoreError, Stored};
 use l7mp_api::resource::{self, ResourceKind};
 use l7mp_api::time::rfc3339;
 use l7mp_api::wire::{from_struct, to_struct};
+use l7mp_auth::Role;
 use l7mp_protos::management::v1 as pb;
 use pb::management_server::Management;
 use serde_json::Value;
@@ -23,6 +26,7 @@ use tonic::{Request, Response, Status};
 /// The Management service over a control plane.
 pub struct ManagementService {
     cp: Arc<ControlPlane>,
+    access: Arc<Access>,
 }
 
 impl ManagementService {
@@ -45,8 +49,17 @@ impl ManagementService {
         Status::unavailable(format!("{}; {what}", s.message()))
     }
 
+    /// The service open to every caller that is not an agent (plaintext on loopback; tests).
     pub fn new(cp: Arc<ControlPlane>) -> pb::management_server::ManagementServer<ManagementService> {
-        pb::management_server::ManagementServer::new(ManagementService { cp })
+        Self::with_access(cp, Access::open())
+    }
+
+    /// The service with its callers authenticated and authorized by `access` (see [`crate::auth`]).
+    pub fn with_access(
+        cp: Arc<ControlPlane>,
+        access: Arc<Access>,
+    ) -> pb::management_server::ManagementServer<ManagementService> {
+        pb::management_server::ManagementServer::new(ManagementService { cp, access })
     }
 }
 
@@ -104,6 +117,7 @@ type WatchStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::WatchEvent
 #[tonic::async_trait]
 impl Management for ManagementService {
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let caller = self.access.check(&req, "Apply", Role::Operator)?;
         let objects = req.into_inner().objects;
         if objects.is_empty() {
             return Err(Status::invalid_argument("objects: nothing to apply"));
@@ -134,6 +148,11 @@ impl Management for ManagementService {
             };
             // Status is derived: what a client sends (say, an object read back with `get -o yaml`) is not stored.
             let r = resource::Resource { status: None, ..r };
+            Access::require(
+                &caller,
+                &format!("Apply of {} {}", key.kind, key.name),
+                write_role(&key.kind),
+            )?;
             parsed.push((key, resource::to_value(&r), pre));
         }
         let mut last = 0;
@@ -159,6 +178,7 @@ impl Management for ManagementService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::StoredObject>, Status> {
+        self.access.check(&req, "Get", Role::Reader)?;
         let key = key_of(req.into_inner().r#ref)?;
         match self.cp.store().get(&key).await.map_err(|e| self.failed(e))? {
             Some(s) => Ok(Response::new(self.out(&s))),
@@ -167,6 +187,7 @@ impl Management for ManagementService {
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        self.access.check(&req, "List", Role::Reader)?;
         let r = req.into_inner();
         let k = if r.kind.is_empty() { None } else { Some(kind(&r.kind)?) };
         let ns = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
@@ -186,7 +207,13 @@ impl Management for ManagementService {
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let caller = self.access.check(&req, "Delete", Role::Operator)?;
         let key = key_of(req.into_inner().r#ref)?;
+        Access::require(
+            &caller,
+            &format!("Delete of {} {}", key.kind, key.name),
+            write_role(&key.kind),
+        )?;
         match self
             .cp
             .store()
@@ -207,6 +234,7 @@ impl Management for ManagementService {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         use futures_util::StreamExt;
+        self.access.check(&req, "Watch", Role::Reader)?;
         let r = req.into_inner();
         let want = if r.kind.is_empty() { None } else { Some(kind(&r.kind)?) };
         let store = self.cp.store().clone();
@@ -253,7 +281,8 @@ impl Management for ManagementService {
         Ok(Response::new(Box::pin(first.chain(live))))
     }
 
-    async fn agents(&self, _: Request<pb::AgentsRequest>) -> Result<Response<pb::AgentsResponse>, Status> {
+    async fn agents(&self, req: Request<pb::AgentsRequest>) -> Result<Response<pb::AgentsResponse>, Status> {
+        self.access.check(&req, "Agents", Role::Reader)?;
         let xds = self.cp.xds();
         let agents = self
             .cp
@@ -286,7 +315,8 @@ impl Management for ManagementService {
         Ok(Response::new(pb::AgentsResponse { agents }))
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        self.access.check(&req, "Status", Role::Reader)?;
         let (accepted, rejected) = self.cp.object_counts();
         let problem = self.cp.store_problem();
         Ok(Response::new(pb::StatusResponse {

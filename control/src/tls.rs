@@ -14,7 +14,7 @@
 //!
 //! ring is the crypto provider (as for the etcd client); TLS 1.2 and 1.3.
 
-pub mod identity;
+pub use l7mp_auth::identity;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
-pub use identity::PeerIdentity;
+pub use l7mp_auth::PeerIdentity;
 
 /// How often the files are looked at, at most.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -272,25 +272,6 @@ pub fn incoming(
 fn handshake_failed(peer: SocketAddr, reason: &str) {
     HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
     warn!(%peer, "TLS handshake failed: {reason}");
-}
-
-/// A tonic interceptor for the Management API and CSDS: a certificate that identifies an agent
-/// (`spiffe://l7mp/node/ID`) may stream its own configuration (ADS) but neither change the mesh nor read other nodes'
-/// configurations (CSDS), so it is refused with `PERMISSION_DENIED` (logged). Client certificates and plaintext
-/// (loopback) pass.
-#[allow(clippy::result_large_err)] // tonic's interceptor signature
-pub fn refuse_agents(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    match PeerIdentity::from_chain(req.peer_certs().as_deref().map(Vec::as_slice)) {
-        Some(PeerIdentity::Node(id)) => {
-            let reason = format!(
-                "the client certificate is node {id:?}'s: an agent's certificate cannot use the Management API or \
-                 CSDS, only stream its own configuration (l7mpctl certs client makes a client certificate)"
-            );
-            warn!("call refused: {reason}");
-            Err(tonic::Status::permission_denied(reason))
-        }
-        _ => Ok(req),
-    }
 }
 
 /// Whether an address is loopback (where plaintext is allowed without `--insecure`).

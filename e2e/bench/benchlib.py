@@ -1,5 +1,6 @@
-"""Small helpers shared by the side-by-side benchmark scripts (ws_bench.py, http_bench.py): logging, waiting for a
-port, starting and stopping a peer as its own process group. Python standard library only."""
+"""Small helpers shared by the side-by-side benchmark scripts (ws_bench.py, http_bench.py, tls_bench.py): logging,
+waiting for a port, starting and stopping a peer as its own process group, a TCP discard sink. Python standard
+library only."""
 
 import os
 import signal
@@ -43,3 +44,45 @@ def stop(proc):
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+# A TCP discard server in one process (epoll, non-blocking, 1 MiB reads): it keeps up with a loopback bulk stream
+# (faster than `socat -u ... fork` here) and accepts thousands of connections a second without forking, so a
+# connection-rate measurement is not bounded by the sink.
+SINK = r"""
+import selectors, socket, sys
+sel = selectors.EpollSelector()
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((sys.argv[1], int(sys.argv[2])))
+ls.listen(4096)
+ls.setblocking(False)
+sel.register(ls, selectors.EVENT_READ)
+view = memoryview(bytearray(1 << 20))
+while True:
+    for key, _ in sel.select():
+        s = key.fileobj
+        if s is ls:
+            while True:
+                try:
+                    c, _ = ls.accept()
+                except BlockingIOError:
+                    break
+                c.setblocking(False)
+                sel.register(c, selectors.EVENT_READ)
+            continue
+        try:
+            n = s.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            n = 0
+        if n == 0:
+            sel.unregister(s)
+            s.close()
+"""
+
+
+def start_sink(host, port, logpath):
+    """Starts the discard sink on host:port (see SINK); stop it with stop()."""
+    return start([sys.executable, "-c", SINK, host, str(port)], logpath)

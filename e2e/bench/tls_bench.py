@@ -2,7 +2,7 @@
 """Cost of TLS termination: throughput and handshake rate of a TLS listener -> TCP cluster through the agent, next to
 plain TCP -> TCP through the agent, and the same two through nginx (stream module, `ssl` termination), in one run.
 
-Topology, all on 127.0.0.1: a TCP sink (socat, 256 KiB reads, discards) on 15302; the proxies listen on 15301 (plain)
+Topology, all on 127.0.0.1: a TCP sink (benchlib's one-process epoll discard server, 1 MiB reads) on 15302; the proxies listen on 15301 (plain)
 and 15311 (TLS) and forward to the sink. Certificates (a CA and a server certificate for 127.0.0.1/localhost,
 ECDSA P-256) are made with the openssl command in a temporary directory. Both proxies run one worker
 (`--threads 1`, `worker_processes 1`); both offer TLS 1.3 with the same certificate.
@@ -11,16 +11,16 @@ Loads, each bounded by --seconds (default 5; --smoke: 1), one Python client proc
 - `bulk`: one connection writing 256 KiB chunks as fast as it can; reported in MB/s sent (the sink reads everything).
 - `handshakes`: new connections back to back, each doing the TLS handshake (or just the TCP connect on the plain
   rows), sending 1 byte and closing; reported in connections/s.
-Rows: `direct` (client -> sink, plain; the client's own ceiling), `l7mp TCP`, `l7mp TLS`, `nginx TCP`, `nginx TLS`.
+Rows: `direct` (client -> sink, plain; the client's and the sink's own ceiling), `l7mp TCP`, `l7mp TLS`, `nginx TCP`, `nginx TLS`.
 Ratios: each TLS row against its proxy's plain row, and l7mp against nginx for the same mode. The client shares the
 machine with the proxy, so the absolute numbers are bounded by it; the ratios are what to compare.
 
 Skipped with a note: the nginx rows when nginx or its stream module (with ssl) is missing.
 Exit status: 0 when every row that ran moved data; 1 when an l7mp row moved nothing or the agent did not start;
-2 when the openssl command or socat is missing.
+2 when the openssl command is missing.
 
 Usage: python3 e2e/bench/tls_bench.py [--smoke] [--seconds S] [--agent PATH] [--out FILE]
-Python standard library only; needs openssl and socat (nginx with libnginx-mod-stream optional).
+Python standard library only; needs openssl (nginx with libnginx-mod-stream optional).
 """
 
 import argparse
@@ -32,7 +32,7 @@ import tempfile
 import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import accepts, log, start, stop  # noqa: E402
+from benchlib import accepts, log, start, start_sink, stop  # noqa: E402
 from bench import find_nginx_stream_module  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -142,7 +142,7 @@ def main():
     args = ap.parse_args()
     if args.smoke:
         args.seconds = 1.0
-    for tool in ("openssl", "socat"):
+    for tool in ("openssl",):
         if not shutil.which(tool):
             log("%s is missing (run e2e/bench/setup.sh)" % tool)
             return 2
@@ -155,14 +155,12 @@ def main():
     with tempfile.TemporaryDirectory(prefix="l7mp-tlsbench-") as d:
         make_certs(d)
         ca = os.path.join(d, "ca.pem")
-        sink = start(["socat", "-u", "-b", "262144", "TCP-LISTEN:%d,bind=%s,fork,reuseaddr" % (SINK, HOST),
-                      "OPEN:/dev/null"], os.path.join(d, "sink.log"))
+        sink = start_sink(HOST, SINK, os.path.join(d, "sink.log"))
         try:
             if not accepts(HOST, SINK):
                 log("the sink did not start")
                 return 1
-            # The sink forks per connection: its connection rate says nothing, so `direct` has bulk only.
-            results["direct"] = {"bulk": measure("bulk", SINK, args.seconds, None), "handshakes": None}
+            results["direct"] = {m: measure(m, SINK, args.seconds, None) for m in ("bulk", "handshakes")}
             peers = [("l7mp", None)]
             if module:
                 peers.append(("nginx", module))

@@ -27,6 +27,7 @@ EXAMPLES
   l7mpctl status                                    # is the control plane ready? its store, revision, agents
   l7mpctl certs ca --out pki/ca                     # a development CA; `l7mpctl certs --help` for mTLS
   l7mpctl --server https://ctl:18000 --ca ca.pem --cert client.pem --key client.key agents
+  l7mpctl --token-file ~/.l7mp-token apply -f svc.yaml   # a control plane with --api-tokens
 
 Kinds: VirtualService (vsvc), Target (tr), Route, Rule; plural and lower-case forms are accepted.";
 
@@ -40,9 +41,71 @@ struct Args {
     server: String,
     #[command(flatten)]
     tls: certs::TlsArgs,
+    #[command(flatten)]
+    token: TokenArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// A bearer token for a control plane started with `--api-tokens`.
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// A file holding the bearer token (one line). Prefer it, or L7MP_TOKEN, to --token: a command line is
+    /// visible to every user of the machine.
+    #[arg(
+        long,
+        env = "L7MP_TOKEN_FILE",
+        value_name = "FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    token_file: Option<std::path::PathBuf>,
+    /// The bearer token itself.
+    #[arg(
+        long,
+        env = "L7MP_TOKEN",
+        value_name = "TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    token: Option<String>,
+}
+
+impl TokenArgs {
+    /// The `authorization` metadata to send, if a token is given (marked sensitive: never printed).
+    fn header(&self) -> anyhow::Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, Some(t)) => t.trim().to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.is_empty() {
+            bail!("the bearer token is empty (--token-file, --token or L7MP_TOKEN)");
+        }
+        let mut value = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| anyhow::anyhow!("the bearer token has characters a header cannot carry"))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = ManagementClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Output {
@@ -141,13 +204,14 @@ fn describe(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(msg)
 }
 
-async fn client(server: &str, tls: &certs::TlsArgs) -> anyhow::Result<ManagementClient<tonic::transport::Channel>> {
+async fn client(server: &str, tls: &certs::TlsArgs, token: &TokenArgs) -> anyhow::Result<Client> {
+    let bearer = Bearer(token.header()?);
     let channel = tls.endpoint(server)?.connect().await.map_err(|e| {
         anyhow::anyhow!("{}{}", error_chain(&e), tls.hint(server)).context(format!(
             "cannot reach the control plane at {server} (set --server or L7MP_SERVER)"
         ))
     })?;
-    Ok(ManagementClient::new(channel))
+    Ok(ManagementClient::with_interceptor(channel, bearer))
 }
 
 /// An error and its sources (tonic's transport errors hide the TLS reason in them).
@@ -251,7 +315,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     revision: 0,
                 });
             }
-            let mut c = client(&args.server, &args.tls).await?;
+            let mut c = client(&args.server, &args.tls, &args.token).await?;
             let resp = c
                 .apply(pb::ApplyRequest { objects })
                 .await
@@ -282,7 +346,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             namespace,
             output,
         } => {
-            let mut c = client(&args.server, &args.tls).await?;
+            let mut c = client(&args.server, &args.tls, &args.token).await?;
             match name {
                 Some(name) => {
                     let ns = if namespace.is_empty() {
@@ -314,7 +378,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Delete { kind, name, namespace } => {
-            let mut c = client(&args.server, &args.tls).await?;
+            let mut c = client(&args.server, &args.tls, &args.token).await?;
             let r = c
                 .delete(pb::DeleteRequest {
                     r#ref: Some(pb::ObjectRef {
@@ -329,7 +393,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("{kind}/{namespace}/{name} deleted (revision {})", r.revision);
         }
         Cmd::Watch { kind } => {
-            let mut c = client(&args.server, &args.tls).await?;
+            let mut c = client(&args.server, &args.tls, &args.token).await?;
             let mut events = c
                 .watch(pb::WatchRequest {
                     kind: kind.unwrap_or_default(),
@@ -354,7 +418,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Agents { output } => {
-            let mut c = client(&args.server, &args.tls).await?;
+            let mut c = client(&args.server, &args.tls, &args.token).await?;
             let a = c.agents(pb::AgentsRequest {}).await.map_err(describe)?.into_inner();
             match output {
                 Output::Table => {
@@ -406,7 +470,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Status { output } => {
-            let mut c = client(&args.server, &args.tls).await?;
+            let mut c = client(&args.server, &args.tls, &args.token).await?;
             let s = c.status(pb::StatusRequest {}).await.map_err(describe)?.into_inner();
             match output {
                 Output::Table => {

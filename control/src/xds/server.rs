@@ -506,15 +506,21 @@ impl XdsServer {
             .http2_keepalive_timeout(Some(self.inner.config.keepalive_timeout))
     }
 
-    /// The builder with ADS and CSDS added; add the Management API with `.add_service(..)`.
+    /// The builder with ADS and CSDS (open to every caller that is not an agent) added; add the Management API
+    /// with `.add_service(..)`.
     pub fn router(&self) -> Router {
-        self.server_builder()
-            .add_service(self.ads_service())
-            // An agent's certificate must not read other nodes' configurations through CSDS.
-            .add_service(tonic::service::interceptor::InterceptedService::new(
+        self.router_with(crate::auth::Access::open())
+    }
+
+    /// As [`XdsServer::router`], with CSDS callers authenticated by `access` (role `reader`). An agent's certificate
+    /// never reads other nodes' configurations through CSDS.
+    pub fn router_with(&self, access: Arc<crate::auth::Access>) -> Router {
+        self.server_builder().add_service(self.ads_service()).add_service(
+            tonic::service::interceptor::InterceptedService::new(
                 self.csds_service(),
-                crate::tls::refuse_agents,
-            ))
+                access.interceptor("CSDS", l7mp_auth::Role::Reader),
+            ),
+        )
     }
 
     /// Serves `router` (from [`XdsServer::router`]) on `listener` until `shutdown` resolves, then ends

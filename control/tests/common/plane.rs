@@ -47,11 +47,20 @@ pub struct Plane {
     pub port: u16,
     child: Child,
     log: PathBuf,
+    /// Arguments `ctl` gives `l7mpctl` before the command (credentials).
+    ctl_args: Vec<String>,
+    scheme: &'static str,
     _dir: tempfile::TempDir,
 }
 
 impl Plane {
     pub fn start() -> Plane {
+        Self::start_with(&[], &[])
+    }
+
+    /// With more `l7mp-control` arguments, and the `l7mpctl` arguments (credentials) that `ctl` uses; an `--tls-cert`
+    /// among `args` makes the URL `https://`.
+    pub fn start_with(args: &[&str], ctl_args: &[&str]) -> Plane {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let log = dir.path().join("control.log");
@@ -64,6 +73,7 @@ impl Plane {
                 "--log-level",
                 "info,l7mp_control::xds=debug",
             ])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -72,6 +82,8 @@ impl Plane {
             port,
             child,
             log,
+            ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
+            scheme: if args.contains(&"--tls-cert") { "https" } else { "http" },
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -87,18 +99,28 @@ impl Plane {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Runs `l7mpctl ARGS` (with `stdin` as standard input): (exit code, stdout + stderr).
+    /// Runs `l7mpctl ARGS` (with `stdin` as standard input) with the plane's credentials: (exit code, stdout +
+    /// stderr).
     pub fn ctl_with(&self, args: &[&str], stdin: Option<&str>) -> (i32, String) {
+        let mut all: Vec<&str> = self.ctl_args.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        self.ctl_as(&all, stdin)
+    }
+
+    /// Runs `l7mpctl ARGS` with only the given credentials (none of the plane's).
+    pub fn ctl_as(&self, args: &[&str], stdin: Option<&str>) -> (i32, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_l7mpctl"))
             .arg("--server")
             .arg(self.url())
+            .env_remove("L7MP_TOKEN")
+            .env_remove("L7MP_TOKEN_FILE")
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -10,17 +10,19 @@ EXAMPLES (a development CA and certificates, then mTLS between everything)
   l7mpctl certs ca --out pki/ca
   l7mpctl certs server --ca pki/ca --name ctl.example.org,10.0.0.1,127.0.0.1 --out pki/server
   l7mpctl certs agent --ca pki/ca --node-id gw-1 --out pki/gw-1
-  l7mpctl certs client --ca pki/ca --name admin --out pki/admin
+  l7mpctl certs client --ca pki/ca --name alice --role admin --out pki/alice
+  l7mpctl certs client --ca pki/ca --name ci --role operator --out pki/ci
 
   l7mp-control --listen 0.0.0.0:18000 --tls-client-ca pki/ca/ca.pem \\
       --tls-cert pki/server/server.pem --tls-key pki/server/server.key
   l7mp-agent --xds https://ctl.example.org:18000 --node-id gw-1 --xds-ca pki/ca/ca.pem \\
       --xds-cert pki/gw-1/agent.pem --xds-key pki/gw-1/agent.key
   l7mpctl --server https://ctl.example.org:18000 --ca pki/ca/ca.pem \\
-      --cert pki/admin/client.pem --key pki/admin/client.key status
+      --cert pki/alice/client.pem --key pki/alice/client.key status
 
 An agent's certificate carries its node id (URI SAN spiffe://l7mp/node/NODE_ID): it can only
-stream that node's configuration. Keys are written with mode 0600; existing files are kept
+stream that node's configuration. A client certificate carries its name (spiffe://l7mp/client/NAME)
+and its role on the Management API (subject OU=reader|operator|admin; see docs/security.md). Keys are written with mode 0600; existing files are kept
 unless --force. For production, use your own PKI (cert-manager, ...) with the same SANs.";
 
 /// What `l7mpctl certs` makes.
@@ -75,6 +77,11 @@ pub enum CertsCmd {
         /// Who holds it (for logs); the URI SAN is `spiffe://l7mp/client/NAME`.
         #[arg(long, value_name = "NAME", default_value = "l7mpctl")]
         name: String,
+        /// What the holder may do on the Management API: `reader` (get, list, watch, agents, status, CSDS),
+        /// `operator` (also apply and delete VirtualServices, Targets and Routes) or `admin` (also Rules). Written
+        /// as the subject's organizational unit (OU).
+        #[arg(long, value_name = "ROLE")]
+        role: l7mp_auth::Role,
         /// The directory to write to (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -135,10 +142,16 @@ pub fn run(cmd: CertsCmd) -> anyhow::Result<()> {
                 certs::write(&out, "agent", &issued, common.force)?,
             );
         }
-        CertsCmd::Client { ca, name, out, common } => {
-            let issued = load(&ca)?.client(&name, common.days)?;
+        CertsCmd::Client {
+            ca,
+            name,
+            role,
+            out,
+            common,
+        } => {
+            let issued = load(&ca)?.client(&name, role, common.days)?;
             written(
-                &format!("client {name:?}"),
+                &format!("client {name:?} ({role})"),
                 certs::write(&out, "client", &issued, common.force)?,
             );
         }

@@ -7,10 +7,15 @@
 //! | `spiffe://l7mp/node/NODE_ID` | the agent (or gRPC client) whose xDS node id is `NODE_ID` | stream `NODE_ID`'s configuration (ADS), read CSDS |
 //! | `spiffe://l7mp/client/NAME` | a client such as `l7mpctl` | use the Management API, read CSDS |
 //!
+//! A client certificate's role is its subject's organizational unit: `OU=reader`, `OU=operator` or `OU=admin`
+//! ([`role_in`]); a client certificate without one may only read. `l7mpctl certs client --name NAME --role ROLE`
+//! writes both.
+//!
 //! Characters of the id outside `A-Z a-z 0-9 - . _ ~` are percent-encoded in the URI (`%XX`, UTF-8), so any node id
 //! fits. A certificate without such a SAN has no l7mp identity: the TLS handshake may succeed (its CA is trusted),
 //! but ADS refuses it. `l7mpctl certs agent --node-id ID` and `l7mpctl certs client --name NAME` write them.
 
+use crate::Role;
 use rustls::pki_types::CertificateDer;
 
 /// The trust domain of l7mp's identities.
@@ -70,6 +75,13 @@ impl PeerIdentity {
         chain.and_then(|c| c.first()).map(|leaf| Self::from_der(leaf))
     }
 
+    /// The identity and role of a peer's certificate chain (leaf first); `None` without certificates.
+    pub fn with_role(chain: Option<&[CertificateDer<'_>]>) -> Option<(Self, Option<Role>)> {
+        chain
+            .and_then(|c| c.first())
+            .map(|leaf| (Self::from_der(leaf), role_in(leaf)))
+    }
+
     /// Parses `spiffe://l7mp/node/ID` or `spiffe://l7mp/client/NAME`.
     pub fn from_uri(uri: &str) -> Option<Self> {
         let rest = uri
@@ -102,6 +114,15 @@ impl PeerIdentity {
             )),
         }
     }
+}
+
+/// The role a DER certificate carries in its subject's organizational unit (the first `OU` that names a role).
+pub fn role_in(der: &[u8]) -> Option<Role> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.subject()
+        .iter_organizational_unit()
+        .filter_map(|ou| ou.as_str().ok())
+        .find_map(Role::parse)
 }
 
 fn unreserved(b: u8) -> bool {
