@@ -16,7 +16,6 @@
 //! retries), renegotiation, DTLS 1.3 (OpenSSL 3.0 has none).
 
 use super::UpstreamError;
-use super::tcp::{ip_metadata, session_name};
 use super::tls::config::{self, Reloading, TlsError};
 use super::tls::metadata;
 use crate::engine::Engine;
@@ -350,9 +349,7 @@ impl DtlsBound {
                     let _ = gone.send(peer);
                     return;
                 };
-                let name = session_name("DTLS", peer, local, engine.next_id());
-                let mut metadata = ip_metadata(&listener.name, &name, "UDP", peer, local);
-                metadata["TLS"] = tls_meta;
+                let (name, metadata) = super::tls::session_identity(&engine, &listener, "DTLS", peer, local, tls_meta);
                 let (r, w) = tokio::io::split(stream);
                 engine.spawn_session(NewSession {
                     name,

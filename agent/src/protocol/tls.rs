@@ -63,9 +63,7 @@ impl TlsBound {
                 let Some((stream, tls_meta)) = accept(&tls, stream, &listener.name, peer).await else {
                     return;
                 };
-                let name = session_name("TLS", peer, local, engine.next_id());
-                let mut metadata = ip_metadata(&listener.name, &name, "TCP", peer, local);
-                metadata["TLS"] = tls_meta;
+                let (name, metadata) = session_identity(&engine, &listener, "TLS", peer, local, tls_meta);
                 let (r, w) = tokio::io::split(stream);
                 engine.spawn_session(NewSession {
                     name,
@@ -79,6 +77,23 @@ impl TlsBound {
             });
         }
     }
+}
+
+/// The name and metadata of a session accepted by a TLS (`kind` "TLS", over TCP) or DTLS ("DTLS", over UDP) listener:
+/// the IP metadata and the handshake's `TLS` metadata.
+pub(crate) fn session_identity(
+    engine: &Engine,
+    listener: &Listener,
+    kind: &str,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls_meta: Value,
+) -> (String, Value) {
+    let name = session_name(kind, peer, local, engine.next_id());
+    let transport = if kind == "DTLS" { "UDP" } else { "TCP" };
+    let mut metadata = ip_metadata(&listener.name, &name, transport, peer, local);
+    metadata["TLS"] = tls_meta;
+    (name, metadata)
 }
 
 /// Runs the server handshake on an accepted connection; a failure is logged (with the peer and the reason) and

@@ -531,16 +531,7 @@ impl XdsServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), XdsError> {
-        let inner = self.inner.clone();
-        let signal = async move {
-            shutdown.await;
-            info!("xDS server shutting down");
-            inner.shutdown.send_replace(true);
-        };
-        router
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
-            .await?;
-        Ok(())
+        self.serve_incoming(router, TcpIncoming::from(listener), shutdown).await
     }
 
     /// As [`XdsServer::serve_router`], over TLS with client certificates: `tls` is re-read when its files change
@@ -552,15 +543,28 @@ impl XdsServer {
         tls: Arc<crate::tls::ReloadingConfig>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), XdsError> {
+        self.serve_incoming(router, crate::tls::incoming(listener, tls), shutdown)
+            .await
+    }
+
+    /// Serves `router` on the connections of `incoming` until `shutdown`, then ends the ADS streams.
+    async fn serve_incoming<IO, IE>(
+        &self,
+        router: Router,
+        incoming: impl futures_util::Stream<Item = Result<IO, IE>>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let inner = self.inner.clone();
         let signal = async move {
             shutdown.await;
             info!("xDS server shutting down");
             inner.shutdown.send_replace(true);
         };
-        router
-            .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), signal)
-            .await?;
+        router.serve_with_incoming_shutdown(incoming, signal).await?;
         Ok(())
     }
 
