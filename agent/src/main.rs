@@ -92,6 +92,7 @@ fn admin_security(args: &cli::Args) -> anyhow::Result<AdminSecurity> {
         // HTTP/1.1 only: an HTTP/2 refusal (401/403) sent before the request body is read ends the stream with a
         // reset that clients such as curl report as a framing error instead of the answer.
         alpn: vec!["http/1.1".into()],
+        sni: Vec::new(),
     };
     let tls = l7mp_agent::protocol::tls::server_tls("admin listener".into(), &spec)
         .map_err(|e| anyhow::anyhow!("--admin-tls-cert/--admin-tls-key/--admin-client-ca: {e}"))?;

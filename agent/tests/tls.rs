@@ -379,6 +379,15 @@ fn bad_tls_files_reject_the_configuration_naming_the_field() {
             "spec.tls.ca",
             "missing required field",
         ),
+        (
+            format!(
+                "sni: [{{server_name: a.example, cert: {}, key: {}}}]",
+                pki.path("server.pem"),
+                pki.path("alice.key")
+            ),
+            "spec.tls.sni[0].key",
+            "is not the key of",
+        ),
     ];
     for (tls, field, why) in cases {
         let rules = "[{action: {route: {destination: {spec: {protocol: Echo}}}}}]";
@@ -386,6 +395,17 @@ fn bad_tls_files_reject_the_configuration_naming_the_field() {
         assert_ne!(code, Some(0), "{err}");
         assert!(err.contains(field) && err.contains(why), "{field} / {why}: {err}");
     }
+    // DTLS listeners have one certificate: `sni` is refused, naming it.
+    let dtls = format!(
+        "listeners:\n  - name: d\n    spec: {{protocol: DTLS, port: {port}, address: 127.0.0.1, tls: {{sni: [{{server_name: a.example, cert: {}, key: {}}}]}}}}\n    rules: [{{action: {{route: {{destination: {{spec: {{protocol: Echo}}}}}}}}}}]\n",
+        pki.path("server.pem"),
+        pki.path("server.key")
+    );
+    let (code, err) = run_to_exit(&dtls, "bad-dtls.yaml");
+    assert!(
+        code != Some(0) && err.contains("spec.tls.sni") && err.contains("not supported on DTLS"),
+        "{err}"
+    );
 }
 
 /// `https` and `wss` with independent clients (Python `httpx` over HTTP/1.1 and HTTP/2, `websockets`), directly and
@@ -465,5 +485,89 @@ print(json.dumps(out))
     for k in ["wss", "ws-to-wss"] {
         assert_eq!(r[k]["TLS"]["sni"], "localhost", "{k}: {r}");
         assert_eq!(r[k]["listener"], "wss", "{k}: {r}");
+    }
+}
+
+#[test]
+fn certificates_are_chosen_by_sni_with_a_default_and_wildcards() {
+    let Some(_) = openssl() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let ca = pki.path("ca.pem");
+    pki.save("api", &pki.ca.issue("api.example.org", &["api.example.org"], false));
+    pki.save("wild", &pki.ca.issue("wildcard", &["*.apps.example.org"], false));
+    let (port, strict) = (free_port(), free_port());
+    let echo = tcp_echo_server();
+    let sni = format!(
+        "sni: [{{server_name: API.example.org, cert: {}, key: {}}}, {{server_name: '*.apps.example.org', cert: {}, key: {}}}]",
+        pki.path("api.pem"),
+        pki.path("api.key"),
+        pki.path("wild.pem"),
+        pki.path("wild.key")
+    );
+    let with_default = format!(
+        "cert: {}, key: {}, {sni}",
+        pki.path("server.pem"),
+        pki.path("server.key")
+    );
+    let agent = Agent::start(&format!(
+        "{}{}",
+        tls_listener(port, &with_default, &to_echo_server(echo)),
+        tls_listener(strict, &sni, &to_echo_server(echo))
+            .replacen("listeners:\n", "", 1)
+            .replace("name: tls", "name: strict")
+    ));
+    // Which certificate a client asking for `name` gets (its subject line), and whether the handshake worked.
+    let ask = |port: u16, name: Option<&str>| {
+        let mut args = vec!["-CAfile", ca.as_str(), "-verify_return_error", "-brief"];
+        if let Some(n) = name {
+            args.extend_from_slice(&["-servername", n, "-verify_hostname", n]);
+        } else {
+            args.push("-noservername");
+        }
+        s_client(port, &args, b"")
+    };
+    let subject = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("Peer certificate:"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (ok, out) = ask(port, Some("api.example.org"));
+    assert!(ok && subject(&out).contains("api.example.org"), "exact name: {out}");
+    let (ok, out) = ask(port, Some("shop.apps.example.org"));
+    assert!(ok && subject(&out).contains("wildcard"), "the wildcard: {out}");
+    let (ok, out) = ask(port, Some("localhost"));
+    assert!(
+        ok && subject(&out).contains("localhost"),
+        "an unlisted name gets the default: {out}"
+    );
+    let (ok, out) = ask(port, None);
+    assert!(
+        ok && subject(&out).contains("localhost"),
+        "no SNI gets the default: {out}"
+    );
+    // A wildcard covers one label only: a.b.apps.example.org gets the default, which is not valid for it.
+    let (ok, out) = ask(port, Some("a.b.apps.example.org"));
+    assert!(!ok, "one label only: {out}");
+
+    // Without a default certificate, an unknown name is refused, and the agent says why.
+    let (ok, out) = ask(strict, Some("api.example.org"));
+    assert!(ok && subject(&out).contains("api.example.org"), "{out}");
+    let (ok, out) = ask(strict, Some("unknown.example.net"));
+    assert!(!ok, "no certificate for an unknown name: {out}");
+    agent.wait_log("no certificate for this server name");
+
+    // Traffic flows over a certificate chosen by SNI (Python verifies it against the name it asked for).
+    if let Some(py) = python() {
+        let r = py_client(
+            &py,
+            port,
+            &pki.path("ca.pem"),
+            "x.apps.example.org",
+            None,
+            "hello by name",
+        );
+        assert_eq!(r["echo"], "hello by name", "{r}");
     }
 }

@@ -308,6 +308,14 @@ fn tls(t: &TlsSpec, listener: bool) -> Value {
     if !t.alpn.is_empty() {
         o.insert("alpn".into(), json!(t.alpn));
     }
+    if !t.sni.is_empty() {
+        let sni: Vec<Value> = t
+            .sni
+            .iter()
+            .map(|c| json!({"server_name": c.server_name, "cert": c.cert, "key": c.key}))
+            .collect();
+        o.insert("sni".into(), Value::Array(sni));
+    }
     Value::Object(o)
 }
 

@@ -279,7 +279,8 @@ pub struct DtlsListenerSpec {
 /// Files are read by the agent (and re-read when they change), not by the loader.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsSpec {
-    /// PEM certificate chain, leaf first. Required on listeners; on clusters, the client certificate (with `key`).
+    /// PEM certificate chain, leaf first. On listeners the default certificate (required unless `sni` is given);
+    /// on clusters, the client certificate (with `key`).
     pub cert: Option<String>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert`.
     pub key: Option<String>,
@@ -292,6 +293,20 @@ pub struct TlsSpec {
     pub server_name: Option<String>,
     /// ALPN protocols, in order of preference. Empty: no ALPN.
     pub alpn: Vec<String>,
+    /// TLS and HTTP listeners: certificates chosen by the name the client asks for (SNI), before `cert`.
+    pub sni: Vec<SniCert>,
+}
+
+/// A certificate a TLS listener presents to clients that ask for `server_name`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SniCert {
+    /// A DNS name (`api.example.org`, matched without regard to case) or a wildcard for one label
+    /// (`*.example.org`: `a.example.org`, not `example.org` nor `a.b.example.org`). Exact names win.
+    pub server_name: String,
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key of `cert`.
+    pub key: String,
 }
 
 /// Client-certificate verification on a TLS or DTLS listener.

@@ -338,7 +338,10 @@ fn yaml_blocks(text: &str) -> Vec<String> {
 
 #[test]
 fn the_guide_and_the_example_translate() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("..");
     let example = std::fs::read_to_string(root.join("examples/grpc/echo.yaml")).unwrap();
     let guide = std::fs::read_to_string(root.join("docs/grpc.md")).unwrap();
     let blocks = yaml_blocks(&guide);

@@ -269,7 +269,10 @@ async fn the_binaries_on_kubernetes() {
             .expect("l7mp-control starts"),
     );
     let server = format!("http://127.0.0.1:{grpc}");
-    let example = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/mesh/udp-to-tcp.yaml");
+    let example = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../examples/mesh/udp-to-tcp.yaml");
     let l7mpctl = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_l7mpctl"))
             .arg("--server")

@@ -194,6 +194,12 @@ fn alpn_select<'a>(ours: &[String], theirs: &'a [u8]) -> Option<&'a [u8]> {
 }
 
 fn server_context(spec: &TlsSpec) -> Result<SslContext, TlsError> {
+    if !spec.sni.is_empty() {
+        return Err(TlsError {
+            field: "spec.tls.sni".into(),
+            reason: "not supported on DTLS listeners (one certificate per DTLS listener: use cert and key)".into(),
+        });
+    }
     let mut b = SslContextBuilder::new(SslMethod::dtls()).map_err(|e| ssl_error("cert", e))?;
     load_files(&mut b, spec)?;
     b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_QUERY_MTU);

@@ -3,18 +3,34 @@
 //! when one is unreadable or does not parse.
 
 use crate::decode::{Decoder, describe};
-use crate::model::{ClientAuth, TlsSpec};
+use crate::model::{ClientAuth, SniCert, TlsSpec};
 use crate::path::FieldPath;
 use serde_json::Value;
 
-const LISTENER_FIELDS: &[&str] = &["cert", "key", "ca", "client_auth", "alpn"];
+const LISTENER_FIELDS: &[&str] = &["cert", "key", "ca", "client_auth", "alpn", "sni"];
+const SNI_FIELDS: &[&str] = &["server_name", "cert", "key"];
 const CLUSTER_FIELDS: &[&str] = &["cert", "key", "ca", "server_name", "alpn"];
 
-/// A listener's `tls`: `cert` and `key` required; `client_auth` other than `none` needs `ca`.
+/// A listener's `tls`: `cert` and `key` required unless `sni` names certificates; `client_auth` other than `none`
+/// needs `ca`.
 pub(super) fn listener(d: &mut Decoder, v: &Value, path: &FieldPath) -> Option<TlsSpec> {
     let o = d.object(v, path, LISTENER_FIELDS)?;
-    let cert = d.required(o, "cert").and_then(|c| file(d, c, &o.at("cert")));
-    let key = d.required(o, "key").and_then(|k| file(d, k, &o.at("key")));
+    let sni = match o.get("sni") {
+        None => Some(Vec::new()),
+        Some(v) => sni(d, v, &o.at("sni")),
+    };
+    let has_sni = sni.as_ref().is_some_and(|s| !s.is_empty());
+    let (cert, key) = if has_sni {
+        (
+            optional_file(d, o.get("cert"), &o.at("cert")),
+            optional_file(d, o.get("key"), &o.at("key")),
+        )
+    } else {
+        (
+            d.required(o, "cert").and_then(|c| file(d, c, &o.at("cert"))).map(Some),
+            d.required(o, "key").and_then(|k| file(d, k, &o.at("key"))).map(Some),
+        )
+    };
     let ca = optional_file(d, o.get("ca"), &o.at("ca"));
     let client_auth = match o.get("client_auth") {
         None => Some(ClientAuth::None),
@@ -44,14 +60,72 @@ pub(super) fn listener(d: &mut Decoder, v: &Value, path: &FieldPath) -> Option<T
         );
         return None;
     }
+    let (cert, key, sni) = (cert?, key?, sni?);
+    match (&cert, &key) {
+        (Some(_), None) => {
+            d.error(&o.at("key"), "missing required field (the key of `cert`)");
+            return None;
+        }
+        (None, Some(_)) => {
+            d.error(&o.at("cert"), "missing required field (the certificate of `key`)");
+            return None;
+        }
+        _ => {}
+    }
     Some(TlsSpec {
-        cert: Some(cert?),
-        key: Some(key?),
+        cert,
+        key,
         ca,
         client_auth,
         server_name: None,
         alpn: alpn?,
+        sni,
     })
+}
+
+/// `sni`: certificates by server name; names are DNS names or `*.` wildcards, each at most once.
+fn sni(d: &mut Decoder, v: &Value, path: &FieldPath) -> Option<Vec<SniCert>> {
+    let items = d.array(v, path, |d, item, p| {
+        let o = d.object(item, p, SNI_FIELDS)?;
+        let name = d
+            .required(o, "server_name")
+            .and_then(|n| d.string(n, &o.at("server_name")));
+        let cert = d.required(o, "cert").and_then(|c| file(d, c, &o.at("cert")));
+        let key = d.required(o, "key").and_then(|k| file(d, k, &o.at("key")));
+        let name = name?;
+        if !valid_sni_name(&name) {
+            d.error(
+                &o.at("server_name"),
+                format!("expected a DNS name or a wildcard like \"*.example.org\", got {name:?}"),
+            );
+            return None;
+        }
+        Some(SniCert {
+            server_name: name.to_ascii_lowercase(),
+            cert: cert?,
+            key: key?,
+        })
+    })?;
+    for (i, c) in items.iter().enumerate() {
+        if items[..i].iter().any(|o| o.server_name == c.server_name) {
+            d.error(
+                &path.index(i).key("server_name"),
+                format!("{:?} appears twice", c.server_name),
+            );
+            return None;
+        }
+    }
+    Some(items)
+}
+
+/// A DNS name (labels of letters, digits, `-`, `_`), optionally with a leading `*.` label.
+fn valid_sni_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// A cluster's `tls`: everything optional; `cert` and `key` (the client certificate) come together.
@@ -100,6 +174,7 @@ pub(super) fn cluster(d: &mut Decoder, v: &Value, path: &FieldPath) -> Option<Tl
         client_auth: ClientAuth::None,
         server_name: server_name?,
         alpn: alpn?,
+        sni: Vec::new(),
     })
 }
 
@@ -164,6 +239,10 @@ mod tests {
                 {"name": "d", "spec": {"protocol": "DTLS", "port": 5684, "idle_timeout": 0, "tls": {"cert": "c.pem", "key": "k.pem"}},
                  "rules": [{"action": {"route": {"destination": "up"}}}]},
                 {"name": "h", "spec": {"protocol": "HTTP", "port": 8443, "tls": {"cert": "c.pem", "key": "k.pem"}},
+                 "rules": [{"action": {"route": {"destination": "ws"}}}]},
+                {"name": "s", "spec": {"protocol": "TLS", "port": 8444, "tls": {"sni": [
+                    {"server_name": "API.example.org", "cert": "a.pem", "key": "a.key"},
+                    {"server_name": "*.example.org", "cert": "w.pem", "key": "w.key"}]}},
                  "rules": [{"action": {"route": {"destination": "ws"}}}]}
             ],
             "clusters": [
@@ -181,6 +260,13 @@ mod tests {
         assert_eq!(tls.alpn, vec!["h2".to_owned()]);
         assert!(matches!(&cfg.listeners[1].spec, ListenerSpec::Dtls(d) if d.idle_timeout.is_none()));
         assert!(cfg.listeners[2].spec.tls().is_some(), "https");
+        let sni = &cfg.listeners[3].spec.tls().expect("tls").sni;
+        assert_eq!(sni.len(), 2);
+        assert_eq!(sni[0].server_name, "api.example.org", "names are kept in lower case");
+        assert!(
+            cfg.listeners[3].spec.tls().expect("tls").cert.is_none(),
+            "no default certificate"
+        );
         let ClusterSpec::Tls { tls, .. } = &cfg.clusters[0].spec else {
             panic!("TLS cluster")
         };
@@ -219,6 +305,29 @@ mod tests {
             (
                 listener(json!({"protocol": "TCP", "port": 1, "tls": {"cert": "c", "key": "k"}})),
                 "listeners[0].spec.tls: unknown field",
+            ),
+            (
+                listener(
+                    json!({"protocol": "TLS", "port": 1, "tls": {"sni": [{"server_name": "a b", "cert": "c", "key": "k"}]}}),
+                ),
+                "listeners[0].spec.tls.sni[0].server_name: expected a DNS name or a wildcard",
+            ),
+            (
+                listener(json!({"protocol": "TLS", "port": 1, "tls": {"sni": [
+                    {"server_name": "a.org", "cert": "c", "key": "k"}, {"server_name": "A.org", "cert": "c", "key": "k"}]}})),
+                "listeners[0].spec.tls.sni[1].server_name: \"a.org\" appears twice",
+            ),
+            (
+                listener(
+                    json!({"protocol": "TLS", "port": 1, "tls": {"sni": [{"server_name": "a.org", "cert": "c"}]}}),
+                ),
+                "listeners[0].spec.tls.sni[0].key: missing required field",
+            ),
+            (
+                listener(
+                    json!({"protocol": "TLS", "port": 1, "tls": {"cert": "c", "sni": [{"server_name": "a.org", "cert": "c", "key": "k"}]}}),
+                ),
+                "listeners[0].spec.tls.key: missing required field",
             ),
             (
                 cluster(json!({"protocol": "TLS", "port": 1, "tls": {"cert": "c.pem"}})),

@@ -1,6 +1,5 @@
 //! The fake Kubernetes API server (`l7mp-kube-fake`) with the l7mp CRDs installed, for the kubernetes store's tests.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,10 @@ use serde_json::Value;
 
 /// The four CRDs of `manifests/crds/`, as JSON.
 pub fn crds() -> Vec<Value> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds");
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../manifests/crds");
     let mut out = Vec::new();
     for kind in ["virtualservices", "targets", "routes", "rules"] {
         let path = dir.join(format!("l7mp.io_{kind}.yaml"));

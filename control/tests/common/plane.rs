@@ -31,7 +31,10 @@ pub fn python_with(modules: &[&str]) -> Option<String> {
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("..")
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough on a test machine).

@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("..")
 }
 
 /// `(kind, openAPIV3Schema)` of each CRD.

@@ -53,9 +53,14 @@ pub fn read_certs(field: &str, path: &str) -> Result<Vec<CertificateDer<'static>
 
 /// The private key in `path` (field `key`).
 pub fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    read_key_at("key", path)
+}
+
+/// The private key in `path`, errors naming `field`.
+fn read_key_at(field: &str, path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::new("key", format!("no PEM private key in {path:?}")),
-        e => TlsError::new("key", format!("cannot read {path:?}: {}", pem_error(&e))),
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::new(field, format!("no PEM private key in {path:?}")),
+        e => TlsError::new(field, format!("cannot read {path:?}: {}", pem_error(&e))),
     })
 }
 
@@ -81,24 +86,94 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
 pub fn read_pair(cert: &str, key: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs = read_certs("cert", cert)?;
     let k = read_key(key)?;
-    rustls::sign::CertifiedKey::from_der(certs.clone(), k.clone_key(), &provider()).map_err(|e| {
+    certified("", cert, key, certs.clone(), k.clone_key())?;
+    Ok((certs, k))
+}
+
+/// A chain and its key as rustls signs with them; `prefix` is where the fields are (`sni[0].`).
+fn certified(
+    prefix: &str,
+    cert: &str,
+    key: &str,
+    certs: Vec<CertificateDer<'static>>,
+    k: PrivateKeyDer<'static>,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    rustls::sign::CertifiedKey::from_der(certs, k, &provider()).map_err(|e| {
         TlsError::new(
-            "key",
+            &format!("{prefix}key"),
             format!("{key:?} is not the key of the certificate in {cert:?} ({e})"),
         )
-    })?;
-    Ok((certs, k))
+    })
+}
+
+/// Picks a listener's certificate by the name the client asks for (SNI): an exact name, else a `*.` wildcard for
+/// the name's first label, else the default certificate (`cert`), else none (the handshake fails).
+#[derive(Debug)]
+struct SniResolver {
+    exact: std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>,
+    wildcard: std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>,
+    default: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn load(spec: &TlsSpec) -> Result<SniResolver, TlsError> {
+        let mut r = SniResolver {
+            exact: Default::default(),
+            wildcard: Default::default(),
+            default: None,
+        };
+        if let (Some(cert), Some(key)) = (&spec.cert, &spec.key) {
+            let (certs, k) = (read_certs("cert", cert)?, read_key(key)?);
+            r.default = Some(Arc::new(certified("", cert, key, certs, k)?));
+        }
+        for (i, c) in spec.sni.iter().enumerate() {
+            let prefix = format!("sni[{i}].");
+            let certs = read_certs(&format!("{prefix}cert"), &c.cert)?;
+            let k = read_key_at(&format!("{prefix}key"), &c.key)?;
+            let ck = Arc::new(certified(&prefix, &c.cert, &c.key, certs, k)?);
+            match c.server_name.strip_prefix("*.") {
+                Some(suffix) => r.wildcard.insert(suffix.to_owned(), ck),
+                None => r.exact.insert(c.server_name.clone(), ck),
+            };
+        }
+        Ok(r)
+    }
+
+    fn pick(&self, name: Option<&str>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let found = name.and_then(|n| {
+            let n = n.to_ascii_lowercase();
+            self.exact
+                .get(&n)
+                .or_else(|| n.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)))
+                .cloned()
+        });
+        found.or_else(|| self.default.clone())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello.server_name();
+        let picked = self.pick(name);
+        if picked.is_none() {
+            tracing::warn!(
+                server_name = name.unwrap_or("(none)"),
+                "TLS handshake refused: no certificate for this server name (tls.sni) and no default certificate (tls.cert)"
+            );
+        }
+        picked
+    }
 }
 
 /// A listener's server context.
 pub fn server_config(spec: &TlsSpec) -> Result<ServerConfig, TlsError> {
-    let (Some(cert), Some(key)) = (&spec.cert, &spec.key) else {
+    if spec.cert.is_none() && spec.sni.is_empty() {
         return Err(TlsError::new(
             "cert",
             "missing (a listener needs a certificate and a key)",
         ));
-    };
-    let (certs, key) = read_pair(cert, key)?;
+    }
+    let resolver = Arc::new(SniResolver::load(spec)?);
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -121,9 +196,7 @@ pub fn server_config(spec: &TlsSpec) -> Result<ServerConfig, TlsError> {
             builder.with_client_cert_verifier(v)
         }
     };
-    let mut cfg = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::new("cert", e.to_string()))?;
+    let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(cfg)
 }
@@ -240,4 +313,5 @@ fn files(spec: &TlsSpec) -> impl Iterator<Item = &str> {
         .into_iter()
         .flatten()
         .map(String::as_str)
+        .chain(spec.sni.iter().flat_map(|c| [c.cert.as_str(), c.key.as_str()]))
 }
