@@ -1,6 +1,7 @@
 //! End-to-end DTLS tests through the real agent: `openssl s_client -dtls1_2` (Debian's) against a DTLS listener
 //! (cookie exchange, verification, echo), UDP → DTLS cluster → DTLS listener bridging with message boundaries kept,
-//! and refusals (wrong CA, missing client certificate) with their reasons.
+//! refusals (wrong CA, missing client certificate) with their reasons, and handshakes that recover from lost flights
+//! (a relay drops a ClientHello and part of the server's flight).
 
 #![allow(clippy::unwrap_used)]
 
@@ -148,5 +149,100 @@ fn udp_to_dtls_cluster_keeps_message_boundaries_and_verifies() {
     assert!(
         c.recv(&mut [0u8; 100]).is_err(),
         "nothing comes back without a client certificate"
+    );
+}
+
+/// A UDP relay on `listen` to `server` that drops the datagrams whose ordinal (from 1, per direction) is listed; it
+/// counts what it forwarded and dropped. Runs until the process ends (the test's threads die with it).
+fn lossy_relay(
+    listen: u16,
+    server: u16,
+    drop_up: &'static [usize],
+    drop_down: &'static [usize],
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let front = std::net::UdpSocket::bind(("127.0.0.1", listen)).unwrap();
+    let back = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(("127.0.0.1", server)).unwrap();
+    let dropped = std::sync::Arc::new(AtomicUsize::new(0));
+    let client: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>> = Default::default();
+    let (f2, b2, c2, d2) = (
+        front.try_clone().unwrap(),
+        back.try_clone().unwrap(),
+        client.clone(),
+        dropped.clone(),
+    );
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut n = 0;
+        while let Ok((len, from)) = f2.recv_from(&mut buf) {
+            *c2.lock().unwrap() = Some(from);
+            n += 1;
+            if drop_up.contains(&n) {
+                d2.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let _ = b2.send(&buf[..len]);
+        }
+    });
+    let d3 = dropped.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut n = 0;
+        while let Ok(len) = back.recv(&mut buf) {
+            n += 1;
+            if drop_down.contains(&n) {
+                d3.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            if let Some(c) = *client.lock().unwrap() {
+                let _ = front.send_to(&buf[..len], c);
+            }
+        }
+    });
+    dropped
+}
+
+#[test]
+fn lost_handshake_flights_are_retransmitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (udp, relay, dtls) = (free_port(), free_port(), free_port());
+    // Up: the first ClientHello is lost. Down: the HelloVerifyRequest arrives (1st), the first datagram of the
+    // server's flight is lost (2nd). Each needs a retransmission by the side whose flight it was or by its peer.
+    let dropped = lossy_relay(relay, dtls, &[1], &[2]);
+    let yaml = format!(
+        "listeners:
+  - name: dtls
+    spec: {{protocol: DTLS, port: {dtls}, address: 127.0.0.1, tls: {{cert: {s}, key: {k}}}}}
+    rules: [{{action: {{route: {{destination: {{spec: {{protocol: Echo}}}}}}}}}}]
+  - name: udp
+    spec: {{protocol: UDP, port: {udp}, address: 127.0.0.1}}
+    rules: [{{action: {{route: {{destination: {{spec: {{protocol: DTLS, port: {relay}, tls: {{ca: {ca}, server_name: localhost}}}}, endpoints: [{{spec: {{address: 127.0.0.1}}}}]}}, retry: {{connect_timeout: 20000}}}}}}}}]
+",
+        s = pki.path("server.pem"),
+        k = pki.path("server.key"),
+        ca = pki.path("ca.pem"),
+    );
+    let _agent = Agent::start(&yaml);
+    let c = udp_client(udp);
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = std::time::Instant::now();
+    c.send(b"through a lossy path").unwrap();
+    let mut buf = [0u8; 2048];
+    let n = c
+        .recv(&mut buf)
+        .expect("the handshake recovered from the lost flights and the echo came back");
+    assert_eq!(&buf[..n], b"through a lossy path");
+    assert_eq!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "both losses happened"
+    );
+    // Two retransmission timeouts of about a second each, not the 10 s handshake timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
     );
 }

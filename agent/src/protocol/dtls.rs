@@ -12,8 +12,12 @@
 //! happen before the peer echoes it. Until then a peer costs a small handshake state, dropped after
 //! [`HANDSHAKE_TIMEOUT`]; at most [`MAX_HANDSHAKES`] handshakes are pending at a time.
 //!
-//! Not done: handshake retransmission timers (a lost handshake flight makes that handshake time out; the client
-//! retries), renegotiation, DTLS 1.3 (OpenSSL 3.0 has none).
+//! Lost datagrams during a handshake: OpenSSL retransmits the last flight when its timer (1 s, doubling up to 60 s)
+//! has expired and the handshake is driven while it waits for the peer. With a non-blocking socket nothing would
+//! drive it, so [`handshake`] polls the handshake again every [`RETRANSMIT_CHECK`] while it is pending; both the
+//! listener and the cluster side recover from a lost flight within about a second.
+//!
+//! Not done: renegotiation, DTLS 1.3 (OpenSSL 3.0 has none).
 
 use super::UpstreamError;
 use super::tls::config::{self, Reloading, TlsError};
@@ -49,6 +53,8 @@ pub const MAX_HANDSHAKES: usize = 1024;
 pub const MAX_MESSAGE: usize = 16384;
 /// The path MTU the handshake fragments its flights for.
 const MTU: u32 = 1400;
+/// How often a pending handshake is polled again, so that OpenSSL's retransmission timer can fire.
+pub const RETRANSMIT_CHECK: Duration = Duration::from_millis(100);
 /// Datagrams queued for a peer's session before they are dropped.
 const PEER_QUEUE: usize = 256;
 
@@ -389,7 +395,7 @@ async fn accept(tls: &DtlsServer, io: DgramIo, listener: &str, peer: SocketAddr)
             return None;
         }
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, Pin::new(&mut stream).accept()).await {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, Side::Accept)).await {
         Ok(Ok(())) => {
             let meta = session_metadata(stream.ssl());
             Some((stream, meta))
@@ -403,6 +409,35 @@ async fn accept(tls: &DtlsServer, io: DgramIo, listener: &str, peer: SocketAddr)
             None
         }
     }
+}
+
+/// Which side of a handshake this end is.
+#[derive(Clone, Copy)]
+enum Side {
+    Accept,
+    Connect,
+}
+
+/// Runs a handshake to its end, polling it again every [`RETRANSMIT_CHECK`] while it waits: OpenSSL looks at its
+/// retransmission timer when a handshake read would block, and resends its last flight once the timer has expired
+/// (a lost ClientHello, HelloVerifyRequest, server or client flight). Without the extra polls a lost flight would
+/// only be noticed by the peer, if at all.
+async fn handshake(stream: &mut DtlsStream, side: Side) -> Result<(), openssl::ssl::Error> {
+    let mut tick = tokio::time::interval(RETRANSMIT_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    std::future::poll_fn(|cx| {
+        let s = Pin::new(&mut *stream);
+        let r = match side {
+            Side::Accept => s.poll_accept(cx),
+            Side::Connect => s.poll_connect(cx),
+        };
+        if r.is_pending() {
+            // Register the next tick's wake-up (consume ticks that are already due).
+            while tick.poll_tick(cx).is_ready() {}
+        }
+        r
+    })
+    .await
 }
 
 /// Opens a DTLS association to `address` (`host:port`), verifying the server as `spec` says (the name is `host`
@@ -442,7 +477,7 @@ pub async fn connect(
     }
     ssl.set_mtu(MTU).map_err(ssl_err)?;
     let mut stream = SslStream::new(ssl, DgramIo::Connected(sock)).map_err(ssl_err)?;
-    if let Err(e) = Pin::new(&mut stream).connect().await {
+    if let Err(e) = handshake(&mut stream, Side::Connect).await {
         return Err(UpstreamError::Handshake(handshake_error(&e, stream.ssl())));
     }
     let (r, w) = tokio::io::split(stream);
