@@ -78,6 +78,21 @@ clusters:
         ],
     );
 
+    // A cluster that runs a command is code execution on this host: admin only.
+    let fork =
+        r#"{"cluster": {"name": "shell", "spec": {"protocol": "StdioFork", "command": ["cat", "/etc/passwd"]}}}"#;
+    let (code, body) = req(admin, "POST", "/api/v1/clusters", Some(OPERATOR), fork);
+    assert!(
+        code == 403 && body.contains("StdioFork") && body.contains("needs the admin role"),
+        "{code} {body}"
+    );
+    assert_eq!(
+        req(admin, "GET", "/api/v1/clusters/shell", Some(READER), "").0,
+        404,
+        "not created"
+    );
+    assert_eq!(req(admin, "POST", "/api/v1/clusters", Some(ADMIN), fork).0, 200);
+
     // Probes and metrics are open; everything else needs a token.
     for open in ["/live", "/ready", "/metrics"] {
         assert_eq!(req(admin, "GET", open, None, "").0, 200, "{open}");

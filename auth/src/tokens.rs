@@ -3,9 +3,11 @@
 //! The file has one token per line, `TOKEN,NAME,ROLE` (the format of Kubernetes' static token file, with the role in
 //! the third column); `#` starts a comment, blank lines are skipped. Tokens are at least 16 characters; names are
 //! unique (they are what logs show). The file is read again when it changes (its modification time is looked at,
-//! at most once a second, when a request needs it); a file that no longer parses keeps the tokens in force and is
-//! logged naming the file and line. Tokens are compared in constant time; no message, log line or error ever holds
-//! one.
+//! at most once a second, when a request needs it). A file that no longer parses keeps the tokens in force and is
+//! logged naming the file and line; a file that was removed or holds no token any more revokes every token (each
+//! request is refused until tokens come back), so deleting a token's line, or the file, is how a token is revoked.
+//! Tokens are compared in constant time; no message, log line or error ever holds one (messages name lines and
+//! columns, never field values).
 
 use crate::Role;
 use std::path::{Path, PathBuf};
@@ -68,23 +70,26 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Token>, TokensError> {
                 format!("expected TOKEN,NAME,ROLE, found {} field(s)", fields.len()),
             ));
         };
+        // No message quotes a field: in a file written in the wrong column order, any field may be a token.
         if secret.len() < 16 {
             return Err(err(
                 i + 1,
-                format!("the token of {name:?} is shorter than 16 characters"),
+                "the token (first field) is shorter than 16 characters".into(),
             ));
         }
         if name.is_empty() {
-            return Err(err(i + 1, "the name is empty".into()));
+            return Err(err(i + 1, "the name (second field) is empty".into()));
         }
-        let role = Role::parse(role).ok_or_else(|| {
-            err(
-                i + 1,
-                format!("unknown role {role:?} (expected reader, operator or admin)"),
-            )
-        })?;
+        let role = Role::parse(role)
+            .ok_or_else(|| err(i + 1, "the role (third field) is not reader, operator or admin".into()))?;
         if tokens.iter().any(|t| t.name == *name) {
-            return Err(err(i + 1, format!("the name {name:?} appears twice")));
+            return Err(err(
+                i + 1,
+                format!(
+                    "the name (second field) is the same as on line {}",
+                    first_line(text, name)
+                ),
+            ));
         }
         tokens.push(Token {
             secret: secret.as_bytes().to_vec(),
@@ -96,6 +101,13 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Token>, TokensError> {
         return Err(TokensError::Empty { path: path.to_owned() });
     }
     Ok(tokens)
+}
+
+/// The number of the first line whose second field is `name`.
+fn first_line(text: &str, name: &str) -> usize {
+    text.lines()
+        .position(|l| l.split('#').next().unwrap_or_default().split(',').nth(1).map(str::trim) == Some(name))
+        .map_or(0, |i| i + 1)
 }
 
 /// The tokens in force, re-read from their file when it changes.
@@ -164,6 +176,11 @@ impl Tokens {
                         tracing::info!(file = %self.path.display(), tokens = tokens.len(), "API tokens reloaded");
                         st.tokens = Arc::new(tokens);
                     }
+                    // Removed or emptied: every token is revoked.
+                    Err(e @ (TokensError::Empty { .. } | TokensError::Read { .. })) => {
+                        tracing::warn!("{e}: every API token is revoked; requests are refused until tokens come back");
+                        st.tokens = Arc::new(Vec::new());
+                    }
                     Err(e) => tracing::warn!("{e}; the tokens in force stay"),
                 }
             }
@@ -221,12 +238,19 @@ mod tests {
         assert_eq!((ok[1].name.as_str(), ok[1].role), ("ci", Role::Operator));
         let e = |text: &str| parse(p, text).map(drop).expect_err("invalid").to_string();
         assert!(e("short,name,reader").contains("line 1") && e("short,name,reader").contains("shorter than 16"));
-        assert!(e("0123456789abcdef0,a,root").contains("unknown role \"root\""));
+        assert!(e("0123456789abcdef0,a,root").contains("not reader, operator or admin"));
         assert!(e("0123456789abcdef0,a").contains("TOKEN,NAME,ROLE"));
-        assert!(e("0123456789abcdef0,a,admin\n0123456789abcdef1,a,admin").contains("twice"));
+        assert!(e("0123456789abcdef0,a,admin\n0123456789abcdef1,a,admin").contains("the same as on line 1"));
         assert!(e("# nothing\n").contains("no token"));
-        // No error message repeats a token.
-        assert!(!e("0123456789abcdef0,a,root").contains("0123456789abcdef0"));
+        // No error message repeats a field, whatever column a token was written in.
+        for bad in [
+            "0123456789abcdef0,a,root",
+            "ci,0123456789abcdef0,admin",
+            "x0123456789abcdef0,admin,0123456789abcdef0",
+            "0123456789abcdef1,0123456789abcdef0,admin\n0123456789abcdef2,0123456789abcdef0,admin",
+        ] {
+            assert!(!e(bad).contains("0123456789abcdef0"), "{}", e(bad));
+        }
     }
 
     #[test]
@@ -257,6 +281,20 @@ mod tests {
             Some(("root".into(), Role::Admin)),
             "a broken file keeps the tokens in force"
         );
+        // Deleting the last line revokes the token; so does deleting the file.
+        std::thread::sleep(RECHECK + Duration::from_millis(50));
+        std::fs::write(&path, "# second-token revoked\n").expect("empty");
+        std::thread::sleep(RECHECK);
+        assert_eq!(t.identify("second-token-0123456789"), None, "an emptied file revokes");
+        std::fs::write(&path, "third-token-0123456789,ops,operator\n").expect("again");
+        std::thread::sleep(RECHECK + Duration::from_millis(50));
+        assert_eq!(
+            t.identify("third-token-0123456789"),
+            Some(("ops".into(), Role::Operator))
+        );
+        std::fs::remove_file(&path).expect("remove");
+        std::thread::sleep(RECHECK + Duration::from_millis(50));
+        assert_eq!(t.identify("third-token-0123456789"), None, "a removed file revokes");
     }
 
     #[test]

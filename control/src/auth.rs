@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `reader` | Get, List, Watch, Agents, Status, CSDS |
 //! | `operator` | also Apply and Delete VirtualServices, Targets and Routes |
-//! | `admin` | also Apply and Delete Rules (rules inserted into any VirtualService, the mesh-wide policy layer) |
+//! | `admin` | also Apply and Delete Rules (rules inserted into any VirtualService, the mesh-wide policy layer), and Apply objects that define a cluster running a command (`StdioFork`) |
 //!
 //! A refused call is `UNAUTHENTICATED` (no or an unknown token, no identity) or `PERMISSION_DENIED` (a role too low,
 //! an agent's certificate), logged as a warning with the method and the caller's name, never the token; counted in
@@ -147,9 +147,33 @@ impl Access {
     }
 }
 
-/// The role needed to write (apply or delete) an object of `kind`.
-pub fn write_role(kind: &str) -> Role {
-    if kind == "Rule" { Role::Admin } else { Role::Operator }
+/// The role needed to write (apply or delete) an object of `kind` whose JSON is `value` (`None` for a delete):
+/// Rules, and any object that defines a cluster running a command (`StdioFork`: code execution on every selected
+/// agent's host), need `admin`; the rest `operator`.
+pub fn write_role(kind: &str, value: Option<&serde_json::Value>) -> Role {
+    if kind == "Rule" || value.is_some_and(runs_command) {
+        Role::Admin
+    } else {
+        Role::Operator
+    }
+}
+
+/// The spellings of the protocol that runs a command per session.
+const COMMAND_PROTOCOLS: [&str; 2] = ["StdioFork", "STDIO-fork"];
+
+/// Whether a JSON object defines, anywhere inside it, a `StdioFork` cluster (flat `protocol: StdioFork` or keyed
+/// `{StdioFork: {...}}`). Errs on the side of admin: any such spelling anywhere counts.
+pub fn runs_command(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => o.iter().any(|(k, child)| {
+            COMMAND_PROTOCOLS.contains(&k.as_str())
+                || (k == "protocol" && child.as_str().is_some_and(|p| COMMAND_PROTOCOLS.contains(&p)))
+                || runs_command(child)
+        }),
+        Value::Array(a) => a.iter().any(runs_command),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -203,9 +227,17 @@ mod tests {
         let c = a
             .check(&with_token(Some("operator-secret-0123456789")), "Apply", Role::Operator)
             .expect("op");
-        let e = Access::require(&c, "Apply", write_role("Rule")).unwrap_err();
+        let e = Access::require(&c, "Apply", write_role("Rule", None)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
-        assert!(Access::require(&c, "Apply", write_role("Target")).is_ok());
+        assert!(Access::require(&c, "Apply", write_role("Target", None)).is_ok());
+        let fork = serde_json::json!({"spec": {"cluster": {"spec": {"protocol": "StdioFork", "command": ["sh"]}}}});
+        let keyed = serde_json::json!({"spec": {"listener": {"rules": [{"action": {"route": {"destination": {"spec": {"StdioFork": {"command": "sh"}}}}}}]}}});
+        assert_eq!(write_role("Target", Some(&fork)), Role::Admin);
+        assert_eq!(write_role("VirtualService", Some(&keyed)), Role::Admin);
+        assert_eq!(
+            write_role("Target", Some(&serde_json::json!({"spec": {"protocol": "TCP"}}))),
+            Role::Operator
+        );
         // Open without tokens (loopback): any role.
         let c = Access::open()
             .check(&with_token(None), "Apply", Role::Admin)

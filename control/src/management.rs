@@ -150,8 +150,17 @@ impl Management for ManagementService {
             let r = resource::Resource { status: None, ..r };
             Access::require(
                 &caller,
-                &format!("Apply of {} {}", key.kind, key.name),
-                write_role(&key.kind),
+                &format!(
+                    "Apply of {} {}{}",
+                    key.kind,
+                    key.name,
+                    if crate::auth::runs_command(&v) {
+                        " (it defines a StdioFork cluster, which runs a command on the agents)"
+                    } else {
+                        ""
+                    }
+                ),
+                write_role(&key.kind, Some(&v)),
             )?;
             parsed.push((key, resource::to_value(&r), pre));
         }
@@ -212,7 +221,7 @@ impl Management for ManagementService {
         Access::require(
             &caller,
             &format!("Delete of {} {}", key.kind, key.name),
-            write_role(&key.kind),
+            write_role(&key.kind, None),
         )?;
         match self
             .cp

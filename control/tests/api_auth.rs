@@ -181,6 +181,15 @@ fn tokens_and_roles_on_the_management_api() {
         code != 0 && out.contains("needs the admin role; token \"ci\" has operator"),
         "{out}"
     );
+    // A cluster that runs a command is code execution on the agents: admin only.
+    let fork = "apiVersion: l7mp.io/v1\nkind: Target\nmetadata: {name: shell}\nspec:\n  cluster:\n    spec: {protocol: StdioFork, command: [cat, /etc/passwd]}\n";
+    let (code, out) = as_(&["--token-file", &operator, "apply", "-f", "-"], Some(fork));
+    assert!(
+        code != 0 && out.contains("StdioFork") && out.contains("needs the admin role"),
+        "{out}"
+    );
+    let (code, out) = as_(&["--token-file", &admin, "apply", "-f", "-"], Some(fork));
+    assert_eq!(code, 0, "{out}");
     // The admin does; the operator cannot delete it again.
     let (code, out) = as_(&["--token-file", &admin, "apply", "-f", "-"], Some(RULE));
     assert_eq!(code, 0, "{out}");

@@ -31,6 +31,8 @@ pub struct ApiRequest {
     pub opts: Opts,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Who is calling, when the API authenticates ([`super::auth`]); `None` when it is open.
+    pub caller: Option<l7mp_auth::Caller>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for ApiRequest {
@@ -39,6 +41,7 @@ impl<S: Send + Sync> FromRequest<S> for ApiRequest {
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
         let opts = Opts::parse(req.uri().query())?;
         let (parts, body) = req.into_parts();
+        let caller = parts.extensions.get::<l7mp_auth::Caller>().cloned();
         let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -49,6 +52,7 @@ impl<S: Send + Sync> FromRequest<S> for ApiRequest {
             opts,
             headers: parts.headers,
             body,
+            caller,
         })
     }
 }
@@ -486,18 +490,39 @@ fn config(st: &AdminState) -> Arc<Config> {
     st.engine.snapshot().config.clone()
 }
 
-/// Turns a failed change into the API's error: an unknown object is 404, anything else 400 with the reason.
-fn change_error(verb: &str, what: &str, e: crate::engine::UpdateError<EditError>) -> ApiError {
+/// Why a change was not made: the edit is invalid, or the caller may not make it.
+#[derive(Debug, thiserror::Error)]
+enum ChangeError {
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// Turns a failed change into the API's error: an unknown object is 404, a change the caller's role does not allow
+/// 403, anything else 400 with the reason.
+fn change_error(verb: &str, what: &str, e: crate::engine::UpdateError<ChangeError>) -> ApiError {
     use crate::engine::UpdateError;
     match e {
-        UpdateError::Edit(e @ EditError::NotFound { .. }) => ApiError::not_found(format!("Cannot {verb} {what}: {e}")),
-        UpdateError::Edit(e) => ApiError::bad_request(format!("Cannot {verb} {what}: {e}")),
+        UpdateError::Edit(ChangeError::Edit(e @ EditError::NotFound { .. })) => {
+            ApiError::not_found(format!("Cannot {verb} {what}: {e}"))
+        }
+        UpdateError::Edit(ChangeError::Edit(e)) => ApiError::bad_request(format!("Cannot {verb} {what}: {e}")),
+        UpdateError::Edit(ChangeError::Forbidden(why)) => ApiError::new(StatusCode::FORBIDDEN, why),
         UpdateError::Apply(e) => ApiError::bad_request(format!("Cannot {verb} {what}: {e:#}")),
     }
 }
 
-async fn change(st: &AdminState, verb: &str, what: &str, edit: Edit<'_>, opts: Opts) -> Result<Response, ApiError> {
-    match st.engine.update(|c| edit::apply(c, edit)).await {
+async fn change(st: &AdminState, verb: &str, what: &str, edit: Edit<'_>, r: &ApiRequest) -> Result<Response, ApiError> {
+    let opts = r.opts;
+    let checked = |c: &Config| -> Result<Config, ChangeError> {
+        let next = edit::apply(c, edit)?;
+        match super::auth::commands_need_admin(c, &next, r.caller.as_ref(), &format!("{verb} {what}")) {
+            Some(why) => Err(ChangeError::Forbidden(why)),
+            None => Ok(next),
+        }
+    };
+    match st.engine.update(checked).await {
         Ok(()) => {
             tracing::info!("admin API: {verb} {what}: done");
             Ok(reply::ok(opts.format))
@@ -533,7 +558,7 @@ async fn post_config(State(st): St, r: ApiRequest) -> Result<Response, ApiError>
         Value::Object(o) if o.len() == 1 && o.contains_key("config") => &o["config"],
         other => other,
     };
-    change(&st, "set", "configuration", Edit::Replace(doc), r.opts).await
+    change(&st, "set", "configuration", Edit::Replace(doc), &r).await
 }
 
 fn admin_json(st: &AdminState, cfg: &Config) -> Value {
@@ -630,7 +655,7 @@ async fn add_object(State(st): St, kind: Kind, r: ApiRequest) -> Result<Response
         kind: kind.object(),
         object,
     };
-    change(&st, "add", kind.noun(), edit, r.opts).await
+    change(&st, "add", kind.noun(), edit, &r).await
 }
 
 async fn put_object(State(st): St, kind: Kind, name: String, r: ApiRequest) -> Result<Response, ApiError> {
@@ -641,7 +666,7 @@ async fn put_object(State(st): St, kind: Kind, name: String, r: ApiRequest) -> R
         name: &name,
         object,
     };
-    change(&st, "update", kind.noun(), edit, r.opts).await
+    change(&st, "update", kind.noun(), edit, &r).await
 }
 
 async fn delete_object(State(st): St, kind: Kind, name: String, r: ApiRequest) -> Result<Response, ApiError> {
@@ -650,7 +675,7 @@ async fn delete_object(State(st): St, kind: Kind, name: String, r: ApiRequest) -
         name: &name,
         recursive: r.opts.recursive,
     };
-    let reply = change(&st, "delete", kind.noun(), edit, r.opts).await?;
+    let reply = change(&st, "delete", kind.noun(), edit, &r).await?;
     if r.opts.recursive {
         // The original ended the sessions of a deleted listener or cluster along with it.
         for s in st.engine.sessions() {
@@ -685,7 +710,7 @@ async fn add_endpoint(State(st): St, Name(cluster): Name, r: ApiRequest) -> Resu
         cluster: &cluster,
         endpoint,
     };
-    change(&st, "add", "endpoint", edit, r.opts).await
+    change(&st, "add", "endpoint", edit, &r).await
 }
 
 async fn list_endpoints(State(st): St, r: ApiRequest) -> Result<Response, ApiError> {
@@ -713,7 +738,7 @@ async fn put_endpoint(State(st): St, Name(name): Name, r: ApiRequest) -> Result<
         name: &name,
         object,
     };
-    change(&st, "update", "endpoint", edit, r.opts).await
+    change(&st, "update", "endpoint", edit, &r).await
 }
 
 async fn delete_endpoint(State(st): St, Name(name): Name, r: ApiRequest) -> Result<Response, ApiError> {
@@ -723,7 +748,7 @@ async fn delete_endpoint(State(st): St, Name(name): Name, r: ApiRequest) -> Resu
         name: &name,
         recursive: r.opts.recursive,
     };
-    let reply = change(&st, "delete", "endpoint", edit, r.opts).await?;
+    let reply = change(&st, "delete", "endpoint", edit, &r).await?;
     if r.opts.recursive {
         // Sessions connected to the endpoint are disconnected; their routes' retry policies apply.
         for s in st.engine.sessions() {
@@ -774,7 +799,7 @@ async fn insert_rule(State(st): St, Name2(list, pos): Name2, r: ApiRequest) -> R
         position: i,
         rule,
     };
-    change(&st, "insert", "rule", edit, r.opts).await
+    change(&st, "insert", "rule", edit, &r).await
 }
 
 async fn remove_rule(State(st): St, Name2(list, which): Name2, r: ApiRequest) -> Result<Response, ApiError> {
@@ -783,7 +808,7 @@ async fn remove_rule(State(st): St, Name2(list, which): Name2, r: ApiRequest) ->
         Err(_) => RuleRef::Name(&which),
     };
     let edit = Edit::RemoveRule { rulelist: &list, which };
-    change(&st, "remove", "rule", edit, r.opts).await
+    change(&st, "remove", "rule", edit, &r).await
 }
 
 fn sessions(st: &AdminState) -> Vec<Value> {

@@ -11,7 +11,8 @@
 //! - `operator`: changes to the running configuration (listeners, clusters, rulelists, rules, routes, endpoints) and
 //!   ending sessions;
 //! - `admin`: replacing the whole configuration (`POST /api/v1/config`) and the process settings (`POST
-//!   /api/v1/admin`).
+//!   /api/v1/admin`), and any change that adds or alters a cluster that runs a command (`StdioFork`): that is code
+//!   execution on the agent's host, more than changing traffic ([`commands_need_admin`]).
 //!
 //! `/live`, `/ready` and `/metrics` stay open (probes and scrapers, no secrets). A request without a valid token or
 //! certificate is answered 401, one whose role is too low 403; both are logged with the caller's name (never the
@@ -102,6 +103,40 @@ impl Auth {
     }
 }
 
+/// The clusters of `next` that run a command (`StdioFork`) and are new or changed against `current`: a change that
+/// has any needs the admin role.
+pub fn new_commands(current: &l7mp_api::Config, next: &l7mp_api::Config) -> Vec<String> {
+    next.clusters
+        .iter()
+        .filter(|c| matches!(c.spec, l7mp_api::ClusterSpec::StdioFork { .. }))
+        .filter(|c| !current.clusters.iter().any(|o| o.name == c.name && o.spec == c.spec))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// `Some(reason)` when `caller` (`None`: the API is open) may not make a change from `current` to `next` because
+/// it adds or alters clusters that run commands and the caller is not an admin.
+pub fn commands_need_admin(
+    current: &l7mp_api::Config,
+    next: &l7mp_api::Config,
+    caller: Option<&Caller>,
+    what: &str,
+) -> Option<String> {
+    let caller = caller?;
+    let commands = new_commands(current, next);
+    if commands.is_empty() {
+        return None;
+    }
+    let why = caller
+        .require(
+            Role::Admin,
+            &format!("{what} (cluster {:?} runs a command: StdioFork)", commands[0]),
+        )
+        .err()?;
+    tracing::warn!(caller = %caller.name, role = %caller.role, "admin API change refused (403): {why}");
+    Some(why)
+}
+
 /// The role a request needs, or `None` for the open endpoints.
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     if matches!(path, "/live" | "/ready" | "/metrics") {
@@ -148,6 +183,9 @@ pub async fn check(auth: Option<Arc<Auth>>, req: Request, next: axum::middleware
             }
             Ok(()) => {
                 tracing::debug!(%method, %path, caller = %caller, "admin API request authorized");
+                // The handlers check finer rules against the caller (see [`commands_need_admin`]).
+                let mut req = req;
+                req.extensions_mut().insert(caller);
                 next.run(req).await
             }
         },

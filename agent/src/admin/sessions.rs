@@ -7,6 +7,39 @@ use serde_json::{Value, json};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
+/// Request headers that carry credentials; shown as `[redacted]` (rules still see them in the session's metadata).
+const SECRET_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
+
+/// Replaces credential headers (in any `headers` object of the metadata: HTTP requests, WebSocket upgrades) with
+/// `[redacted]`, so that a reader of the sessions never sees another caller's token or cookie.
+pub fn redact(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                if k == "headers"
+                    && let Value::Object(h) = child
+                {
+                    for (name, value) in h.iter_mut() {
+                        if SECRET_HEADERS.iter().any(|s| name.eq_ignore_ascii_case(s)) {
+                            *value = Value::String("[redacted]".into());
+                        }
+                    }
+                } else {
+                    redact(child);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
 /// The JSON of one session. `listener_spec` is the dumped `spec` of the session's listener.
 pub fn session_json(s: &SessionInfo, listener_spec: Value) -> Value {
     let status = s.status();
@@ -27,6 +60,7 @@ pub fn session_json(s: &SessionInfo, listener_spec: Value) -> Value {
     if let Value::Object(m) = &mut metadata {
         m.remove("name");
     }
+    redact(&mut metadata);
     let ended = s.ended();
     let duration = ended
         .unwrap_or_else(SystemTime::now)
@@ -61,4 +95,21 @@ pub fn session_json(s: &SessionInfo, listener_spec: Value) -> Value {
         "offload": s.offload(),
         "events": events,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_headers_are_redacted_anywhere_in_the_metadata() {
+        let mut v = json!({"HTTP": {"headers": {"Authorization": "Bearer s3cr3t", "cookie": "a=b", "host": "x"}},
+                           "WS": [{"headers": {"x-api-key": "k"}}]});
+        redact(&mut v);
+        assert_eq!(v["HTTP"]["headers"]["Authorization"], "[redacted]");
+        assert_eq!(v["HTTP"]["headers"]["cookie"], "[redacted]");
+        assert_eq!(v["HTTP"]["headers"]["host"], "x");
+        assert_eq!(v["WS"][0]["headers"]["x-api-key"], "[redacted]");
+        assert!(!v.to_string().contains("s3cr3t"));
+    }
 }
