@@ -213,8 +213,9 @@ pub struct Args {
     )]
     pub admin_client_ca: Option<std::path::PathBuf>,
 
-    /// Serve the admin API on a non-loopback `--admin` address without `--api-tokens` or `--admin-client-ca` (anyone
-    /// who can reach it can reconfigure the agent).
+    /// Serve the admin API without `--api-tokens` or `--admin-client-ca` beyond loopback: on a non-loopback `--admin`
+    /// address, and to non-loopback clients of an HTTP listener routed to an `L7mpController` cluster (refused with
+    /// 403 otherwise). Anyone who can reach it can then reconfigure the agent.
     #[arg(long, env = "L7MP_API_INSECURE", help_heading = "Admin API")]
     pub api_insecure: bool,
 

@@ -208,8 +208,10 @@ fn run(args: cli::Args, config: Config, log: Arc<LogHandle>, access_log: Option<
             tokio::spawn(l7mp_agent::xds::run(engine.clone(), opts, xds_stop.clone()));
         }
         let (auth, admin_tls) = admin_security(&args)?;
+        // Without authentication the API is open: loopback clients only, unless --api-insecure.
+        let auth = auth.or_else(|| Some(Arc::new(admin::auth::Auth::open(args.api_insecure))));
         if let Some(addr) = args.admin
-            && auth.is_none()
+            && !auth.as_ref().is_some_and(|a| a.enabled())
             && !addr.ip().is_loopback()
         {
             if !args.api_insecure {

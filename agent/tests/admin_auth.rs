@@ -387,3 +387,72 @@ fn client_certificates_with_roles_guard_an_https_admin_api() {
         "no token in the log"
     );
 }
+
+/// `curl` from inside network namespace `ns`: (HTTP status, body).
+fn curl_in(ns: &str, url: &str) -> (u16, String) {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn an_open_api_behind_an_l7mpcontroller_listener_serves_loopback_clients_only() {
+    let lan = match Lan::create("l7a", 75, &["ag", "cl"]) {
+        Ok(l) => l,
+        Err(e) if skip_netns() => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        Err(e) => panic!("cannot create the test network: {e} (run as root, or set L7MP_SKIP_NETNS=1)"),
+    };
+    let port = free_port();
+    let yaml = format!(
+        "listeners:
+  - name: api
+    spec: {{ protocol: HTTP, port: {port} }}
+    rules: [ {{ action: {{ route: {{ destination: ctl }} }} }} ]
+clusters:
+  - name: ctl
+    spec: {{ protocol: L7mpController }}
+"
+    );
+    let (ag, cl) = (lan.ns(0).name.clone(), lan.ns(1).name.clone());
+    let url = format!("http://{}:{port}/api/v1/listeners", lan.addr(0));
+    let local = format!("http://127.0.0.1:{port}/api/v1/listeners");
+    {
+        let agent = Agent::start_in_netns(&ag, &yaml);
+        let (code, body) = curl_in(&cl, &url);
+        assert!(
+            code == 403 && body.contains("serves loopback clients only") && body.contains("--api-tokens"),
+            "a remote client of an open API: {code} {body}"
+        );
+        let (code, body) = curl_in(&ag, &local);
+        assert_eq!(code, 200, "a loopback client: {body}");
+        agent.wait_log("open API, remote client");
+    }
+    // --api-insecure opens it to everyone, as for --admin.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let _agent = Agent::start_prefixed(&["ip", "netns", "exec", &ag], &cfg, dir, &["--api-insecure"]);
+    let (code, body) = curl_in(&cl, &url);
+    assert_eq!(code, 200, "--api-insecure: {body}");
+}

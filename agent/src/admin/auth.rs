@@ -34,19 +34,35 @@ pub struct PeerCert {
     pub role: Option<Role>,
 }
 
-/// How admin API callers authenticate: tokens, client certificates, or both.
+/// The address of a client whose request reached the API through an `L7mpController` cluster (an HTTP listener
+/// routed to it), put into the request's extensions by that cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteClient(pub std::net::IpAddr);
+
+/// How admin API callers authenticate: tokens, client certificates, or both; or nobody (an open API).
 #[derive(Debug, Default)]
 pub struct Auth {
     tokens: Option<Arc<Tokens>>,
     certificates: bool,
+    /// Open API only: serve clients beyond loopback through `L7mpController` listeners (`--api-insecure`).
+    open_beyond_loopback: bool,
 }
 
 impl Auth {
+    /// No authentication: every caller may do everything, but through an `L7mpController` listener only loopback
+    /// clients, unless `beyond_loopback` (`--api-insecure`), as for `--admin`.
+    pub fn open(beyond_loopback: bool) -> Self {
+        Self {
+            open_beyond_loopback: beyond_loopback,
+            ..Self::default()
+        }
+    }
+
     /// Callers need a token from this file (or a client certificate, with [`Auth::with_certificates`]).
     pub fn with_tokens(tokens: Arc<Tokens>) -> Self {
         Self {
             tokens: Some(tokens),
-            certificates: false,
+            ..Self::default()
         }
     }
 
@@ -154,9 +170,27 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
 
 /// The middleware: lets a request through when no authentication is configured, or when its caller's role suffices.
 pub async fn check(auth: Option<Arc<Auth>>, req: Request, next: axum::middleware::Next) -> Response {
-    let Some(auth) = auth.filter(|a| a.enabled()) else {
+    let Some(auth) = auth else {
         return next.run(req).await;
     };
+    if !auth.enabled() {
+        // An open API: beyond loopback only when asked for (the `--admin` listener refuses such an address at start;
+        // an `L7mpController` listener says who the client is).
+        if let Some(RemoteClient(ip)) = req.extensions().get::<RemoteClient>()
+            && !ip.is_loopback()
+            && !auth.open_beyond_loopback
+            && required_role(req.method(), req.uri().path()).is_some()
+        {
+            let why = format!(
+                "the REST API has no authentication (no --api-tokens or --admin-client-ca), so it serves loopback \
+                 clients only; {ip} is not one (start the agent with --api-tokens FILE, or --api-insecure to serve \
+                 it to anyone)"
+            );
+            tracing::warn!(method = %req.method(), path = %req.uri().path(), client = %ip, "admin API request refused (403): open API, remote client");
+            return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
+        }
+        return next.run(req).await;
+    }
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let Some(needed) = required_role(&method, &path) else {
         return next.run(req).await;

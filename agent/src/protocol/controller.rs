@@ -54,6 +54,11 @@ pub fn open(router: axum::Router, metadata: &Value, exchange: Option<&Arc<Exchan
             .collect(),
         _ => Vec::new(),
     };
+    // Who sent the request, for the auth middleware (an open API serves loopback clients only).
+    let client = metadata
+        .pointer("/IP/src_addr")
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok());
     let (req_tx, mut req_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let (resp_tx, resp_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let exchange = exchange.cloned();
@@ -83,6 +88,9 @@ pub fn open(router: axum::Router, metadata: &Value, exchange: Option<&Arc<Exchan
             }
             for (k, v) in headers {
                 req.headers_mut().append(k, v);
+            }
+            if let Some(ip) = client {
+                req.extensions_mut().insert(crate::admin::auth::RemoteClient(ip));
             }
             match router.oneshot(req).await {
                 Ok(r) => r,
