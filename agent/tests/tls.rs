@@ -37,20 +37,7 @@ fn tls_listener_to_tcp_serves_openssl_and_python_clients() {
     let tls = format!("cert: {}, key: {}", pki.path("server.pem"), pki.path("server.key"));
     let _agent = Agent::start(&tls_listener(port, &tls, &to_echo_server(echo)));
 
-    let (ok, out) = s_client(
-        port,
-        &[
-            "-CAfile",
-            &pki.path("ca.pem"),
-            "-servername",
-            "localhost",
-            "-verify_hostname",
-            "localhost",
-            "-verify_return_error",
-            "-brief",
-        ],
-        b"",
-    );
+    let (ok, out) = s_client_verify(port, &pki.path("ca.pem"), Some("localhost"));
     assert!(ok, "openssl s_client: {out}");
     assert!(out.contains("Verification: OK"), "{out}");
     assert!(out.contains("CN = localhost") || out.contains("CN=localhost"), "{out}");
@@ -72,18 +59,7 @@ fn tls_refusals_say_why() {
     let agent = Agent::start(&tls_listener(port, &tls, &to_echo_server(echo)));
 
     // A client that trusts another CA.
-    let (ok, out) = s_client(
-        port,
-        &[
-            "-CAfile",
-            &pki.path("other-ca.pem"),
-            "-servername",
-            "localhost",
-            "-verify_return_error",
-            "-brief",
-        ],
-        b"",
-    );
+    let (ok, out) = s_client_verify(port, &pki.path("other-ca.pem"), Some("localhost"));
     assert!(!ok, "{out}");
     assert!(
         out.contains("unable to get local issuer certificate") || out.contains("unable to verify"),
@@ -92,20 +68,7 @@ fn tls_refusals_say_why() {
     agent.wait_log("TLS handshake failed");
 
     // A client that expects another name.
-    let (ok, out) = s_client(
-        port,
-        &[
-            "-CAfile",
-            &pki.path("ca.pem"),
-            "-servername",
-            "wrong.example",
-            "-verify_hostname",
-            "wrong.example",
-            "-verify_return_error",
-            "-brief",
-        ],
-        b"",
-    );
+    let (ok, out) = s_client_verify(port, &pki.path("ca.pem"), Some("wrong.example"));
     assert!(!ok, "{out}");
     assert!(out.contains("hostname mismatch"), "{out}");
 
@@ -113,18 +76,7 @@ fn tls_refusals_say_why() {
     let port2 = free_port();
     let tls = format!("cert: {}, key: {}", pki.path("expired.pem"), pki.path("expired.key"));
     let _expired = Agent::start(&tls_listener(port2, &tls, &to_echo_server(echo)));
-    let (ok, out) = s_client(
-        port2,
-        &[
-            "-CAfile",
-            &pki.path("ca.pem"),
-            "-servername",
-            "localhost",
-            "-verify_return_error",
-            "-brief",
-        ],
-        b"",
-    );
+    let (ok, out) = s_client_verify(port2, &pki.path("ca.pem"), Some("localhost"));
     assert!(!ok, "{out}");
     assert!(out.contains("certificate has expired"), "{out}");
 }
@@ -518,15 +470,7 @@ fn certificates_are_chosen_by_sni_with_a_default_and_wildcards() {
             .replace("name: tls", "name: strict")
     ));
     // Which certificate a client asking for `name` gets (its subject line), and whether the handshake worked.
-    let ask = |port: u16, name: Option<&str>| {
-        let mut args = vec!["-CAfile", ca.as_str(), "-verify_return_error", "-brief"];
-        if let Some(n) = name {
-            args.extend_from_slice(&["-servername", n, "-verify_hostname", n]);
-        } else {
-            args.push("-noservername");
-        }
-        s_client(port, &args, b"")
-    };
+    let ask = |port: u16, name: Option<&str>| s_client_verify(port, &ca, name);
     let subject = |out: &str| {
         out.lines()
             .find(|l| l.contains("Peer certificate:"))

@@ -137,6 +137,17 @@ pub fn s_client(port: u16, args: &[&str], input: &[u8]) -> (bool, String) {
     (out.0, out.1)
 }
 
+/// `openssl s_client -brief` that verifies the server's chain against `ca` (failing the handshake otherwise), sends
+/// `name` as SNI (`None`: no SNI) and checks that the certificate is valid for it; returns (success, output).
+pub fn s_client_verify(port: u16, ca: &str, name: Option<&str>) -> (bool, String) {
+    let mut args = vec!["-CAfile", ca, "-verify_return_error", "-brief"];
+    match name {
+        Some(n) => args.extend_from_slice(&["-servername", n, "-verify_hostname", n]),
+        None => args.push("-noservername"),
+    }
+    s_client(port, &args, b"")
+}
+
 /// Waits for a child with a deadline (killed after it), returning (success, stdout + stderr).
 pub fn wait_output(mut c: Child, limit: Duration) -> (bool, String) {
     let deadline = std::time::Instant::now() + limit;
